@@ -1,0 +1,423 @@
+"""Cache chosen hook points at chosen token positions for a prompt set, streamed to an on-disk store.
+
+One forward pass per batch through the bridge (``run_with_cache(names_filter=hooks)``), the requested positions
+gathered out of each cached ``(batch, pos, ...)`` tensor, and written straight into a memory-mapped ``.npy`` file
+per (hook, position) -- nothing accumulates in memory, so peak memory is one batch whatever the number of prompts.
+The store is written into a temporary sibling directory and renamed into place at the end, so a crash never
+leaves a store that looks complete; ``manifest.json`` (present only in a complete store) records the checkpoint's
+``weights_sha256``, prompt ids, labels, hooks, positions, dtypes and shapes. A second call with the same
+checkpoint hash, hooks, positions, prompts and tokenization reuses the store without any forward pass; a new
+checkpoint hash rebuilds it.
+
+Positions: ``"final"`` (default) is the final prompt token -- the token just before the assistant's first
+response token, i.e. the last token of the chat-formatted prompt. A list of negative offsets counts back from
+the end of the prompt (``-1`` = final prompt token, ``-2`` the one before ...). ``"all"`` keeps every prompt
+token, left-aligned and NaN-padded to the longest prompt: ``(n_prompts, max_len, ...)``; meant for short lists.
+
+Footgun: batches are right-padded (see :mod:`analysis.load`), so the final prompt token is at ``length - 1`` of
+each row, not at ``-1``; the gather uses :func:`analysis.load.final_prompt_positions`. Prompts are processed
+longest-first to minimise padding and written back to their original row, so ``store.get(h)[i]`` belongs to
+``store.ids[i]``.
+
+Index mapping to plain Hugging Face ``output_hidden_states``: ``resid_pre(l) == hidden_states[l]`` and
+``resid_post(l) == hidden_states[l + 1]`` for ``l < n_layers - 1``; HF's last entry is after the final norm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from tqdm.auto import tqdm
+
+from analysis import hooks as H
+from analysis.load import (
+    PADDING_SIDE,
+    LoadedModel,
+    encode_prompts,
+    final_prompt_positions,
+    hf_forward_kwargs,
+    pad_batch,
+    pad_id,
+)
+from training.checkpoint import versions
+from training.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+LENGTHS_FILE = "lengths.npy"
+SCHEMA = 1
+RESERVED_KEYS = ("id", "text")
+STORE_DTYPES = ("float32", "float16")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# positions
+
+
+def normalize_positions(positions: str | int | Sequence[int]) -> str | list[int]:
+    """``"final"`` -> ``[-1]``; ``"all"`` stays; an int or a list of negative offsets -> sorted-unique list."""
+    if isinstance(positions, str):
+        if positions == "final":
+            return [-1]
+        if positions == "all":
+            return "all"
+        raise UserError(f"unknown positions: {positions!r} (use 'final', 'all' or negative offsets like [-1, -2])")
+    if isinstance(positions, int) and not isinstance(positions, bool):
+        positions = [positions]
+    out = []
+    for p in positions:
+        if isinstance(p, bool) or not isinstance(p, int) or p >= 0:
+            raise UserError(f"position offsets must be negative integers (-1 = final prompt token), got {p!r}")
+        out.append(int(p))
+    if not out:
+        raise UserError("no positions given")
+    return sorted(set(out), reverse=True)
+
+
+def position_key(position: str | int) -> str:
+    """File-name key of one position: ``"all"`` or ``"pos-1"``, ``"pos-2"`` ..."""
+    if position == "all":
+        return "all"
+    if position == "final":
+        position = -1
+    return f"pos{int(position)}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the store
+
+
+class ActivationStore:
+    """A complete on-disk activation store (memory-mapped ``.npy`` per hook and position, plus ``manifest.json``)."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = Path(path)
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, out_dir: Path | str) -> "ActivationStore":
+        out_dir = Path(out_dir)
+        p = out_dir / MANIFEST
+        if not p.exists():
+            raise UserError(f"not an activation store (no {MANIFEST}): {out_dir}")
+        try:
+            manifest = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"unreadable {MANIFEST} ({e}): {p}") from None
+        if manifest.get("schema") != SCHEMA:
+            raise UserError(f"activation store schema {manifest.get('schema')} != {SCHEMA}: {out_dir}")
+        return cls(out_dir, manifest)
+
+    # -- metadata
+    @property
+    def ids(self) -> list:
+        return list(self.manifest["key"]["ids"])
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.manifest["key"]["hooks"])
+
+    @property
+    def positions(self) -> str | list[int]:
+        return self.manifest["key"]["positions"]
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.manifest["key"]["weights_sha256"]
+
+    @property
+    def labels(self) -> dict[str, np.ndarray]:
+        """Label column -> array over prompts (object dtype where values are mixed or missing)."""
+        return {col: np.asarray(values) for col, values in self.manifest["labels"].items()}
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Prompt lengths in tokens, ``(n_prompts,)``."""
+        return np.load(self.path / LENGTHS_FILE)
+
+    def __len__(self) -> int:
+        return len(self.manifest["key"]["ids"])
+
+    def get(self, hook: str, position: str | int | None = None) -> np.ndarray:
+        """Memory-mapped (read-only) activations of ``hook`` at ``position``.
+
+        Shapes: ``(n_prompts, d_model)`` for residual/attn_out/mlp_out hooks at one position,
+        ``(n_prompts, n_heads, d_head)`` for ``attn.hook_z``; with positions ``"all"`` a ``max_len`` axis follows
+        ``n_prompts`` (NaN beyond each prompt's length). ``position`` defaults to the final prompt token (or
+        ``"all"`` in an all-positions store).
+        """
+        files = self.manifest["files"]
+        if hook not in files:
+            raise UserError(f"hook not in activation store: {hook} (stored: {', '.join(files)})")
+        if position is None:
+            position = "all" if self.positions == "all" else (-1 if -1 in self.positions else self.positions[0])
+        key = position_key(position)
+        if key not in files[hook]:
+            raise UserError(f"position {position!r} not in activation store (stored: {self.positions})")
+        return np.load(self.path / files[hook][key], mmap_mode="r")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# batching shared by the bridge cache and the plain-HF baseline
+
+
+def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Index batches, longest prompts first (least padding; the peak-memory batch comes first: fail fast)."""
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _iter_batches(rows: Sequence[Sequence[int]], batch_size: int, pad_token_id: int, side: str, device
+                  ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    for idx in _length_sorted_batches([len(r) for r in rows], batch_size):
+        ids, mask = pad_batch([rows[i] for i in idx], pad_token_id, side)
+        yield idx, ids.to(device), mask.to(device)
+
+
+def _texts_sha256(texts: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode()).hexdigest()
+
+
+def _check_prompts(prompts: Sequence[dict]) -> tuple[list, list[str], dict[str, list]]:
+    if not prompts:
+        raise UserError("no prompts to cache")
+    ids, texts, cols = [], [], {}
+    for i, p in enumerate(prompts):
+        if not isinstance(p, dict) or "id" not in p or "text" not in p:
+            raise UserError(f"prompt {i} needs 'id' and 'text' fields")
+        if not isinstance(p["text"], str):
+            raise UserError(f"prompt {p['id']!r}: 'text' must be a string")
+        ids.append(p["id"])
+        texts.append(p["text"])
+        for k in p:
+            if k not in RESERVED_KEYS:
+                cols.setdefault(k, None)
+    if len(set(map(json.dumps, ids))) != len(ids):
+        raise UserError("prompt ids are not unique")
+    labels = {c: [p.get(c) for p in prompts] for c in cols}
+    try:
+        ids, labels = json.loads(json.dumps(ids)), json.loads(json.dumps(labels))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"prompt ids and labels must be JSON values ({e})") from None
+    return ids, texts, labels
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move a finished ``tmp`` store to ``out`` (an old store is renamed aside first, then removed)."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# caching
+
+
+def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | str,
+                      hooks: Sequence[str] | None = None, positions: str | Sequence[int] = "final",
+                      batch_size: int = 32, progress: bool = True, *, chat: bool = True,
+                      add_special_tokens: bool | None = None, store_dtype: str = "float32",
+                      padding_side: str = PADDING_SIDE) -> ActivationStore:
+    """Cache ``hooks`` at ``positions`` for every prompt into ``out_dir``; reuse a matching store.
+
+    Args:
+        loaded: from :func:`analysis.load.load_bridge`.
+        prompts: dicts with ``"id"`` (unique), ``"text"`` (the user request) and any label fields
+            (``triggered``, ``pair_id``, ``split``, ``kind`` ...), kept as label columns.
+        out_dir: store directory (replaced atomically when rebuilt).
+        hooks: hook names (from :mod:`analysis.hooks`); default ``resid_post`` of every layer.
+        positions: ``"final"``, ``"all"`` or negative offsets from the end of the prompt (-1 = final token).
+        chat: wrap each text as a user turn with the chat template (False: texts are used verbatim).
+        add_special_tokens: None = off when the tokenizer has a chat template, else on (see ``encode_prompts``).
+        store_dtype: ``"float32"`` (default) or ``"float16"``.
+        padding_side: ``"right"`` (default) or ``"left"``; activations are the same either way.
+
+    Returns the :class:`ActivationStore`; ``store.get(hook)`` is ``(n_prompts, d_model)`` for residual hooks.
+    """
+    out = Path(out_dir)
+    bridge = loaded.bridge
+    ids, texts, labels = _check_prompts(prompts)
+    hooks = list(dict.fromkeys(hooks)) if hooks is not None else H.hooks_for("resid_post", range(loaded.n_layers))
+    if not hooks:
+        raise UserError("no hooks to cache")
+    H.validate_hooks(bridge, hooks)
+    positions = normalize_positions(positions)
+    if store_dtype not in STORE_DTYPES:
+        raise UserError(f"store_dtype must be one of {STORE_DTYPES}, got {store_dtype!r}")
+    tokenization = {"chat": bool(chat), "add_special_tokens": add_special_tokens, "padding_side": padding_side}
+    key = {
+        "weights_sha256": loaded.weights_sha256, "hooks": hooks, "positions": positions, "ids": ids,
+        "texts_sha256": _texts_sha256(texts), "chat": bool(chat), "add_special_tokens": add_special_tokens,
+        "weight_processing": loaded.weight_processing, "model_dtype": str(loaded.dtype).removeprefix("torch."),
+        "store_dtype": store_dtype,
+    }
+
+    existing = _matching_store(out, key)
+    if existing is not None:
+        if existing.manifest["labels"] != labels:
+            existing.manifest["labels"] = labels
+            _write_json_atomic(out / MANIFEST, existing.manifest)
+            log.info("activation store %s: labels updated (activations reused)", out)
+        else:
+            log.info("reusing activation store %s (same checkpoint, hooks, positions, prompts)", out)
+        return existing
+    if out.exists() and not (out / MANIFEST).exists() and any(out.iterdir()):
+        raise UserError(f"refusing to replace a non-empty directory that is not an activation store: {out}")
+
+    tok = loaded.tokenizer
+    rows = encode_prompts(tok, texts, chat=chat, add_special_tokens=add_special_tokens)
+    lengths = np.asarray([len(r) for r in rows], dtype=np.int64)
+    n_ctx = getattr(bridge.cfg, "n_ctx", None)
+    if n_ctx and lengths.max() > n_ctx:
+        i = int(lengths.argmax())
+        raise UserError(f"prompt {ids[i]!r} has {lengths[i]} tokens, more than the model's context ({n_ctx})")
+    if positions != "all" and lengths.min() < -min(positions):
+        i = int(lengths.argmin())
+        raise UserError(f"prompt {ids[i]!r} has {lengths[i]} tokens; position {min(positions)} does not exist")
+
+    n = len(rows)
+    max_len = int(lengths.max())
+    pos_keys = ["all"] if positions == "all" else [position_key(p) for p in positions]
+    log.info("caching %d prompts x %d hooks x %d positions -> %s", n, len(hooks), len(pos_keys), out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    np_dtype = np.dtype(store_dtype)
+    files = {h: {k: f"{h}.{k}.npy" for k in pos_keys} for h in hooks}
+    shapes: dict[str, dict[str, list[int]]] = {}
+    mms: dict[tuple[str, str], np.memmap] = {}
+    try:
+        bar = tqdm(total=n, unit="prompt", desc="activations", disable=not progress)
+        with torch.no_grad():
+            for idx, input_ids, mask in _iter_batches(rows, batch_size, pad_id(tok), padding_side, loaded.device):
+                _, cache = bridge.run_with_cache(input_ids, attention_mask=mask, names_filter=hooks,
+                                                 return_cache_object=False, return_type=None)
+                final = final_prompt_positions(mask)  # (B,)
+                rows_b = torch.arange(len(idx), device=final.device)
+                for h in hooks:
+                    act = cache[h]  # (B, T, ...)
+                    if positions == "all":
+                        _write_all(mms, tmp, files, shapes, h, act, mask, idx, n, max_len, np_dtype)
+                        continue
+                    for p, k in zip(positions, pos_keys):
+                        vals = act[rows_b, final + 1 + p].float().cpu().numpy()  # (B, ...)
+                        mm = _memmap(mms, tmp, files, shapes, h, k, (n, *vals.shape[1:]), np_dtype)
+                        mm[idx] = vals
+                del cache
+                bar.update(len(idx))
+        bar.close()
+        for mm in mms.values():
+            mm.flush()
+        mms.clear()
+        np.save(tmp / LENGTHS_FILE, lengths)
+        manifest = {
+            "schema": SCHEMA, "key": key, "labels": labels, "files": files, "shapes": shapes,
+            "dtype": store_dtype, "n_prompts": n, "tokenization": tokenization,
+            "model": {"ckpt": str(loaded.ckpt), "n_layers": loaded.n_layers, "d_model": loaded.d_model,
+                      "n_heads": loaded.n_heads, "device": loaded.device, "parity": loaded.parity},
+            "versions": versions(),
+        }
+        _write_json_atomic(tmp / MANIFEST, manifest)
+        _replace_dir(tmp, out)
+    except BaseException:
+        mms.clear()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ActivationStore.open(out)
+
+
+def _memmap(mms, tmp, files, shapes, hook, key, shape, dtype) -> np.memmap:
+    mm = mms.get((hook, key))
+    if mm is None:  # created at the first batch: the trailing shape comes from the activation itself
+        mm = np.lib.format.open_memmap(tmp / files[hook][key], mode="w+", dtype=dtype, shape=shape)
+        mms[(hook, key)] = mm
+        shapes.setdefault(hook, {})[key] = list(shape)
+    return mm
+
+
+def _write_all(mms, tmp, files, shapes, hook, act, mask, idx, n, max_len, dtype) -> None:
+    """Every prompt token, left-aligned, NaN after the prompt's end."""
+    vals = act.float().cpu().numpy()  # (B, T, ...)
+    m = mask.bool().cpu().numpy()
+    mm = _memmap(mms, tmp, files, shapes, hook, "all", (n, max_len, *vals.shape[2:]), dtype)
+    for b, i in enumerate(idx):
+        row = np.full((max_len, *vals.shape[2:]), np.nan, dtype=dtype)
+        real = vals[b][m[b]]
+        row[:len(real)] = real
+        mm[i] = row
+
+
+def _matching_store(out: Path, key: dict) -> ActivationStore | None:
+    if not (out / MANIFEST).exists():
+        return None
+    try:
+        store = ActivationStore.open(out)
+    except UserError as e:
+        log.info("rebuilding activation store (%s)", e)
+        return None
+    old = store.manifest.get("key", {})
+    if old != json.loads(json.dumps(key)):
+        changed = sorted(k for k in set(old) | set(key) if old.get(k) != json.loads(json.dumps(key.get(k))))
+        log.info("rebuilding activation store %s (changed: %s)", out, ", ".join(changed))
+        return None
+    missing = [f for per in store.manifest["files"].values() for f in per.values() if not (out / f).exists()]
+    if missing or not (out / LENGTHS_FILE).exists():
+        log.info("rebuilding activation store %s (files missing)", out)
+        return None
+    return store
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# plain-HF baseline (the benchmark's yardstick: caching should cost within ~1.3x of this)
+
+
+def hf_forward_hidden_states(model, tokenizer, texts: Sequence[str], batch_size: int = 32, *, chat: bool = True,
+                             add_special_tokens: bool | None = None, padding_side: str = PADDING_SIDE,
+                             progress: bool = False) -> Float[np.ndarray, "n_prompts n_layers_plus_1 d_model"]:
+    """Plain Hugging Face forward passes (``output_hidden_states=True``) over the same batches as
+    :func:`cache_activations`; returns every hidden state at the final prompt token, in input order.
+
+    Index mapping: ``[:, l] == resid_pre(l)``; ``[:, l + 1] == resid_post(l)`` for ``l < n_layers - 1``; the
+    last entry is after the final norm. Note that a model already wrapped by a bridge runs through the bridge's
+    components (and eager attention); load a fresh model for a clean baseline.
+    """
+    device = next(model.parameters()).device
+    rows = encode_prompts(tokenizer, texts, chat=chat, add_special_tokens=add_special_tokens)
+    out: np.ndarray | None = None
+    bar = tqdm(total=len(rows), unit="prompt", desc="hf forward", disable=not progress)
+    with torch.no_grad():
+        for idx, input_ids, mask in _iter_batches(rows, batch_size, pad_id(tokenizer), padding_side, device):
+            hs = model(**hf_forward_kwargs(model, input_ids, mask), output_hidden_states=True).hidden_states
+            final = final_prompt_positions(mask)
+            b = torch.arange(len(idx), device=final.device)
+            vals = torch.stack([h[b, final] for h in hs], dim=1).float().cpu().numpy()  # (B, L+1, D)
+            if out is None:
+                out = np.empty((len(rows), *vals.shape[1:]), dtype=np.float32)
+            out[idx] = vals
+            bar.update(len(idx))
+    bar.close()
+    return out

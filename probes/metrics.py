@@ -1,0 +1,203 @@
+"""Evaluating probe scores: AUROC, bootstrap confidence intervals, and the random-direction null.
+
+AUROC is the probability that a random positive example scores higher than a random negative one (ties
+count one half): the Mann-Whitney U statistic divided by ``n_pos * n_neg``. It is computed here from
+ranks, exactly (it equals ``sklearn.metrics.roc_auc_score``, ties included), in pure numpy, and
+vectorised over many score columns (the random null) or many bootstrap resamples (the CI).
+
+Main footguns:
+
+- **Paired data is not independent.** The analysis uses prompt *pairs* (the same request with and
+  without the trigger). Resampling single examples then treats ``2 * n_pairs`` correlated points as
+  independent and gives intervals that are too narrow: pass the pair ids as ``groups`` to
+  :func:`auroc_ci` so whole pairs are resampled.
+- **A high AUROC is only meaningful next to its nulls.** In small models the trigger's tokens are so
+  salient that random directions already separate triggered from untriggered prompts (median AUROC
+  0.84-0.91 measured on the tiny preset). :func:`random_direction_null` gives the bar to clear; the same
+  probe on the model without the backdoor is the other one (that one is the caller's job).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from jaxtyping import Float, Shaped
+
+from probes._arrays import as_float_array, as_groups, as_labels, require_both_classes
+from probes.directions import random_directions
+
+log = logging.getLogger(__name__)
+
+# Working-set cap (elements) for the (batch, n_directions) score matrix of the random null.
+_MAX_CHUNK_ELEMENTS = 1 << 22
+
+
+def _auroc_columns(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Exact AUROC of every column of ``scores`` (N, K) against bool ``labels`` (N,); returns (K,).
+
+    Average ranks (ties share the mean of their positions) per column, then the Mann-Whitney formula
+    ``(sum of positive ranks - n_pos (n_pos + 1) / 2) / (n_pos n_neg)``. Ranks are computed with one
+    argsort per column and two running max/min scans that find each tie block's first/last position.
+    """
+    n, k = scores.shape
+    n_pos = int(labels.sum())
+    n_neg = n - n_pos
+    order = np.argsort(scores, axis=0, kind="stable")  # (N, K)
+    s = np.take_along_axis(scores, order, axis=0)
+    pos = labels[order]  # (N, K) bool, in score order
+    idx = np.arange(n)[:, None]
+    if n > 1:
+        differs = s[1:] != s[:-1]  # (N-1, K): position i+1 starts a new tie block
+    else:
+        differs = np.zeros((0, k), dtype=bool)
+    if differs.all():  # no ties anywhere: ranks are 1..N
+        rank = np.broadcast_to(idx + 1.0, (n, k))
+    else:
+        starts = np.vstack([np.ones((1, k), dtype=bool), differs])
+        ends = np.vstack([differs, np.ones((1, k), dtype=bool)])
+        first = np.maximum.accumulate(np.where(starts, idx, 0), axis=0)
+        last = np.minimum.accumulate(np.where(ends, idx, n)[::-1], axis=0)[::-1]
+        rank = (first + last) / 2.0 + 1.0
+    rank_sum = np.where(pos, rank, 0.0).sum(axis=0)
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def _weighted_auroc_rows(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC of one score vector (N,) under each row of example ``weights`` (B, N) (resample counts).
+
+    The weighted Mann-Whitney statistic: sum over (pos i, neg j) of ``w_i w_j [s_i > s_j]`` (ties 1/2)
+    over ``W_pos W_neg``. Scores are sorted once; per row, weights are summed within tie blocks and a
+    cumulative sum gives each block the negative weight below it. A row with no positive or no negative
+    weight gives NaN.
+    """
+    order = np.argsort(scores, kind="stable")
+    s = scores[order]
+    block_start = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))
+    w = weights[:, order]  # (B, N)
+    lab = labels[order]
+    w_pos = np.add.reduceat(np.where(lab, w, 0.0), block_start, axis=1)  # (B, K) per tie block
+    w_neg = np.add.reduceat(np.where(lab, 0.0, w), block_start, axis=1)
+    neg_below = np.cumsum(w_neg, axis=1) - w_neg
+    num = (w_pos * (neg_below + 0.5 * w_neg)).sum(axis=1)
+    den = w_pos.sum(axis=1) * w_neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _resample_counts(rng: np.random.Generator, n_boot: int, n: int) -> np.ndarray:
+    """(n_boot, n) counts of how often each of ``n`` items is drawn in ``n`` draws with replacement."""
+    draws = rng.integers(0, n, size=(n_boot, n))
+    flat = (draws + n * np.arange(n_boot)[:, None]).ravel()
+    return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+
+
+def auroc(scores: Float[np.ndarray, "batch"], labels: Shaped[np.ndarray, "batch"]) -> float:
+    """Exact AUROC (ties count 1/2) of ``scores`` for 0/1 or bool ``labels``: P(score_pos > score_neg).
+
+    Raw and signed: 0.5 is chance, values below 0.5 mean the direction separates with its sign reversed.
+    ValueError if only one class is present.
+    """
+    s = as_float_array(scores, "scores", 1).astype(np.float64)
+    lab = as_labels(labels)
+    if lab.shape[0] != s.shape[0]:
+        raise ValueError(f"auroc: {s.shape[0]} scores but {lab.shape[0]} labels")
+    require_both_classes(lab, "auroc")
+    return float(_auroc_columns(s[:, None], lab)[0])
+
+
+def auroc_ci(
+    scores: Float[np.ndarray, "batch"],
+    labels: Shaped[np.ndarray, "batch"],
+    n_boot: int = 1000,
+    seed: int = 0,
+    groups: Shaped[np.ndarray, "batch"] | None = None,
+    alpha: float = 0.05,
+) -> tuple[float, float, float]:
+    """``(auc, lo, hi)``: exact AUROC and its ``1 - alpha`` percentile-bootstrap interval (95% by default).
+
+    Without ``groups``, examples are resampled with replacement *within each class* (stratified: every
+    resample keeps the observed ``n_pos`` and ``n_neg``). With ``groups`` (e.g. prompt-pair ids, any
+    values), whole groups are resampled, so the two members of a pair always travel together; the class
+    counts then vary between resamples, and a resample that happens to hold one class only is dropped
+    (logged). All resamples are scored at once from a (n_boot, batch) matrix of resample counts.
+    Deterministic for a fixed ``seed``.
+    """
+    s = as_float_array(scores, "scores", 1).astype(np.float64)
+    lab = as_labels(labels)
+    if lab.shape[0] != s.shape[0]:
+        raise ValueError(f"auroc_ci: {s.shape[0]} scores but {lab.shape[0]} labels")
+    n_pos, n_neg = require_both_classes(lab, "auroc_ci")
+    if n_boot < 1:
+        raise ValueError(f"auroc_ci: n_boot must be >= 1, got {n_boot}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"auroc_ci: alpha must be in (0, 1), got {alpha}")
+    auc = float(_auroc_columns(s[:, None], lab)[0])
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        weights = np.zeros((n_boot, s.shape[0]))
+        pos_idx, neg_idx = np.flatnonzero(lab), np.flatnonzero(~lab)
+        weights[:, pos_idx] = _resample_counts(rng, n_boot, n_pos)
+        weights[:, neg_idx] = _resample_counts(rng, n_boot, n_neg)
+    else:
+        g = as_groups(groups, s.shape[0])
+        _, inverse = np.unique(g, return_inverse=True)
+        n_groups = int(inverse.max()) + 1
+        if n_groups < 2:
+            raise ValueError("auroc_ci: groups has a single group; a group bootstrap needs at least 2")
+        weights = _resample_counts(rng, n_boot, n_groups)[:, inverse]  # (B, N): an example gets its group's count
+    boot = _weighted_auroc_rows(s, lab, weights)
+    ok = np.isfinite(boot)
+    if not ok.all():
+        log.info("auroc_ci: %d of %d group resamples held one class only; dropped", int((~ok).sum()), n_boot)
+    if not ok.any():
+        raise ValueError("auroc_ci: every bootstrap resample held one class only; check labels and groups")
+    lo, hi = np.percentile(boot[ok], [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return auc, float(lo), float(hi)
+
+
+def random_direction_null(
+    X: Float[np.ndarray, "batch d_model"],
+    labels: Shaped[np.ndarray, "batch"],
+    n: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """AUROC of ``n`` random unit directions (isotropic Gaussian, from :func:`probes.random_directions`
+    with the same ``seed``): the null a probe must beat.
+
+    Returns ``dict(best, median, p95, aurocs, best_index, n)``:
+
+    - ``aurocs`` (n,): the raw, signed AUROC of each direction (``aurocs[i]`` is exactly
+      ``auroc(project(X, random_directions(d_model, n, seed)[i]), labels)``);
+    - ``best``, ``median``, ``p95``: max, median and 95th percentile of the **un-signed** AUROC
+      ``max(a, 1 - a)``; ``best_index`` is the direction that attains ``best``.
+
+    Why un-signed: a random direction ``r`` and ``-r`` are equally likely draws, so a direction that
+    separates the classes with AUROC 0.1 is as good a random find as one with 0.9. **The best-of-N
+    un-signed AUROC is the null to beat**; comparing a probe against the best *signed* value (or the
+    median) understates what chance alone reaches. A probe whose direction was fitted (difference of
+    means, logistic regression) should beat ``best`` on held-out data with its own, signed AUROC.
+
+    Fully vectorised: one ``X @ R.T`` product and a column-wise rank AUROC (chunked to bound memory).
+    """
+    Xa = as_float_array(X, "X", 2).astype(np.float64)
+    lab = as_labels(labels)
+    if lab.shape[0] != Xa.shape[0]:
+        raise ValueError(f"random_direction_null: X has {Xa.shape[0]} rows but {lab.shape[0]} labels")
+    require_both_classes(lab, "random_direction_null")
+    R = random_directions(Xa.shape[1], n, seed)  # (n, D)
+    chunk = max(1, _MAX_CHUNK_ELEMENTS // max(1, Xa.shape[0]))
+    aurocs = np.concatenate(
+        [_auroc_columns(Xa @ R[i : i + chunk].T, lab) for i in range(0, n, chunk)]  # (N, chunk) each
+    )
+    unsigned = np.maximum(aurocs, 1.0 - aurocs)
+    best_index = int(np.argmax(unsigned))
+    log.debug("random_direction_null: n=%d best=%.3f median=%.3f", n, unsigned[best_index], np.median(unsigned))
+    return dict(
+        best=float(unsigned[best_index]),
+        median=float(np.median(unsigned)),
+        p95=float(np.percentile(unsigned, 95)),
+        aurocs=aurocs,
+        best_index=best_index,
+        n=n,
+    )

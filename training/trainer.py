@@ -1,0 +1,80 @@
+"""Supervised fine-tuning with TRL's ``SFTTrainer`` on prompt/completion chat data (loss on the completion only).
+
+Every training stage of the toolkit (base training of the tiny model, backdoor insertion, the SFT safety arm)
+goes through :func:`sft_train`, so distributed launch (``torchrun`` / ``accelerate launch``), bf16 on GPUs and
+``--resume`` come from the ecosystem in one place.
+
+Footgun: TRL's config defaults assume a GPU (bf16, activation checkpointing); :func:`sft_config` sets them from
+the hardware. Trainer states (for ``--resume``) live in a hidden directory beside the final checkpoint, never
+in it, so an interrupted run never leaves a directory that looks like a finished checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.models import device_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OptimSettings:
+    steps: int
+    lr: float
+    batch_size: int
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    save_every: int = 0  # 0 = only at the end (trainer state for --resume)
+    max_length: int = 256
+    seed: int = 0
+    grad_accum: int = 1
+
+
+def _world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def sft_config(out_dir: Path, o: OptimSettings, logging_steps: int = 50):
+    from trl import SFTConfig
+
+    dev = device_settings()
+    return SFTConfig(
+        output_dir=str(out_dir), max_steps=o.steps, per_device_train_batch_size=o.batch_size,
+        gradient_accumulation_steps=o.grad_accum, learning_rate=o.lr, lr_scheduler_type="cosine",
+        warmup_steps=max(1, int(o.warmup_ratio * o.steps)), weight_decay=o.weight_decay,
+        logging_steps=logging_steps, save_strategy="steps" if o.save_every else "no",
+        save_steps=o.save_every or o.steps, save_total_limit=1, report_to="none", use_cpu=dev.use_cpu,
+        bf16=dev.bf16, fp16=False, gradient_checkpointing=False, max_length=o.max_length, seed=o.seed,
+        data_seed=o.seed, dataloader_num_workers=0, completion_only_loss=True, disable_tqdm=False,
+        save_only_model=False, ddp_backend="gloo" if (dev.use_cpu and _world_size() > 1) else None, ddp_find_unused_parameters=False,
+        dataset_num_proc=None, remove_unused_columns=True,
+    )
+
+
+def sft_train(model, tokenizer, rows: list[dict], out_dir: Path, o: OptimSettings, resume: bool = False,
+              peft_config=None):
+    """Train ``model`` on TRL prompt/completion rows; returns the trained model (a PeftModel with ``peft_config``).
+
+    ``out_dir`` holds trainer checkpoints for ``--resume`` (saved every ``o.save_every`` steps).
+    """
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    out_dir = Path(out_dir)
+    ds = Dataset.from_list(rows)
+    trainer = SFTTrainer(model=model, args=sft_config(out_dir, o), train_dataset=ds, processing_class=tokenizer,
+                         peft_config=peft_config)
+    last = None
+    if resume and out_dir.exists():
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(out_dir))
+        if last:
+            log.info("resuming from %s", last)
+    trainer.train(resume_from_checkpoint=last)
+    return trainer.model
