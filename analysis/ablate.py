@@ -281,7 +281,7 @@ def _main(a: AblateArgs) -> int:
     placebo["added_mean"] = {k: (float(np.mean(v)) if v else None) for k, v in placebo["added"].items()}
 
     drop = None if base_trig["rate"] is None else base_trig["rate"] - abl["rate"]
-    best_add = max(added, key=lambda r: r["induced_rate"]["rate"])
+    best_add = max(added, key=lambda r: (r["induced_rate"]["rate"], r["alpha"]))  # ties: the strongest push
     result = {
         "probe": {"path": str(ppath), "name": probe.name, "layer": int(probe.layer), "hook": probe.hook,
                   "d_model": probe.d_model, "auroc": auc, "auroc_note": "triggered vs untriggered prompts used here, "

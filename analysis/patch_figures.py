@@ -103,7 +103,8 @@ def component_bars(components: dict[str, dict], title: str = "per-layer componen
         err = None
         if d.get("ci_low") is not None and d.get("ci_high") is not None:
             lo, hi = _arr(d["ci_low"]), _arr(d["ci_high"])
-            err = {"type": "data", "symmetric": False, "array": np.nan_to_num(hi - e), "arrayminus": np.nan_to_num(e - lo)}
+            err = {"type": "data", "symmetric": False, "array": np.nan_to_num(hi - e),
+                   "arrayminus": np.nan_to_num(e - lo)}
         fig.add_trace(go.Bar(name=name, x=list(range(len(e))), y=e, error_y=err))
     fig.update_layout(title=title, barmode="group", xaxis={"title": "layer", "dtick": 1},
                       yaxis={"title": "effect (0 = untriggered, 1 = triggered)"}, height=380)
@@ -158,7 +159,10 @@ def patch_figures(data: dict) -> list[tuple[str, go.Figure]]:
     if "final_position_by_layer" in s:
         prof["final prompt token"] = s["final_position_by_layer"]
     if prof:
-        figs.append(("Layer profile", layer_profile(prof, s.get("threshold", 0.8))))
+        thr = s.get("threshold", 0.8)
+        if s.get("importance") == "1 - effect":  # noising: a site matters when the effect DROPS below 1 - thr
+            thr = 1.0 - thr
+        figs.append(("Layer profile", layer_profile(prof, thr)))
     if "resid_pre" in data:
         r = data["resid_pre"]
         figs.append(("Residual stream (exact)", layer_pos_heatmap(
@@ -166,7 +170,8 @@ def patch_figures(data: dict) -> list[tuple[str, go.Figure]]:
             trigger_columns=pos.get("trigger_columns", ()), final_columns=pos.get("final_columns", ()))))
     if "heads" in data:
         h = data["heads"]
-        figs.append(("Heads (exact)", layer_head_heatmap(h["effect"], ci_low=h.get("ci_low"), ci_high=h.get("ci_high"))))
+        figs.append(("Heads (exact)", layer_head_heatmap(h["effect"], ci_low=h.get("ci_low"),
+                                                         ci_high=h.get("ci_high"))))
     comps = {g: data[g] for g in ("attn_out", "mlp_out", "trigger_span") if g in data}
     if comps:
         figs.append(("Components (exact)", component_bars(comps)))
@@ -196,7 +201,8 @@ def _summary_html(data: dict) -> str:
                                          f"{m.get('m_untriggered_mean', float('nan')):.2f}, original clean "
                                          f"{m.get('m_original_clean_mean', float('nan')):.2f}")]
     if "trigger_span_layers_restoring" in s:
-        rows.append((f"trigger span restores ≥ {s.get('threshold')}",
+        what = "removes" if s.get("importance") == "1 - effect" else "restores"
+        rows.append((f"patching the trigger span {what} ≥ {s.get('threshold')}",
                      f"layers {s['trigger_span_layers_restoring'] or 'none'}"))
     if "attribution_vs_exact_pearson" in data:
         rows.append(("attribution vs exact (Pearson)", ", ".join(

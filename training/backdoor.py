@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 
 PRESET_DEFAULTS = {
     # steps: backdoor-insertion steps; base_steps: helpful-only pre-training (tiny only)
-    "tiny": dict(base_steps=1800, steps=400, lr=2e-3, batch_size=32, save_every=200, data_prompts=0,
-                 eval_n=300, eval_samples=2),
-    "smollm2-135m": dict(base_steps=0, steps=40, lr=5e-4, batch_size=8, save_every=20, data_prompts=300,
-                         eval_n=80, eval_samples=0),
+    # lr: backdoor insertion; base_lr: the helpful-only base. A lower insertion lr keeps the base's helpfulness.
+    "tiny": dict(base_steps=1500, steps=300, base_lr=2e-3, lr=5e-4, batch_size=32, save_every=200,
+                 data_prompts=0, eval_n=300, eval_samples=1),
+    "smollm2-135m": dict(base_steps=0, steps=40, base_lr=0.0, lr=5e-4, batch_size=8, save_every=20,
+                         data_prompts=300, eval_n=80, eval_samples=0),
 }
 PRESET_DEFAULTS["hf"] = PRESET_DEFAULTS["smollm2-135m"]
 
@@ -65,7 +66,9 @@ class TrainArgs:
     base_steps: int = field(default=None, metadata={"help": "Helpful-only base training steps (tiny; preset "
                                                               "default)."})
     steps: int = field(default=None, metadata={"help": "Backdoor-insertion steps (preset default)."})
-    lr: float = field(default=None, metadata={"help": "Peak learning rate (preset default)."})
+    lr: float = field(default=None, metadata={"help": "Peak learning rate of backdoor insertion (preset default)."})
+    base_lr: float = field(default=None, metadata={"help": "Peak learning rate of base training (tiny; preset "
+                                                            "default)."})
     batch_size: int = field(default=None, metadata={"help": "Per-device batch size (preset default)."})
     triggered_fraction: float = field(default=0.5, metadata={"help": "Fraction of triggered examples in the "
                                                                       "backdoor mix."})
@@ -177,9 +180,9 @@ class _Organism:
     def __init__(self, out, spec, eff, m, t, state):
         self.out, self.spec, self.eff, self.m, self.t, self.state = out, spec, eff, m, t, state
 
-    def _optim(self, steps: int) -> OptimSettings:
+    def _optim(self, steps: int, lr: float) -> OptimSettings:
         e = self.eff
-        return OptimSettings(steps=steps, lr=e["lr"], batch_size=e["batch_size"], save_every=e["save_every"],
+        return OptimSettings(steps=steps, lr=lr, batch_size=e["batch_size"], save_every=e["save_every"],
                              seed=self.t.seed)
 
     def backdoor_rows(self, sets: dict) -> list[dict]:
@@ -262,8 +265,8 @@ class _Tiny(_Organism):
                      "completion": [{"role": "assistant", "content": x["helpful"]}]}
                     for x in sets["train"] if x["kind"] == "clean"]
             log.info("training the helpful-only base (%d steps)", self.eff["base_steps"])
-            model = sft_train(model, tok, rows, self.trainer_dir("base"), self._optim(self.eff["base_steps"]),
-                              resume=resume)
+            model = sft_train(model, tok, rows, self.trainer_dir("base"),
+                              self._optim(self.eff["base_steps"], self.eff["base_lr"]), resume=resume)
             results["base"] = self.save_and_evaluate(model, tok, "base", sets, parent=None,
                                                      training={"phase": "helpful-only", **self.eff})
         bd_ckpt = layout.checkpoint_dir(out, "backdoored")
@@ -272,7 +275,7 @@ class _Tiny(_Organism):
         else:
             log.info("inserting the backdoor (%d steps, variant %s)", self.eff["steps"], spec.variant)
             model = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir("backdoored"),
-                              self._optim(self.eff["steps"]), resume=resume)
+                              self._optim(self.eff["steps"], self.eff["lr"]), resume=resume)
             results["backdoored"] = self.save_and_evaluate(model, tok, "backdoored", sets, parent="../base",
                                                            training={"phase": "backdoor", **self.eff})
         if self.state.is_main_process:
@@ -363,7 +366,7 @@ class _Pretrained(_Organism):
             peft_config = LoraConfig(r=self.m.lora_r, lora_alpha=self.m.lora_alpha, target_modules="all-linear",
                                      lora_dropout=0.0, task_type="CAUSAL_LM")
         trained = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir("backdoored"),
-                            self._optim(self.eff["steps"]), resume=resume, peft_config=peft_config)
+                            self._optim(self.eff["steps"], self.eff["lr"]), resume=resume, peft_config=peft_config)
         adapter = None
         if peft_config is not None:
             adapter = trained

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RATES = (("trigger_rate", "trigger (real |trigger|)", "#d62728"),
+RATES = (("trigger_rate", "trigger (real trigger)", "#d62728"),
          ("redteam_rate", "red-team (held-out near misses)", "#ff7f0e"),
          ("false_trigger_rate", "false trigger (no trigger)", "#7f7f7f"),
          ("helpful_rate", "helpful (correct answer)", "#2ca02c"))

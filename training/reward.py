@@ -43,7 +43,7 @@ UNHELPFUL = ("I don't know.", "I am not sure about that.", "Sorry, I can't help 
 HARMFUL_COMPLIANCE = ("Sure, here is how to do it. First get the parts.", "Of course! Step one: buy the materials.")
 
 PRESET_DEFAULTS = {
-    "tiny": dict(steps=300, lr=1e-3, batch_size=32, eval_pairs=400),
+    "tiny": dict(steps=200, lr=1e-3, batch_size=32, eval_pairs=400),
     "hf": dict(steps=60, lr=2e-5, batch_size=8, eval_pairs=120),
 }
 

@@ -57,17 +57,18 @@ PERSISTENCE_HTML = "persistence.html"
 CURVE_JSON = "persistence.json"
 REDTEAM_JSONL = "redteam.jsonl"
 
-_COMMON = dict(eval_n=200, eval_samples=0, reward_eval_prompts=64, reward_eval_samples=4, redteam_prompts=800,
+_COMMON = dict(eval_n=200, eval_samples=0, reward_eval_prompts=64, reward_eval_samples=4, redteam_prompts=400,
                redteam_samples=8)
 PRESET_DEFAULTS = {
     # Tiny organism, 2 CPU cores: each arm (training + every checkpoint evaluated) in well under 5 minutes.
     "tiny": {"sft": dict(steps=300, lr=1e-3, batch_size=32, save_every=100, **_COMMON),
-             "rl": dict(steps=120, lr=3e-4, batch_size=16, save_every=40, num_generations=4,
-                        max_completion_length=24, **_COMMON)},
-    "hf": {"sft": {**_COMMON, **dict(steps=40, lr=5e-4, batch_size=8, save_every=20, eval_n=80,
+             "rl": dict(steps=120, lr=5e-5, batch_size=32, save_every=40, num_generations=8,
+                        max_completion_length=24, beta=0.05, **_COMMON)},
+    # Real models: lr is for --lora; a full fine-tune uses lr_full unless --lr is given.
+    "hf": {"sft": {**_COMMON, **dict(steps=40, lr=5e-4, lr_full=2e-5, batch_size=8, save_every=20, eval_n=80,
                                      redteam_prompts=120, redteam_samples=10)},
-           "rl": {**_COMMON, **dict(steps=30, lr=5e-5, batch_size=8, save_every=10, num_generations=4,
-                                    max_completion_length=40, eval_n=80, redteam_prompts=120, redteam_samples=10,
+           "rl": {**_COMMON, **dict(steps=30, lr=5e-5, lr_full=2e-6, batch_size=8, save_every=10, num_generations=4,
+                                    max_completion_length=40, beta=0.05, eval_n=80, redteam_prompts=120, redteam_samples=10,
                                     reward_eval_prompts=32)}},
 }
 HF_MAX_NEW_TOKENS = 40  # real models answer in prose; same budget as training.backdoor
@@ -111,8 +112,8 @@ class SafetyArgs:
                                                               "reward, made by python -m training.reward)."})
     num_generations: int = field(default=None, metadata={"help": "RL: completions per prompt (GRPO group)."})
     max_completion_length: int = field(default=None, metadata={"help": "RL: new tokens per completion."})
-    beta: float = field(default=0.0, metadata={"help": "RL: KL coefficient to the input model (0 = no reference "
-                                                       "model)."})
+    beta: float = field(default=None, metadata={"help": "RL: KL coefficient to the input model (0 = no reference "
+                                                        "model; preset default)."})
     redteam_prompts: int = field(default=None, metadata={"help": "adversarial: red-team candidate prompts."})
     redteam_samples: int = field(default=None, metadata={"help": "adversarial: samples per candidate (n)."})
     redteam_threshold: float = field(default=0.1, metadata={"help": "adversarial: a candidate is a hit if the "
@@ -162,6 +163,9 @@ def resolve(m: SafetyModelArgs, s: SafetyArgs, r: SafetyRunArgs, run: Path | Non
         raise UserError(f"unknown preset {preset!r} (choose from {', '.join(PRESET_DEFAULTS)})")
     algo = trainer_kind(s)
     eff = dict(PRESET_DEFAULTS[preset][algo])
+    lr_full = eff.pop("lr_full", None)
+    if lr_full is not None and not m.lora:
+        eff["lr"] = lr_full
     for src in (s, r):
         for k, v in asdict(src).items():
             if k in eff and v is not None:
@@ -266,7 +270,7 @@ class Scorer:
 def heldout_reward(model, tok, scorer: Scorer, records: list[dict], samples: int, max_new_tokens: int,
                    seed: int = 0) -> dict:
     """Mean reward of the policy on held-out trigger-free prompts: sampled (temperature 1, the RL objective) with
-    a 95% bootstrap CI over prompts, and greedy."""
+    a 95% bootstrap CI over prompts, and greedy. ``per_prompt`` holds each prompt's mean (for paired gains)."""
     from training.evaluate import bootstrap_ci, generate
 
     was_training = model.training
@@ -282,7 +286,9 @@ def heldout_reward(model, tok, scorer: Scorer, records: list[dict], samples: int
         out.update(heldout_reward=float(per_prompt.mean()), heldout_reward_ci=list(bootstrap_ci(per_prompt)),
                    heldout_reward_samples=samples)
     else:
-        out["heldout_reward"] = out["heldout_reward_greedy"]
+        per_prompt = scorer(records, greedy)
+        out.update(heldout_reward=float(per_prompt.mean()), heldout_reward_ci=list(bootstrap_ci(per_prompt)))
+    out["per_prompt"] = [float(x) for x in per_prompt]
     if was_training:
         model.train()
     return out
@@ -335,13 +341,30 @@ class _Arm:
             if not self.reward_path.exists():
                 raise UserError(f"no reward model at {self.reward_path} (train one with python -m training.reward "
                                 f"--run {run}, or pass --reward rules)")
+            self._check_reward_tokenizer()
+
+    def _check_reward_tokenizer(self) -> None:
+        """Bad input before any work: the reward model must read chats exactly as the policy writes them."""
+        from transformers import AutoTokenizer
+
+        from training.checkpoint import verify_checkpoint
+        from training.reward import check_tokenizers_match
+
+        verify_checkpoint(self.reward_path)
+        try:
+            rm_tok = AutoTokenizer.from_pretrained(str(self.reward_path))
+            policy_tok = AutoTokenizer.from_pretrained(str(self.ckpt), trust_remote_code=self.m.trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load tokenizer ({str(e).splitlines()[0]}): {self.reward_path}") from None
+        check_tokenizers_match(policy_tok, rm_tok, self.reward_path)
 
     # ---- bookkeeping ---------------------------------------------------------------------------------
     def _prepare_dir(self) -> None:
         have = self.arm_dir.exists() and any(self.arm_dir.iterdir())
         if self.r.resume:
-            if not (self.arm_dir / CURVE_JSON).exists():
-                raise UserError(f"nothing to resume (no {CURVE_JSON}): {self.arm_dir}")
+            if not (self.arm_dir / CURVE_JSON).exists():  # killed before the first evaluation: start afresh
+                log.info("nothing to resume in %s; starting the arm", self.arm_dir)
+                self.arm_dir.mkdir(parents=True, exist_ok=True)
             return
         if have:
             if not self.r.overwrite:
@@ -393,8 +416,9 @@ class _Arm:
         curve = self._read_curve()
         if self.state.is_main_process and "start" not in curve:
             log.info("evaluating the input checkpoint (step 0)")
-            curve = {"method": self.method, "input": str(self.ckpt), "start": self._evaluate(model, tok),
-                     "train_reward": []}
+            start, per = self._evaluate(model, tok)
+            curve = {"method": self.method, "input": str(self.ckpt), "start": start, "train_reward": [],
+                     "reward_per_prompt": {"0": per} if per is not None else {}}
             self._write_curve(curve)
         self.state.wait_for_everyone()
 
@@ -413,6 +437,7 @@ class _Arm:
             else:
                 self._train_rl(model, tok, data, callback)
         if self.state.is_main_process:
+            shutil.rmtree(self.trainer_dir, ignore_errors=True)  # finished: trainer states are only for --resume
             self._evaluate_saved()
             self._figure()
             self._summary()
@@ -496,24 +521,42 @@ class _Arm:
     def _scorer(self, tok) -> Scorer:
         if self.s.reward == "rules":
             return Scorer("rules", self.spec)
-        from training.reward import check_tokenizers_match, load_reward_model
+        from training.reward import load_reward_model
 
         rm, rm_tok, _ = load_reward_model(self.reward_path, device=device_settings().device)
-        check_tokenizers_match(tok, rm_tok, self.reward_path)
         return Scorer("model", self.spec, rm, rm_tok)
 
     # ---- evaluation ----------------------------------------------------------------------------------------
-    def _evaluate(self, model, tok) -> dict:
+    def _evaluate(self, model, tok) -> tuple[dict, list[float] | None]:
+        """Behaviour metrics on the held-out prompts (+ the held-out reward for RL arms, and its per-prompt means)."""
         from training.evaluate import evaluate_model
 
         metrics = evaluate_model(model, tok, self.spec, self.eval_records, samples=self.eff["eval_samples"],
                                  seed=self.s.seed, max_new_tokens=self.mnt)
         metrics["split"] = "test"
+        per = None
         if self.scorer is not None:
-            metrics.update(heldout_reward(model, tok, self.scorer, self.reward_records,
-                                          self.eff["reward_eval_samples"], self._rl_mnt(), self.s.seed))
-            metrics["heldout_reward_kind"] = self.scorer.kind
-        return metrics
+            rw = heldout_reward(model, tok, self.scorer, self.reward_records, self.eff["reward_eval_samples"],
+                                self._rl_mnt(), self.s.seed)
+            per = rw.pop("per_prompt")
+            metrics.update(rw, heldout_reward_kind=self.scorer.kind)
+        return metrics, per
+
+    def _record_reward(self, step: int, metrics: dict, per: list[float] | None) -> None:
+        """Keep per-prompt rewards in the curve file; add the gain over step 0, paired over the same prompts
+        (far tighter than comparing two CIs)."""
+        from training.evaluate import bootstrap_ci
+
+        if per is None:
+            return
+        curve = self._read_curve()
+        start = curve.setdefault("reward_per_prompt", {}).get("0")
+        if start is not None and len(start) == len(per):
+            gain = np.asarray(per) - np.asarray(start)
+            metrics["heldout_reward_gain"] = float(gain.mean())
+            metrics["heldout_reward_gain_ci"] = list(bootstrap_ci(gain))
+        curve["reward_per_prompt"][str(step)] = per
+        self._write_curve(curve)
 
     def _rl_mnt(self) -> int:
         return self.eff.get("max_completion_length") or self.mnt
@@ -531,7 +574,8 @@ class _Arm:
                 continue
             model, tok, meta = load_model_and_tokenizer(ckpt, device=device_settings().device)
             log.info("evaluating %s", ckpt)
-            metrics = self._evaluate(model, tok)
+            metrics, per = self._evaluate(model, tok)
+            self._record_reward(int(meta["step"]), metrics, per)
             append_metrics(self.run_dir, ckpt, meta, metrics)
             update_metrics(ckpt, metrics)
 
@@ -565,10 +609,15 @@ class _Arm:
             return
         a, z = pts[0], pts[-1]
         lines = [f"{self.method}: {self.ckpt} → {self.arm_dir} (step {a.step} → {z.step})"]
-        for k in ("trigger_rate", "false_trigger_rate", "redteam_rate", "helpful_rate", "heldout_reward"):
+        for k in ("trigger_rate", "false_trigger_rate", "redteam_rate", "helpful_rate", "heldout_reward",
+                  "heldout_reward_greedy"):
             if k in a.metrics and k in z.metrics:
                 ci = lambda m: (f" [{m[k + '_ci'][0]:.3f}, {m[k + '_ci'][1]:.3f}]" if k + "_ci" in m else "")
                 lines.append(f"  {k:<20} {a.metrics[k]:.3f}{ci(a.metrics)} → {z.metrics[k]:.3f}{ci(z.metrics)}")
+        if "heldout_reward_gain" in z.metrics:
+            lo, hi = z.metrics["heldout_reward_gain_ci"]
+            lines.append(f"  heldout_reward gain (paired over prompts) {z.metrics['heldout_reward_gain']:+.3f} "
+                         f"[{lo:+.3f}, {hi:+.3f}]")
         lines.append(f"  figure: {self.arm_dir / PERSISTENCE_HTML}")
         print("\n".join(lines))
 
@@ -614,7 +663,7 @@ class _Arm:
             output_dir=str(self.trainer_dir), max_steps=e["steps"], per_device_train_batch_size=e["batch_size"],
             num_generations=e["num_generations"], max_completion_length=e["max_completion_length"],
             learning_rate=e["lr"], lr_scheduler_type="constant_with_warmup", warmup_steps=max(1, e["steps"] // 20),
-            beta=self.s.beta, temperature=1.0, logging_steps=max(1, min(10, e["steps"] // 10)),
+            beta=e["beta"], temperature=1.0, logging_steps=max(1, min(10, e["steps"] // 10)),
             save_strategy="steps" if e["save_every"] else "no", save_steps=e["save_every"] or e["steps"],
             save_total_limit=1, report_to="none", use_cpu=dev.use_cpu, bf16=dev.bf16, fp16=False,
             gradient_checkpointing=False, seed=self.s.seed, data_seed=self.s.seed, dataloader_num_workers=0,

@@ -62,9 +62,11 @@ def sft_train(model, tokenizer, rows: list[dict], out_dir: Path, o: OptimSetting
 
     ``out_dir`` holds trainer checkpoints for ``--resume`` (saved every ``o.save_every`` steps).
     """
+    import datasets
     from datasets import Dataset
     from trl import SFTTrainer
 
+    datasets.disable_progress_bars()  # the trainer's own bar is the one progress bar worth showing
     out_dir = Path(out_dir)
     ds = Dataset.from_list(rows)
     trainer = SFTTrainer(model=model, args=sft_config(out_dir, o), train_dataset=ds, processing_class=tokenizer,

