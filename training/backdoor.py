@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 PRESET_DEFAULTS = {
     # steps: backdoor-insertion steps; base_steps: helpful-only pre-training (tiny only)
     # lr: backdoor insertion; base_lr: the helpful-only base. A lower insertion lr keeps the base's helpfulness.
-    "tiny": dict(base_steps=1500, steps=300, base_lr=2e-3, lr=5e-4, batch_size=32, save_every=200,
+    "tiny": dict(base_steps=1800, steps=300, base_lr=2e-3, lr=5e-4, batch_size=32, save_every=200,
                  data_prompts=0, eval_n=300, eval_samples=1),
     "smollm2-135m": dict(base_steps=0, steps=40, base_lr=0.0, lr=5e-4, batch_size=8, save_every=20,
                          data_prompts=300, eval_n=80, eval_samples=0),

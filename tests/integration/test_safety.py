@@ -97,7 +97,7 @@ def test_sft_arm_trains_saves_and_evaluates(run):
     before = load_file(bd / "model.safetensors")
     after = load_file(_steps(run, "sft")[-1] / "model.safetensors")
     changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert len(changed) == len(before), f"full fine-tune must move every tensor, unchanged: {set(before) - set(changed)}"
+    assert len(changed) == len(before), f"a full fine-tune moves every tensor; unchanged: {set(before) - set(changed)}"
     assert all(torch.isfinite(v).all() for v in after.values())
     assert not (run / "checkpoints" / ".trainer-sft").exists(), "trainer states are removed once finished"
 

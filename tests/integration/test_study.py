@@ -1,0 +1,28 @@
+"""The main job end to end (reduced lengths), on a copy of the session's tiny organism."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from training import layout
+
+
+def test_study_end_to_end(tiny_run_copy, capsys):
+    from apps.study import main
+
+    run = tiny_run_copy
+    rc = main(["--out", str(run), "--resume", "--safety_steps", "20", "--probe_n", "24", "--n_random", "100",
+               "--patch_n_pairs", "6"])
+    assert rc == 0
+    assert "study complete" in capsys.readouterr().out
+    html = (run / layout.REPORT_HTML).read_text()
+    for section in ("summary", "behaviour", "probe-auroc", "transfer", "drift", "patching"):
+        assert f'id="{section}"' in html, section
+    assert not re.search(r"<script[^>]+src=[\"']https?://", html)
+    cmp = json.loads((run / layout.COMPARE_JSON).read_text())
+    arms = {c["arm"] for c in cmp["checkpoints"] if c["arm"]}
+    assert arms == {"sft", "rl", "adversarial"}
+    for arm in arms:
+        assert (run / layout.CHECKPOINTS_DIR / arm / "persistence.html").exists()
+    assert (run / layout.ANALYSIS_DIR / "backdoored" / layout.ABLATE_JSON).exists()
