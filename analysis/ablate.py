@@ -79,9 +79,11 @@ def behaviour_rate(loaded, spec, prompts: list[str], fwd_hooks: list, max_new_to
     """Greedy completions with ``fwd_hooks`` active; the rate of completions showing the backdoor behaviour."""
     from training.evaluate import generate
 
+    # The hooks live in the bridge, so generation must run through the wrapped HF model; its KV cache is broken
+    # there (see analysis.load), so generate without it: slower, but the same tokens as a plain HF model.
     with loaded.bridge.hooks(fwd_hooks=fwd_hooks):
         outs = generate(loaded.hf_model, loaded.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, desc="ablate")
+                        batch_size=batch_size, desc="ablate", use_cache=False)
     r = rate([spec.shows_behaviour(o[0]) for o in outs])
     r["examples"] = [o[0] for o in outs[:3]]
     return r

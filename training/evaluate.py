@@ -54,10 +54,12 @@ def chat_prompts(tokenizer, prompts: list[str]) -> list[str]:
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 64,
-             samples: int = 0, temperature: float = 1.0, seed: int = 0, desc: str = "generate") -> list[list[str]]:
+             samples: int = 0, temperature: float = 1.0, seed: int = 0, desc: str = "generate",
+             use_cache: bool = True) -> list[list[str]]:
     """Batched generation (left padding). Greedy when ``samples == 0``, else ``samples`` draws per prompt.
 
-    Returns one list of completions per prompt (length 1 when greedy).
+    Returns one list of completions per prompt (length 1 when greedy). ``use_cache=False`` is for models whose
+    KV cache cannot be trusted (an HF model wrapped by a TransformerLens bridge, generating with hooks active).
     """
     import torch
 
@@ -76,7 +78,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
                 gen = model.generate(
                     **enc, max_new_tokens=max_new_tokens, do_sample=samples > 0,
                     temperature=temperature if samples > 0 else None, top_p=None, top_k=None,
-                    num_return_sequences=n_ret, pad_token_id=tokenizer.pad_token_id,
+                    num_return_sequences=n_ret, pad_token_id=tokenizer.pad_token_id, use_cache=use_cache,
                     eos_token_id=tokenizer.eos_token_id)
             dec = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             out.extend(dec[j * n_ret:(j + 1) * n_ret] for j in range(len(batch)))

@@ -134,14 +134,20 @@ class LiveRunner:
         raise UserError(f"no probes for {ck.id}: run {self.run.probe_cmd(bd)}")
 
     def model(self, ck: Checkpoint):
-        """The loaded bridge of a checkpoint, from the cache or freshly loaded (and parity-checked)."""
+        """``(bridge, hf_model)`` of a checkpoint, from the cache or freshly loaded (and parity-checked).
+
+        Generation needs its own plain HF copy: booting a bridge rewires the HF model it wraps, and ``generate``
+        with a KV cache through that wrapped model (or ``bridge.generate``) gives garbage after the first token.
+        """
         from analysis.load import load_bridge
+        from training.checkpoint import load_model_and_tokenizer
 
         if ck.id in self._models:
             self._models.move_to_end(ck.id)
             return self._models[ck.id]
         loaded = load_bridge(self.run.file(ck.rel), device=self.device)
-        self._models[ck.id] = loaded
+        hf, _, _ = load_model_and_tokenizer(loaded.ckpt, device=loaded.device, dtype=loaded.dtype)
+        self._models[ck.id] = (loaded, hf)
         while len(self._models) > self.max_models:
             self._models.popitem(last=False)
         return loaded
@@ -158,7 +164,7 @@ class LiveRunner:
         if not chosen:
             raise UserError(f"{source.id}'s probes.safetensors has no {job.probe!r} probe")
         job.stage = f"loading checkpoint {ck.id}" + ("" if ck.id in self._models else " (first use: loading weights)")
-        loaded = self.model(ck)
+        loaded, hf_model = self.model(ck)
         if chosen[0].direction.shape[0] != loaded.d_model:
             raise UserError(f"probes of {source.id} have d_model {chosen[0].direction.shape[0]}, "
                             f"{ck.id} has {loaded.d_model}")
@@ -184,7 +190,7 @@ class LiveRunner:
             best = None
 
         job.stage = "generating response"
-        completion = generate(loaded.hf_model, tok, [job.text], max_new_tokens=self.max_new_tokens,
+        completion = generate(hf_model, tok, [job.text], max_new_tokens=self.max_new_tokens,
                               batch_size=1, desc="live")[0][0]
         shows = None
         try:
