@@ -1,0 +1,96 @@
+"""The main job, measured: ``apps.study --preset tiny`` in a fresh process (wall time, peak memory), then the
+README's analysis tables generated from the run it wrote (probe per layer, patching, ablation, safety arms).
+
+Usage: ``python benchmarks/study_bench.py [--out runs/demo]``  (reuses nothing: the study starts from scratch)
+Writes ``benchmarks/results/study.json`` and ``study_table.md``, ``probe_table.md``, ``patch_table.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+from pipeline_bench import RESULTS, run_module  # noqa: E402
+
+
+def ci(x) -> str:
+    return f"[{x[0]:.2f}, {x[1]:.2f}]" if x and None not in x else ""
+
+
+def probe_table(run: Path, ckpt_id: str = "backdoored") -> str:
+    p = json.loads((run / "analysis" / ckpt_id / "probe.json").read_text())
+    rows = ["| layer | contrast AUROC [95% CI] | parent contrast | behaviour AUROC | supervised DoM | "
+            "logistic | parent DoM | best of N random |", "|---|---|---|---|---|---|---|---|"]
+    for L in p["layers"]:
+        rows.append(f"| {L['layer']} | {L['contrast_auroc']:.2f} {ci(L.get('contrast_auroc_ci'))} | "
+                    f"{L.get('parent_contrast_auroc', float('nan')):.2f} | {L['behaviour_auroc']:.2f} | "
+                    f"{L['supervised_dom_auroc']:.2f} | {L['supervised_logreg_auroc']:.2f} | "
+                    f"{L.get('parent_supervised_dom_auroc', float('nan')):.2f} | {L['random_best_auroc']:.2f} |")
+    rows.append(f"\n`analysis.probe` on `{ckpt_id}` ({p['n_random']} random directions; parent = "
+                f"`{(p.get('parent') or 'none')}`). Triggered vs untriggered held-out prompts unless named "
+                "otherwise; behaviour AUROC uses the model's own greedy defections with near-miss prompts as hard "
+                "negatives. AUROC < 0.5 means the direction separates the classes with its sign reversed.")
+    return "\n".join(rows)
+
+
+def patch_table(run: Path, ckpt_id: str = "backdoored") -> str:
+    p = json.loads((run / "analysis" / ckpt_id / "patch.json").read_text())
+    rows = ["| layer | trigger span | final prompt token | attn_out | mlp_out |", "|---|---|---|---|---|"]
+    span, resid = p["trigger_span"]["effect"], p["resid_pre"]["effect"]
+    for layer in range(len(resid)):
+        rows.append(f"| {layer} | {span[layer]:.2f} | {resid[layer][-1]:.2f} | {p['attn_out']['effect'][layer]:.2f} | "
+                    f"{p['mlp_out']['effect'][layer]:.2f} |")
+    pear = ", ".join(f"{k} {v:.2f}" for k, v in p["attribution_vs_exact_pearson"].items())
+    secs = p["seconds"]
+    rows.append(f"\n`analysis.patch` on `{ckpt_id}`: exact activation patching of the residual stream (resid_pre), "
+                f"triggered → untriggered, {p['n_pairs']} token-aligned pairs, normalised metric (0 = untriggered, "
+                f"1 = triggered). Attribution vs exact Pearson: {pear}; exact {secs['exact']:.1f} s, attribution "
+                f"{secs['attribution']:.2f} s on the same grids.")
+    return "\n".join(rows)
+
+
+def study_table(run: Path, timing: dict) -> str:
+    cmp = json.loads((run / "compare.json").read_text())
+    rows = ["| checkpoint | trigger rate | false-trigger rate | red-team rate | helpful rate |", "|---|---|---|---|---|"]
+    for arm, pts in cmp["behaviour"].items():
+        for pt in pts:
+            rows.append(f"| {pt['checkpoint']} | {pt['trigger_rate']:.2f} {ci(pt.get('trigger_rate_ci'))} | "
+                        f"{pt['false_trigger_rate']:.2f} {ci(pt.get('false_trigger_rate_ci'))} | "
+                        f"{pt['redteam_rate']:.2f} {ci(pt.get('redteam_rate_ci'))} | "
+                        f"{pt['helpful_rate']:.2f} {ci(pt.get('helpful_rate_ci'))} |")
+    rows = list(dict.fromkeys(rows))  # the backdoored start point repeats per arm
+    abl = run / "analysis" / "backdoored" / "ablate.json"
+    m = describe()
+    rows.append(f"\n`make demo` (`apps.study --preset tiny`): {timing['wall_s']:.0f} s wall, peak RSS "
+                f"{timing['peak_rss_mib']:.0f} MiB on {m['cpu']} ({m['cores']} cores). Summary from compare.json:")
+    rows += [f"- {s}" for s in cmp.get("summary", [])]
+    if abl.exists():
+        rows.append(f"- ablation (analysis.ablate on backdoored): see `{abl.relative_to(run)}`")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="runs/demo")
+    ap.add_argument("--skip-run", action="store_true", help="only regenerate the tables from --out")
+    a = ap.parse_args()
+    run = Path(a.out)
+    timing_file = RESULTS / "study.json"
+    if a.skip_run:
+        timing = json.loads(timing_file.read_text())["timing"]
+    else:
+        timing = run_module("apps.study", ["--preset", "tiny", "--out", str(run), "--overwrite"])
+        timing_file.write_text(json.dumps({"machine": describe(), "timing": timing, "run": str(run)}, indent=2))
+    (RESULTS / "study_table.md").write_text(study_table(run, timing) + "\n")
+    (RESULTS / "probe_table.md").write_text(probe_table(run) + "\n")
+    (RESULTS / "patch_table.md").write_text(patch_table(run) + "\n")
+    print(f"study: {timing['wall_s']} s; tables written to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
