@@ -34,8 +34,8 @@ class StudyArgs:
     out: str = field(default="runs/demo", metadata={"help": "Run directory."})
     variant: str = field(default="normal", metadata={"help": "Backdoor variant: normal | cot | distilled_cot."})
     arms: str = field(default="sft,rl,adversarial", metadata={"help": "Comma-separated safety arms to run."})
-    safety_steps: int = field(default=None, metadata={"help": "Steps per safety arm (default: each arm's preset "
-                                                                "default)."})
+    safety_steps: int = field(default=100, metadata={"help": "Steps per safety arm, checkpoints at half and end "
+                                                               "(0 = each arm's own preset default)."})
     backdoor_args: str = field(default="", metadata={"help": "Extra flags for training.backdoor (quoted)."})
     probe_n: int = field(default=0, metadata={"help": "Base prompts per probe run (0 = the probe's default)."})
     n_random: int = field(default=1000, metadata={"help": "Random directions in the probe null."})

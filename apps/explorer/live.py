@@ -150,7 +150,7 @@ class LiveRunner:
         self._models[ck.id] = (loaded, hf)
         while len(self._models) > self.max_models:
             self._models.popitem(last=False)
-        return loaded
+        return self._models[ck.id]
 
     def _run(self, job: Job, ck: Checkpoint) -> dict:
         import torch
