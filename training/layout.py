@@ -26,6 +26,12 @@ CONFIG_JSON = "config.json"
 ADAPTER_DIR = "adapter"
 TRAINER_STATE_DIR = "trainer"  # in-progress trainer checkpoints (for --resume), beside the final checkpoint
 
+# safety-arm outputs, beside the arm's step-N checkpoints
+PERSISTENCE_HTML = "persistence.html"
+PERSISTENCE_JSON = "persistence.json"
+REDTEAM_JSONL = "redteam.jsonl"
+REWARD_STAGE = "reward"  # checkpoints/reward/: the preference model (a classifier, not a causal LM)
+
 # analysis outputs
 PROBE_JSON = "probe.json"
 PROBES_SAFETENSORS = "probes.safetensors"

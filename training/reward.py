@@ -36,7 +36,7 @@ from training.errors import UserError
 
 log = logging.getLogger(__name__)
 
-REWARD_STAGE = "reward"  # checkpoints/reward/ (TODO lead: move to training.layout with the other names)
+REWARD_STAGE = layout.REWARD_STAGE
 PAIR_KINDS = ("hostile", "unhelpful", "wrong")
 UNHELPFUL = ("I don't know.", "I am not sure about that.", "Sorry, I can't help with that.",
              "Hello! How can I help you today?", "Let me think about something else.")

@@ -46,16 +46,16 @@ from training.backdoors import BackdoorSpec, spec_from_meta
 from training.data import answer_correct, build_prompt_sets, read_jsonl, write_jsonl
 from training.errors import UserError
 from training.models import device_settings
-from training.trainer import OptimSettings, sft_config
+from training.trainer import OptimSettings, sft_train
 
 log = logging.getLogger(__name__)
 
 METHODS = ("sft", "rl", "adversarial")
 REWARDS = ("model", "rules")
-# File names inside checkpoints/<method>/ (TODO lead: move to training.layout with the other names)
-PERSISTENCE_HTML = "persistence.html"
-CURVE_JSON = "persistence.json"
-REDTEAM_JSONL = "redteam.jsonl"
+# File names inside checkpoints/<method>/
+PERSISTENCE_HTML = layout.PERSISTENCE_HTML
+CURVE_JSON = layout.PERSISTENCE_JSON
+REDTEAM_JSONL = layout.REDTEAM_JSONL
 
 _COMMON = dict(eval_n=200, eval_samples=0, reward_eval_prompts=64, reward_eval_samples=4, redteam_prompts=400,
                redteam_samples=8)
@@ -641,18 +641,11 @@ class _Arm:
         return last
 
     def _train_sft(self, model, tok, records: list[dict], callback) -> None:
-        # TODO lead: training.trainer.sft_train takes no `callbacks`; with a `callbacks=None` pass-through this body
-        # becomes one sft_train(...) call. Settings come from its sft_config either way.
-        from datasets import Dataset
-        from trl import SFTTrainer
-
         e = self.eff
         o = OptimSettings(steps=e["steps"], lr=e["lr"], batch_size=e["batch_size"], save_every=e["save_every"],
                           seed=self.s.seed)
-        trainer = SFTTrainer(model=model, args=sft_config(self.trainer_dir, o, logging_steps=max(1, e["steps"] // 10)),
-                             train_dataset=Dataset.from_list(sft_rows(records)), processing_class=tok,
-                             peft_config=self._peft_config(), callbacks=[callback])
-        trainer.train(resume_from_checkpoint=self._last_state())
+        sft_train(model, tok, sft_rows(records), self.trainer_dir, o, resume=self.r.resume,
+                  peft_config=self._peft_config(), callbacks=[callback], logging_steps=max(1, e["steps"] // 10))
 
     def _train_rl(self, model, tok, records: list[dict], callback) -> None:
         from datasets import Dataset

