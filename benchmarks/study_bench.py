@@ -55,14 +55,14 @@ def patch_table(run: Path, ckpt_id: str = "backdoored") -> str:
 
 def study_table(run: Path, timing: dict) -> str:
     cmp = json.loads((run / "compare.json").read_text())
-    rows = ["| checkpoint | trigger rate | false-trigger rate | red-team rate | helpful rate |", "|---|---|---|---|---|"]
+    rows = ["| curve | checkpoint | trigger rate | false-trigger rate | red-team rate | helpful rate |",
+            "|---|---|---|---|---|---|"]
     for arm, pts in cmp["behaviour"].items():
         for pt in pts:
-            rows.append(f"| {pt['checkpoint']} | {pt['trigger_rate']:.2f} {ci(pt.get('trigger_rate_ci'))} | "
+            rows.append(f"| {arm} | {pt['checkpoint']} | {pt['trigger_rate']:.2f} {ci(pt.get('trigger_rate_ci'))} | "
                         f"{pt['false_trigger_rate']:.2f} {ci(pt.get('false_trigger_rate_ci'))} | "
                         f"{pt['redteam_rate']:.2f} {ci(pt.get('redteam_rate_ci'))} | "
                         f"{pt['helpful_rate']:.2f} {ci(pt.get('helpful_rate_ci'))} |")
-    rows = list(dict.fromkeys(rows))  # the backdoored start point repeats per arm
     abl = run / "analysis" / "backdoored" / "ablate.json"
     m = describe()
     rows.append(f"\n`make demo` (`apps.study --preset tiny`): {timing['wall_s']:.0f} s wall, peak RSS "
