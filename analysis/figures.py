@@ -105,13 +105,11 @@ def pca_2d(X: Float[np.ndarray, "n d_model"]) -> tuple[Float[np.ndarray, "n 2"],
     return coords, np.pad(ratio, (0, 2 - ratio.size))
 
 
-def pca_scatter(X: Float[np.ndarray, "n d_model"], colourings: Mapping[str, Sequence], *,
-                hover: Sequence[str] | None = None, title: str = "PCA of activations") -> go.Figure:
-    """Activations on their top two principal components, one panel per colouring (e.g. trigger, behaviour).
-
-    ``colourings``: panel title → one categorical label per row of ``X`` (strings or bools).
-    """
-    coords, ratio = pca_2d(X)
+def projection_scatter(coords: Float[np.ndarray, "n 2"], colourings: Mapping[str, Sequence], *,
+                       hover: Sequence[str] | None = None, x_title: str = "x", y_title: str = "y",
+                       title: str = "Activations", height: int | None = None) -> go.Figure:
+    """Points at ``coords`` (one row per prompt), one panel per colouring (panel title → one label per row)."""
+    coords = np.asarray(coords, dtype=np.float64)
     names = list(colourings)
     fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=[f"coloured by {n}" for n in names])
     colour = 0  # one colour per (panel, category): the same colour never means two things on one page
@@ -127,10 +125,21 @@ def pca_scatter(X: Float[np.ndarray, "n d_model"], colourings: Mapping[str, Sequ
                 text=None if hover is None else [hover[j] for j in np.flatnonzero(m)],
                 hoverinfo="text" if hover is not None else "x+y"), row=1, col=c)
             colour += 1
-        fig.update_xaxes(title_text=f"PC1 ({ratio[0]:.0%})", row=1, col=c)
-        fig.update_yaxes(title_text=f"PC2 ({ratio[1]:.0%})", row=1, col=c)
-    fig.update_layout(title=title, template="plotly_white", legend=dict(orientation="h", y=-0.25))
+        fig.update_xaxes(title_text=x_title, row=1, col=c)
+        fig.update_yaxes(title_text=y_title, row=1, col=c)
+    fig.update_layout(title=title, template="plotly_white", legend=dict(orientation="h", y=-0.25), height=height)
     return fig
+
+
+def pca_scatter(X: Float[np.ndarray, "n d_model"], colourings: Mapping[str, Sequence], *,
+                hover: Sequence[str] | None = None, title: str = "PCA of activations") -> go.Figure:
+    """Activations on their top two principal components, one panel per colouring (e.g. trigger, behaviour).
+
+    ``colourings``: panel title → one categorical label per row of ``X`` (strings or bools).
+    """
+    coords, ratio = pca_2d(X)
+    return projection_scatter(coords, colourings, hover=hover, x_title=f"PC1 ({ratio[0]:.0%})",
+                              y_title=f"PC2 ({ratio[1]:.0%})", title=title)
 
 
 def write_html(path: str | os.PathLike, figures: Sequence[go.Figure], *, title: str,

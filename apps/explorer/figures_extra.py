@@ -5,8 +5,6 @@ The explorer reuses the analysis figures wherever they exist (``analysis.figures
 ``auroc_heatmaps`` / ``transfer_matrix`` / ``drift_to_reference`` / ``patching_comparison``); only what they do not
 cover lives here:
 
-- :func:`projection_scatter`: activations at given 2-D coordinates (probe direction vs top principal component),
-  one panel per colouring, like ``pca_scatter`` but with the coordinates chosen by the caller;
 - :func:`token_score_heatmap`: the live view's per-layer probe score at every prompt token.
 
 Footgun: token strings become axis tick text, which plotly renders as HTML: always pass them through
@@ -15,39 +13,13 @@ Footgun: token strings become axis tick text, which plotly renders as HTML: alwa
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 from jaxtyping import Float
-from plotly.subplots import make_subplots
 
-from analysis.figures import PALETTE
 from analysis.patch_figures import token_label
-
-
-def projection_scatter(coords: Float[np.ndarray, "n 2"], colourings: Mapping[str, Sequence], *,
-                       hover: Sequence[str] | None = None, x_title: str = "x", y_title: str = "y",
-                       title: str = "Activations") -> go.Figure:
-    """Points at ``coords`` (one row per prompt), one panel per colouring (panel title → one label per row)."""
-    coords = np.asarray(coords, dtype=np.float64)
-    names = list(colourings)
-    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=[f"coloured by {n}" for n in names])
-    for c, name in enumerate(names, start=1):
-        labels = np.asarray([str(v) for v in colourings[name]])
-        if labels.shape[0] != coords.shape[0]:
-            raise ValueError(f"colouring {name!r} has {labels.shape[0]} labels for {coords.shape[0]} rows")
-        for i, cat in enumerate(sorted(set(labels.tolist()))):
-            m = labels == cat
-            fig.add_trace(go.Scattergl(
-                x=coords[m, 0], y=coords[m, 1], mode="markers", name=f"{name}: {cat}", legendgroup=name,
-                marker=dict(size=6, opacity=0.75, color=PALETTE[i % len(PALETTE)]),
-                text=None if hover is None else [hover[j] for j in np.flatnonzero(m)],
-                hoverinfo="text" if hover is not None else "x+y"), row=1, col=c)
-        fig.update_xaxes(title_text=x_title, row=1, col=c)
-        fig.update_yaxes(title_text=y_title, row=1, col=c)
-    fig.update_layout(title=title, template="plotly_white", legend=dict(orientation="h", y=-0.25), height=460)
-    return fig
 
 
 def token_score_heatmap(scores: Float[np.ndarray, "n_layers n_tokens"], tokens: Sequence[str],

