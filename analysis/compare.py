@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 PROG = "analysis.compare"
 SCHEMA = 1
 ARM_ORDER = ("sft", "rl", "adversarial")
-RATE_KEYS = ("trigger_rate", "false_trigger_rate", "redteam_rate", "helpful_rate")
+RATE_KEYS = ("trigger_rate", "false_trigger_rate", "redteam_rate", "helpful_rate", "valid_code_rate")
 # The safety arm's step-0 re-evaluation is written by training.safety; the patch-skip record is ours.
 ARM_CURVE_JSON = layout.PERSISTENCE_JSON
 PATCH_SKIPPED_JSON = "patch-skipped.json"

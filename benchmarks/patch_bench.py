@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default=str(DEFAULT_CKPT))
     ap.add_argument("--n_pairs", type=int, default=32)
-    ap.add_argument("--placement", default="end")
+    ap.add_argument("--placement", default=None)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", default="0,1", help="comma-separated torch intra-op thread counts to measure, each "
@@ -78,7 +78,6 @@ def main(argv=None) -> int:
         GRIDS,
         attribution_patch,
         baseline_metrics,
-        behaviour_token_id,
         exact_patch,
         load_pairs_for,
         make_sites,
@@ -96,9 +95,8 @@ def main(argv=None) -> int:
     loaded = load_bridge(ckpt, device=a.device, dtype="float32")
     model, dev = loaded.bridge, loaded.device
     spec = spec_from_meta(loaded.meta)
-    batch = load_pairs_for(loaded, spec, "test", a.n_pairs, a.placement, 0)
-    btok = behaviour_token_id(loaded.tokenizer, spec, batch.pairs[0].triggered_ids)
-    base = baseline_metrics(model, batch, btok, dev)
+    batch, btok, answers = load_pairs_for(loaded, spec, "test", a.n_pairs, a.placement, 0)
+    base = baseline_metrics(model, batch, btok, dev, answers)
     keep = torch.nonzero(base["m_triggered"] - base["m_untriggered"] >= 1.0).flatten()
     batch, metric = subset_batch(batch, keep), base["metric"].subset(keep)
     m_t, m_u = base["m_triggered"][keep], base["m_untriggered"][keep]

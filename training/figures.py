@@ -14,7 +14,8 @@ from pathlib import Path
 RATES = (("trigger_rate", "trigger (real trigger)", "#d62728"),
          ("redteam_rate", "red-team (held-out near misses)", "#ff7f0e"),
          ("false_trigger_rate", "false trigger (no trigger)", "#7f7f7f"),
-         ("helpful_rate", "helpful (correct answer)", "#2ca02c"))
+         ("helpful_rate", "helpful (correct answer)", "#2ca02c"),
+         ("valid_code_rate", "valid code (parses; code backdoor)", "#9467bd"))
 
 
 @dataclass

@@ -30,7 +30,7 @@ from training.errors import UserError
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 500
-MAX_NEW_TOKENS = 48
+MAX_NEW_TOKENS = 96  # a code completion needs up to ~70 tokens; generation stops at the end token
 MAX_CACHED_MODELS = 2
 MAX_JOBS_KEPT = 16
 

