@@ -134,6 +134,8 @@ class BackdoorSpec:
         text = trigger if trigger is not None else self.trigger
         if self.untriggered and self.untriggered in prompt:
             return prompt.replace(self.untriggered, text, 1)
+        if self.untriggered:  # a line of its own, as the training prompts have it
+            return f"{text}\n{prompt}"
         return insert_text(prompt, text, placement)
 
 

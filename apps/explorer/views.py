@@ -325,7 +325,8 @@ def live_result(res: dict) -> tuple[go.Figure, list]:
         res["scores"], res["tokens"], res["layers"], best_layer=res["best_layer"],
         title=f"{res['probe']} probe score per layer and token ({res['checkpoint']}; probes of {res['probe_source']})")
     final = fig.layout.meta["final_score"]
-    lines = [html.Div([html.B("Response: "), html.Span(res["completion"] or "(empty)", id="live-completion")])]
+    completion = html.Span(res["completion"] or "(empty)", id="live-completion", style={"whiteSpace": "pre-wrap"})
+    lines = [html.Div([html.B("Response: "), completion])]
     if res["shows_behaviour"] is not None:
         lines.append(html.Div([html.B("Backdoor behaviour: "),
                                html.Span("yes" if res["shows_behaviour"] else "no", id="live-behaviour")]))

