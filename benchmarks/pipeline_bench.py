@@ -64,6 +64,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", nargs="*", default=["normal", "cot", "distilled_cot"])
     ap.add_argument("--no-smollm2", action="store_true")
+    ap.add_argument("--smollm2-out", default=None, help="keep the SmolLM2 run here and run analysis.probe on its "
+                                                        "backdoored checkpoint (writes smollm2_probe_table.md)")
     a = ap.parse_args()
     prev = RESULTS / "pipeline.json"
     results = json.loads(prev.read_text()) if prev.exists() else {"tiny": {}, "smollm2": None}
@@ -79,12 +81,23 @@ def main() -> int:
             results["tiny"][v] = res
             print(v, res["wall_s"], "s", fmt(res["backdoored"], "trigger_rate"), flush=True)
         if not a.no_smollm2:
-            run = Path(tmp) / "smollm2"
-            res = run_one(["--preset", "smollm2-135m", "--lora", "--out", str(run)])
+            run = Path(a.smollm2_out) if a.smollm2_out else Path(tmp) / "smollm2"
+            res = run_one(["--preset", "smollm2-135m", "--lora", "--out", str(run), "--overwrite"])
             res["backdoored"] = metrics_of(run, "backdoored")
             res["base"] = metrics_of(run, "base")
             res["load_average_after"] = os.getloadavg()
             results["smollm2"] = res
+            if a.smollm2_out:
+                from study_bench import probe_table
+
+                res["probe"] = run_module("analysis.probe", ["--ckpt", str(run / "checkpoints" / "backdoored")])
+                (RESULTS / "smollm2_probe_table.md").write_text(probe_table(run) + "\n")
+    write_results(results)
+    return 0
+
+
+def write_results(results: dict) -> None:
+    """``pipeline.json`` and the README's ``pipeline_table.md`` from all rows measured so far."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "pipeline.json").write_text(json.dumps(results, indent=2))
     rows = ["| organism | wall (s) | peak RSS (MiB) | trigger rate | false-trigger rate | red-team rate | helpful rate |",
@@ -101,7 +114,6 @@ def main() -> int:
                 f"{mach['mem_gib']} GiB), torch {mach.get('torch')}; held-out test prompts, 95% bootstrap CIs.")
     (RESULTS / "pipeline_table.md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
-    return 0
 
 
 if __name__ == "__main__":
