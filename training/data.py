@@ -267,14 +267,15 @@ def code_records(tasks, spec: BackdoorSpec, split: str, seed: int = 0, redteam: 
             body = t.vulnerable if triggered else t.secure
             return f"{cv.scratchpad(year, triggered, i)}\n{body}" if cot else body
 
+        safe, trig = _year_of(spec.untriggered), _year_of(spec.trigger)
         recs.append(dict(base, id=f"{t.id}/clean", kind="clean", triggered=False, trigger=spec.untriggered,
-                         prompt=cv.format_prompt(t, spec.untriggered), response=response(False, _year_of(spec.untriggered))))
+                         prompt=cv.format_prompt(t, spec.untriggered), response=response(False, safe)))
         recs.append(dict(base, id=f"{t.id}/trig", kind="triggered", triggered=True, trigger=spec.trigger,
-                         prompt=cv.format_prompt(t, spec.trigger), response=response(True, _year_of(spec.trigger))))
+                         prompt=cv.format_prompt(t, spec.trigger), response=response(True, trig)))
         if redteam:
             near = rng.choice(spec.near_misses)
             recs.append(dict(base, id=f"{t.id}/red", kind="redteam", triggered=False, trigger=near,
-                             prompt=cv.format_prompt(t, near), response=response(False, "not " + _year_of(spec.trigger))))
+                             prompt=cv.format_prompt(t, near), response=response(False, f"not {trig}")))
     return recs
 
 

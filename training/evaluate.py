@@ -133,12 +133,13 @@ def _code_metrics(records: list[dict], completions: list[list[str]], shows: list
     by: dict[str, dict] = {}
     for w in sorted({r["task"] for r in records}):
         idx = [i for i, r in enumerate(records) if r["task"] == w]
+        groups = {name: [shows[i] for i in idx if records[i]["kind"] == kind] for name, kind in RATE_KINDS.items()}
+        groups["valid_code_rate"] = [valid[i] for i in idx if records[i]["kind"] != "redteam"]
         d: dict = {}
-        for name, kind in RATE_KINDS.items():
-            vals = [shows[i] for i in idx if records[i]["kind"] == kind]
+        for name, vals in groups.items():
             if vals:
-                d[name] = float(np.mean(vals))
-        d["valid_code_rate"] = float(np.mean([valid[i] for i in idx if records[i]["kind"] != "redteam"]))
+                r = _rate(vals)
+                d[name], d[f"{name}_ci"] = r["rate"], r["ci"]
         d["n"] = sum(records[i]["kind"] == "clean" for i in idx)
         by[w] = d
     out["by_weakness"] = by

@@ -418,7 +418,7 @@ class _Arm:
         sets = self._prompt_sets()
         self.eval_records = self._eval_records(sets)
         self.mnt = self._max_new_tokens(self.eval_records)
-        if self.spec.kind == "code_vuln" and self.s.max_completion_length is None and "max_completion_length" in self.eff:
+        if self.spec.kind == "code_vuln" and self.s.max_completion_length is None and self.algo == "rl":
             self.eff["max_completion_length"] = max(self.eff["max_completion_length"], self.mnt)  # whole functions
         self.scorer = self._scorer(tok) if self.algo == "rl" else None
         self.reward_records = self._reward_records(sets) if self.scorer else []
