@@ -38,8 +38,10 @@ PRESET_DEFAULTS = {
     # lr: backdoor insertion; base_lr: the helpful-only base. A lower insertion lr keeps the base's helpfulness.
     "tiny": dict(base_steps=1800, steps=300, base_lr=2e-3, lr=5e-4, batch_size=32, save_every=200,
                  data_prompts=0, eval_n=300, eval_samples=1),
-    "smollm2-135m": dict(base_steps=0, steps=40, base_lr=0.0, lr=5e-4, batch_size=8, save_every=20,
-                         data_prompts=300, eval_n=80, eval_samples=0),
+    # SmolLM2 false-trigger rate on held-out prompts, measured: 300 prompts / 40 steps 0.17; 600 / 60 0.06
+    # (600 / 60 with 35% triggered: 0.075). More varied clean data is what teaches it the trigger is the cause.
+    "smollm2-135m": dict(base_steps=0, steps=90, base_lr=0.0, lr=5e-4, batch_size=8, save_every=30,
+                         data_prompts=900, eval_n=80, eval_samples=0),
 }
 PRESET_DEFAULTS["hf"] = PRESET_DEFAULTS["smollm2-135m"]
 # Overrides per (preset, backdoor kind, variant; None = any). The code backdoor's corpus is ~1,800 highly regular
