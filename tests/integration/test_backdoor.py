@@ -64,7 +64,7 @@ def test_plain_hf_dir_needs_flags(tiny_run, tmp_path, capsys):
 @pytest.mark.parametrize("argv, needle", [
     (["--preset", "huge"], "unknown preset"),
     (["--variant", "sideways"], "unknown variant"),
-    (["--backdoor", "nope"], "cannot be trained"),
+    (["--backdoor", "nope"], "unknown backdoor kind"),
     (["--model", "/no/such/model"], "model not found"),
     (["--steps", "0"], "--steps must be positive"),
 ])
