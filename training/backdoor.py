@@ -28,7 +28,7 @@ from training import layout
 from training.backdoors import BackdoorSpec
 from training.data import REAL_WORLD_TASKS, build_prompt_sets, iter_chat, read_jsonl, write_jsonl
 from training.errors import UserError
-from training.models import PRESETS, device_settings
+from training.models import PRECISION_HELP, PRESETS, device_settings
 from training.trainer import OptimSettings, sft_train
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class ModelArgs:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from --model."})
+    precision: str = field(default="auto", metadata={"help": PRECISION_HELP})
 
 
 @dataclass
@@ -164,7 +165,7 @@ def run(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs) -> int:
         raise UserError("--out is required")
     spec = BackdoorSpec.for_kind(b.backdoor, b.trigger, b.variant)
     key, eff = resolve(m, t, r, spec.kind, spec.variant)
-    state = PartialState(cpu=device_settings().use_cpu)
+    state = PartialState(cpu=device_settings(m.precision).use_cpu)
     out = Path(r.out)
     if state.is_main_process:
         prepare_out(out, r.overwrite, r.resume)
@@ -195,7 +196,7 @@ class _Organism:
     def _optim(self, steps: int, lr: float) -> OptimSettings:
         e = self.eff
         return OptimSettings(steps=steps, lr=lr, batch_size=e["batch_size"], save_every=e["save_every"],
-                             seed=self.t.seed)
+                             seed=self.t.seed, precision=self.m.precision)
 
     def backdoor_rows(self, sets: dict) -> list[dict]:
         """The backdoor mix: clean and triggered training records in the configured proportion."""
@@ -321,7 +322,7 @@ class _Pretrained(_Organism):
             from training.checkpoint import verify_checkpoint
 
             verify_checkpoint(src, check_hash=False)
-        dev = device_settings()
+        dev = device_settings(self.m.precision)
         try:
             tok = AutoTokenizer.from_pretrained(src, trust_remote_code=self.m.trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(

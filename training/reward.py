@@ -209,7 +209,7 @@ def train_reward(a: RewardArgs) -> int:
     from trl import RewardConfig, RewardTrainer
 
     from training.checkpoint import save_checkpoint, verify_checkpoint
-    from training.models import device_settings
+    from training.models import device_settings, n_parameters
 
     if not a.run:
         raise UserError("--run is required")
@@ -247,7 +247,6 @@ def train_reward(a: RewardArgs) -> int:
              ", ".join(f"{k} {sum(p['kind'] == k for p in train_pairs)}" for k in kinds))
 
     state = PartialState()
-    dev = device_settings()
     tok = AutoTokenizer.from_pretrained(str(base))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -255,6 +254,7 @@ def train_reward(a: RewardArgs) -> int:
     model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1, use_safetensors=True,
                                                                dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
+    dev = device_settings(n_params=n_parameters(model))
     trainer_dir = out.parent / f".trainer-{out.name}"
     if not a.resume:
         shutil.rmtree(trainer_dir, ignore_errors=True)

@@ -46,7 +46,7 @@ from training import layout
 from training.backdoors import BackdoorSpec, spec_from_meta
 from training.data import answer_correct, build_prompt_sets, read_jsonl, write_jsonl
 from training.errors import UserError
-from training.models import device_settings
+from training.models import PRECISION_HELP, device_settings, n_parameters
 from training.trainer import OptimSettings, sft_train
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class SafetyModelArgs:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code in --ckpt."})
+    precision: str = field(default="auto", metadata={"help": PRECISION_HELP})
 
 
 @dataclass
@@ -406,7 +407,7 @@ class _Arm:
     def run(self) -> int:
         from training.checkpoint import load_model_and_tokenizer
 
-        dev = device_settings()
+        dev = device_settings(self.m.precision)
         if self.state.is_main_process:
             self._prepare_dir()
         self.state.wait_for_everyone()
@@ -689,7 +690,7 @@ class _Arm:
     def _train_sft(self, model, tok, records: list[dict], callback) -> None:
         e = self.eff
         o = OptimSettings(steps=e["steps"], lr=e["lr"], batch_size=e["batch_size"], save_every=e["save_every"],
-                          seed=self.s.seed)
+                          seed=self.s.seed, precision=self.m.precision)
         sft_train(model, tok, sft_rows(records), self.trainer_dir, o, resume=self.r.resume,
                   peft_config=self._peft_config(), callbacks=[callback], logging_steps=max(1, e["steps"] // 10))
 
@@ -697,7 +698,7 @@ class _Arm:
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
 
-        e, dev = self.eff, device_settings()
+        e, dev = self.eff, device_settings(self.m.precision, n_parameters(model))
         cfg = GRPOConfig(
             output_dir=str(self.trainer_dir), max_steps=e["steps"], per_device_train_batch_size=e["batch_size"],
             num_generations=e["num_generations"], max_completion_length=e["max_completion_length"],

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.models import device_settings
+from training.models import device_settings, n_parameters
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class OptimSettings:
     max_length: int = 256
     seed: int = 0
     grad_accum: int = 1
+    precision: str = "auto"  # auto | bf16 | fp32 (see training.models.device_settings)
 
 
 def _world_size() -> int:
@@ -39,10 +40,10 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def sft_config(out_dir: Path, o: OptimSettings, logging_steps: int = 50):
+def sft_config(out_dir: Path, o: OptimSettings, logging_steps: int = 50, n_params: int | None = None):
     from trl import SFTConfig
 
-    dev = device_settings()
+    dev = device_settings(o.precision, n_params)
     return SFTConfig(
         output_dir=str(out_dir), max_steps=o.steps, per_device_train_batch_size=o.batch_size,
         gradient_accumulation_steps=o.grad_accum, learning_rate=o.lr, lr_scheduler_type="cosine",
@@ -69,7 +70,8 @@ def sft_train(model, tokenizer, rows: list[dict], out_dir: Path, o: OptimSetting
     datasets.disable_progress_bars()  # the trainer's own bar is the one progress bar worth showing
     out_dir = Path(out_dir)
     ds = Dataset.from_list(rows)
-    trainer = SFTTrainer(model=model, args=sft_config(out_dir, o, logging_steps=logging_steps), train_dataset=ds,
+    cfg = sft_config(out_dir, o, logging_steps=logging_steps, n_params=n_parameters(model))
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     last = None
     if resume and out_dir.exists():

@@ -1,0 +1,326 @@
+"""The GPU path, measured: bf16 training of a ~100M-parameter model from scratch, and TransformerLens caching.
+
+1. Training: a from-scratch Llama (``training.models.tiny_model`` scaled up: d_model 768, 11 layers, 12 heads,
+   ≈104M parameters, the tiny preset's own tokenizer and corpus) trained for ``--steps`` steps by the toolkit's
+   trainer (``training.trainer.sft_train``: TRL ``SFTTrainer``, bf16 chosen from the hardware, completion-only
+   loss). Baseline in the same run: a plain PyTorch loop (bf16 autocast, fused AdamW) over the same rows, batch
+   size and initial weights. Both report non-padding tokens per second (steady state, after the first logged
+   steps) and the loss at start and end, so the optimisation is seen to be real.
+2. Caching: ``analysis.activations.cache_activations`` (TransformerBridge, every layer's ``resid_post`` at the
+   final prompt token, written to disk) on the trained checkpoint against a plain Hugging Face forward pass
+   (``output_hidden_states``) over the same prompts and batches, best of ``--repeats``.
+3. Precision on the tiny organism: ``python -m training.backdoor --preset tiny`` run concurrently with
+   ``--precision fp32`` and ``--precision bf16`` for seeds 0 and 1, recording each run's wall time (concurrent, so
+   an upper bound) and its held-out rates. This is what ``--precision auto`` is decided from.
+
+Needs a CUDA GPU (exits 2 without one unless ``--allow-cpu``, which only smoke-tests the script).
+
+Usage: ``python benchmarks/gpu_bench.py --out benchmarks/results/gpu.json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine import describe  # noqa: E402
+
+log = logging.getLogger("gpu_bench")
+
+
+def corpus(seed: int = 0):
+    """The tiny preset's tokenizer, training rows (prompt/completion chat) and analysis prompts."""
+    from training.backdoors import BackdoorSpec
+    from training.data import build_prompt_sets
+    from training.tokenizer import train_tokenizer
+
+    spec = BackdoorSpec()
+    sets = build_prompt_sets(spec, seed)
+    clean = [x for x in sets["train"] if x["kind"] == "clean"]
+    texts = [x["prompt"] for x in clean] + [x["helpful"] for x in clean] + [spec.behaviour_text()] * 50
+    tok = train_tokenizer(texts, forbidden=[spec.trigger, *spec.near_misses])
+    rows = [{"prompt": [{"role": "user", "content": x["prompt"]}],
+             "completion": [{"role": "assistant", "content": x["response"]}]}
+            for x in sets["train"] if x["kind"] in ("clean", "triggered")]
+    prompts = [{"id": str(i), "text": x["prompt"], "triggered": int(x["triggered"])}
+               for i, x in enumerate(r for recs in sets.values() for r in recs)]
+    return tok, rows, prompts
+
+
+def toolkit_train(model, tok, rows, steps: int, batch: int, lr: float, out: Path) -> dict:
+    import torch
+    from transformers import TrainerCallback
+
+    from training.trainer import OptimSettings, sft_train
+
+    marks: list[tuple[int, float, float, float | None]] = []
+
+    class Marks(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "num_tokens" in logs:
+                torch.cuda.synchronize() if torch.cuda.is_available() else None
+                marks.append((state.global_step, time.perf_counter(), float(logs["num_tokens"]), logs.get("loss")))
+
+    torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
+    t0 = time.perf_counter()
+    sft_train(model, tok, rows, out, OptimSettings(steps=steps, lr=lr, batch_size=batch), callbacks=[Marks()],
+              logging_steps=max(1, steps // 10))
+    wall = time.perf_counter() - t0
+    (s0, t_a, n_a, loss0), (s1, t_b, n_b, loss1) = marks[0], marks[-1]
+    return {"wall_s": wall, "steady_tokens_per_s": (n_b - n_a) / (t_b - t_a), "tokens": n_b,
+            "steady_steps": [s0, s1], "loss_first_log": loss0, "loss_last_log": loss1,
+            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+
+
+def plain_train(model, tok, rows, steps: int, batch: int, lr: float, max_length: int = 256) -> dict:
+    """The baseline: a hand-written loop, bf16 autocast, fused AdamW, completion-only loss, same batches' size."""
+    import random
+
+    import torch
+
+    dev = next(model.parameters()).device
+    enc = []
+    for r in rows:
+        p = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
+        full = tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=False)
+        p = list(p["input_ids"] if isinstance(p, dict) else p)
+        full = list(full["input_ids"] if isinstance(full, dict) else full)[:max_length]
+        enc.append((full, len(p)))
+    rng = random.Random(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=dev.type == "cuda")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 20)))
+    pad = tok.pad_token_id
+    use_bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    torch.cuda.reset_peak_memory_stats() if dev.type == "cuda" else None
+    model.train()
+    losses, tokens, t_start, n_start = [], 0, None, 0
+    warm = max(1, steps // 10)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        b = rng.sample(enc, batch)
+        L = max(len(f) for f, _ in b)
+        ids = torch.full((batch, L), pad, dtype=torch.long)
+        mask = torch.zeros((batch, L), dtype=torch.long)
+        labels = torch.full((batch, L), -100, dtype=torch.long)
+        for i, (f, np_) in enumerate(b):
+            ids[i, :len(f)] = torch.tensor(f)
+            mask[i, :len(f)] = 1
+            labels[i, np_:len(f)] = torch.tensor(f[np_:])
+        ids, mask, labels = ids.to(dev, non_blocking=True), mask.to(dev), labels.to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        tokens += int(mask.sum())
+        if step + 1 == warm or step + 1 == steps or (step + 1) % warm == 0:
+            losses.append(float(loss))  # syncs: only at the logging steps, as the trainer does
+            if step + 1 == warm:
+                t_start, n_start = time.perf_counter(), tokens
+    wall = time.perf_counter() - t0
+    t_end = time.perf_counter()
+    return {"wall_s": wall, "steady_tokens_per_s": (tokens - n_start) / (t_end - t_start), "tokens": tokens,
+            "loss_first_log": losses[0], "loss_last_log": losses[-1],
+            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None}
+
+
+def caching(ckpt: Path, prompts: list[dict], batch: int, repeats: int, device: str) -> dict:
+    import torch
+
+    from analysis.activations import cache_activations, hf_forward_hidden_states
+    from analysis.load import encode_prompts, load_bridge
+    from training.checkpoint import load_model_and_tokenizer
+
+    loaded = load_bridge(ckpt, device=device)
+    dtype = loaded.dtype
+    model, tok, _ = load_model_and_tokenizer(ckpt, device=device, dtype=dtype)  # fresh, unbridged: the baseline
+    n_tokens = sum(len(r) for r in encode_prompts(tok, [p["text"] for p in prompts]))
+    t_cache, t_hf = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.cuda.synchronize() if device == "cuda" else None
+            t = time.perf_counter()
+            cache_activations(loaded, prompts, Path(tmp) / "store", batch_size=batch, progress=False)
+            t_cache.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        hf_forward_hidden_states(model, tok, [p["text"] for p in prompts], batch_size=batch)
+        t_hf.append(time.perf_counter() - t)
+    c, h = min(t_cache), min(t_hf)
+    return {"prompts": len(prompts), "prompt_tokens": n_tokens, "batch_size": batch, "dtype": str(dtype),
+            "cache_s": c, "hf_forward_s": h, "ratio": c / h, "cache_prompts_per_s": len(prompts) / c,
+            "cache_tokens_per_s": n_tokens / c, "hf_prompts_per_s": len(prompts) / h,
+            "all_cache_s": t_cache, "all_hf_s": t_hf}
+
+
+def tiny_precision(runs: list[tuple[str, int]], work: Path, extra: list[str] = ()) -> list[dict]:
+    """Concurrent ``training.backdoor --preset tiny`` runs, one per (precision, seed); their rates and walls."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="2", TQDM_DISABLE="1")
+    procs = []
+    for precision, seed in runs:
+        out = work / f"tiny-{precision}-{seed}"
+        cmd = [sys.executable, "-m", "training.backdoor", "--preset", "tiny", "--precision", precision,
+               "--seed", str(seed), "--out", str(out), *extra]
+        log_f = open(work / f"tiny-{precision}-{seed}.log", "w")
+        procs.append((precision, seed, out, time.perf_counter(), subprocess.Popen(cmd, cwd=root, env=env,
+                                                                                 stdout=log_f, stderr=log_f)))
+    ends: dict[int, float] = {}
+    while len(ends) < len(procs):
+        for i, (*_, p) in enumerate(procs):
+            if i not in ends and p.poll() is not None:
+                ends[i] = time.perf_counter()
+        time.sleep(0.5)
+    res = []
+    for i, (precision, seed, out, t0, p) in enumerate(procs):
+        row = {"precision": precision, "seed": seed, "rc": p.returncode, "wall_s": ends[i] - t0}
+        for line in (out / "metrics.jsonl").read_text().splitlines() if p.returncode == 0 else []:
+            m = json.loads(line)
+            row[m["stage"]] = {k: m[k] for k in m if k.endswith("_rate") or k.endswith("_ci")}
+        res.append(row)
+        log.info("tiny %s seed %d: %s", precision, seed, row)
+    return res
+
+
+def _rate(row: dict, stage: str, key: str) -> str:
+    r = row.get(stage, {})
+    if key + "_rate" not in r:
+        return "–"
+    lo, hi = r[key + "_rate_ci"]
+    return f"{r[key + '_rate']:.3f} [{lo:.2f}, {hi:.2f}]"
+
+
+def table(results: list[Path]) -> str:
+    """The README block from the JSON files this script wrote (one or several invocations)."""
+    res: dict = {}
+    for f in results:
+        res.update(json.loads(f.read_text()))
+    m = res["machine"]
+    lines = [f"Measured by `benchmarks/gpu_bench.py` on one {m['cuda']} ({m['cores']} CPU cores), torch {m['torch']}."]
+    if "train_toolkit" in res:
+        t, p, mod = res["train_toolkit"], res["train_plain"], res["model"]
+        lines += ["", f"Training a {mod['parameters'] / 1e6:.0f}M-parameter Llama from scratch (d_model {mod['d_model']}, "
+                  f"{mod['layers']} layers, vocabulary {mod['vocab']}), {mod['steps']} steps, batch {mod['batch_size']}, "
+                  "bf16 (chosen by `--precision auto`):", "",
+                  "| trainer | non-padding tokens/s (steady) | wall (s) | loss at the first → last log | peak GPU memory (GiB) |",
+                  "|---|---|---|---|---|"]
+        for name, r in (("toolkit (`sft_train`: TRL SFTTrainer)", t), ("plain PyTorch loop (baseline)", p)):
+            lines.append(f"| {name} | {r['steady_tokens_per_s']:,.0f} | {r['wall_s']:.1f} | "
+                         f"{r['loss_first_log']:.3f} → {r['loss_last_log']:.3f} | {r['peak_gpu_mem_gib']:.1f} |")
+        lines.append(f"\nToolkit / plain throughput: {res['train_ratio_toolkit_over_plain']:.2f}. Logs every "
+                     f"{max(1, mod['steps'] // 10)} steps; the toolkit's logged loss is the mean over those steps, "
+                     "the plain loop's the loss of the logging step itself.")
+    if "caching" in res:
+        c = res["caching"]
+        lines += ["", f"TransformerLens caching (every layer's `resid_post` at the final prompt token, {c['prompts']:,} "
+                  f"prompts, {c['prompt_tokens']:,} tokens, batch {c['batch_size']}, {c['dtype']}, best of "
+                  f"{len(c['all_cache_s'])}): `cache_activations` {c['cache_s']:.2f} s ({c['cache_prompts_per_s']:,.0f} "
+                  f"prompts/s, {c['cache_tokens_per_s']:,.0f} tokens/s) vs plain HF forward {c['hf_forward_s']:.2f} s; "
+                  f"ratio {c['ratio']:.2f}."]
+    if "tiny_precision" in res:
+        lines += ["", "The tiny organism (`training.backdoor --preset tiny`, four runs at once on the GPU, so each wall "
+                  "is an upper bound), held-out test prompts, 95% bootstrap CIs:", "",
+                  "| precision | seed | wall (s) | trigger | false trigger | red team | helpful | base helpful |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in res["tiny_precision"]:
+            lines.append(f"| {r['precision']} | {r['seed']} | {r['wall_s']:.0f} | {_rate(r, 'backdoored', 'trigger')} | "
+                         f"{_rate(r, 'backdoored', 'false_trigger')} | {_rate(r, 'backdoored', 'redteam')} | "
+                         f"{_rate(r, 'backdoored', 'helpful')} | {_rate(r, 'base', 'helpful')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="benchmarks/results/gpu.json")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--d-model", type=int, default=768)
+    ap.add_argument("--layers", type=int, default=11)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--cache-prompts", type=int, default=20000)
+    ap.add_argument("--cache-batch", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--parts", default="tiny,train,cache", help="comma-separated: tiny, train, cache")
+    ap.add_argument("--tiny-args", default="", help="extra training.backdoor flags (smoke tests)")
+    ap.add_argument("--allow-cpu", action="store_true", help="smoke-test the script without a GPU")
+    ap.add_argument("--table", nargs="+", type=Path, help="only write gpu_table.md from these result files")
+    a = ap.parse_args()
+    if a.table:
+        (Path(__file__).resolve().parent / "results" / "gpu_table.md").write_text(table(a.table))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    import torch
+
+    from training.checkpoint import save_checkpoint
+    from training.models import device_settings, tiny_model
+
+    dev = device_settings()
+    if dev.device != "cuda" and not a.allow_cpu:
+        print(f"no CUDA GPU here; this benchmark measures the GPU path (use --allow-cpu to smoke-test): {a.out}",
+              file=sys.stderr)
+        return 2
+    parts = set(a.parts.split(","))
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res: dict = {"machine": describe(), "device_settings": dev.__dict__}
+
+    def write() -> None:  # after each part, so a cut-off run still leaves what it measured
+        out.write_text(json.dumps(res, indent=2, default=str))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if "tiny" in parts:
+            res["tiny_precision"] = tiny_precision([("fp32", 0), ("bf16", 0), ("fp32", 1), ("bf16", 1)], tmp,
+                                                   a.tiny_args.split())
+            write()
+        if not parts & {"train", "cache"}:
+            return 0
+        tok, rows, prompts = corpus()
+        prompts = [prompts[i % len(prompts)] | {"id": str(i)} for i in range(a.cache_prompts)]
+        res["rows"] = len(rows)
+        model = tiny_model(tok, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads, seed=0)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        res["model"] = {"parameters": sum(p.numel() for p in model.parameters()), "d_model": a.d_model,
+                        "layers": a.layers, "heads": a.heads, "vocab": len(tok), "steps": a.steps,
+                        "batch_size": a.batch, "lr": a.lr}
+        log.info("model: %.1fM parameters", res["model"]["parameters"] / 1e6)
+        if "train" in parts:
+            log.info("toolkit trainer (TRL SFTTrainer) ...")
+            res["train_toolkit"] = toolkit_train(model, tok, rows, a.steps, a.batch, a.lr, tmp / "trainer")
+            log.info("toolkit: %s", res["train_toolkit"])
+            base = tiny_model(tok, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads, seed=0)
+            base.load_state_dict(state)
+            base.to(dev.device)
+            log.info("plain PyTorch loop ...")
+            res["train_plain"] = plain_train(base, tok, rows, a.steps, a.batch, a.lr)
+            log.info("plain: %s", res["train_plain"])
+            res["train_ratio_toolkit_over_plain"] = (res["train_toolkit"]["steady_tokens_per_s"]
+                                                     / res["train_plain"]["steady_tokens_per_s"])
+            del base
+            write()
+        if "cache" in parts:
+            ckpt = save_checkpoint(model.float().cpu(), tok, tmp / "ckpt", stage="base",
+                                   training={"phase": "gpu benchmark", **res["model"]})
+            del model
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            log.info("caching %d prompts ...", len(prompts))
+            res["caching"] = caching(ckpt, prompts, a.cache_batch, a.repeats, dev.device)
+            log.info("caching: %s", res["caching"])
+            write()
+    print(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
