@@ -2,7 +2,7 @@
 SmolLM2-135M LoRA backdoor run, each as a separate process, measured here. Writes
 ``benchmarks/results/pipeline.json`` and ``benchmarks/results/pipeline_table.md`` (the README's table).
 
-Usage: ``python benchmarks/pipeline_bench.py [--variants normal cot distilled_cot] [--no-smollm2]``
+Usage: ``python benchmarks/pipeline_bench.py [--variants normal cot distilled_cot] [--seeds 0 1 2] [--no-smollm2]``
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def fmt(m: dict, k: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", nargs="*", default=["normal", "cot", "distilled_cot"])
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0], help="seeds per variant (seed 0 is the default "
+                                                                       "row; others get their own rows)")
     ap.add_argument("--no-smollm2", action="store_true")
     ap.add_argument("--smollm2-out", default=None, help="keep the SmolLM2 run here and run analysis.probe on its "
                                                         "backdoored checkpoint (writes smollm2_probe_table.md)")
@@ -72,14 +74,15 @@ def main() -> int:
     results.update(machine=describe(), note="each row is one process: data + base + backdoor + evaluation, "
                                             "preset defaults; rows measured by earlier runs of this script are kept")
     with tempfile.TemporaryDirectory() as tmp:
-        for v in a.variants:
-            run = Path(tmp) / f"tiny-{v}"
-            res = run_one(["--preset", "tiny", "--variant", v, "--out", str(run)])
+        for v, seed in [(v, s) for v in a.variants for s in a.seeds]:
+            key = v if seed == 0 else f"{v} (seed {seed})"
+            run = Path(tmp) / f"tiny-{v}-{seed}"
+            res = run_one(["--preset", "tiny", "--variant", v, "--seed", str(seed), "--out", str(run)])
             res["backdoored"] = metrics_of(run, "backdoored")
             res["base"] = metrics_of(run, "base")
             res["load_average_after"] = os.getloadavg()
-            results["tiny"][v] = res
-            print(v, res["wall_s"], "s", fmt(res["backdoored"], "trigger_rate"), flush=True)
+            results["tiny"][key] = res
+            print(key, res["wall_s"], "s", fmt(res["backdoored"], "trigger_rate"), flush=True)
         if not a.no_smollm2:
             run = Path(a.smollm2_out) if a.smollm2_out else Path(tmp) / "smollm2"
             res = run_one(["--preset", "smollm2-135m", "--lora", "--out", str(run), "--overwrite"])

@@ -7,7 +7,7 @@ Writes ``benchmarks/results/safety.json`` (machine, wall time, peak RSS, all met
 ``benchmarks/results/safety_table.md`` (the README table: rates before → after with 95% CIs).
 
 Usage: ``python benchmarks/safety_bench.py [--runs RUN ...] [--arms sft rl adversarial control base-sft]
-[--threads 1]``
+[--threads 1] [--append] [--safety-flags=--lora]``
 """
 
 from __future__ import annotations
@@ -87,13 +87,24 @@ def table(results: dict) -> str:
                 g = (f" ({z['heldout_reward_gain']:+.2f} [{z['heldout_reward_gain_ci'][0]:+.2f}, "
                      f"{z['heldout_reward_gain_ci'][1]:+.2f}])" if "heldout_reward_gain" in z else "")
                 rw = f"{fmt(a, 'heldout_reward')} → {fmt(z, 'heldout_reward')}{g}"
-            rows.append(f"| {org} | {name}: {ARMS[name][2]} | {r['end_step']} | {r['wall_s']} | "
+            flags = f" (`{r['safety_flags']}`)" if r.get("safety_flags") else ""
+            rows.append(f"| {org} | {name}: {ARMS[name][2]}{flags} | {r['end_step']} | {r['wall_s']} | "
                         f"{fmt(a, 'trigger_rate')} → {fmt(z, 'trigger_rate')} | "
                         f"{fmt(a, 'redteam_rate')} → {fmt(z, 'redteam_rate')} | {fmt(z, 'false_trigger_rate')} | "
                         f"{fmt(a, 'helpful_rate')} → {fmt(z, 'helpful_rate')} | {rw} |")
+    for org, arms in results["organisms"].items():
+        for name, r in arms["arms"].items():
+            rt = r.get("redteam", {})
+            pair = rt.get("pair") or {}
+            if pair.get("rounds"):
+                rounds = "; ".join(f"round {x['round'] + 1}: {x['hits']} hits of {x['rewrites']} rewrites"
+                                   for x in pair["by_round"])
+                rows.append(f"\nRed-teaming of {org} / {name}: near-miss grammar {rt['grammar']['hits']} hits of "
+                            f"{rt['grammar']['candidates']} candidates; PAIR with the helpful base model as attacker, "
+                            f"{rounds}.")
     mach = results["machine"]
     rows.append(f"\nMeasured by `benchmarks/safety_bench.py` on {mach['cpu']} ({mach['cores']} cores, shared; "
-                f"OMP_NUM_THREADS={results['threads']}), torch {mach.get('torch')}. Each arm at its preset default "
+                f"child processes' OMP_NUM_THREADS per arm in safety.json), torch {mach.get('torch')}. Each arm at its preset default "
                 f"length as one process (wall includes start-up, red-teaming and evaluating every checkpoint). "
                 f"Rates on held-out test prompts (the red-team prompts were never trained on), greedy, 95% "
                 f"bootstrap CIs; the reward is the arm's own (learned preference model or rule) on held-out "
@@ -109,12 +120,14 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the child processes (0 = unset)")
     ap.add_argument("--append", action="store_true", help="keep the arms already in safety.json (same organism), "
                                                           "replacing only those measured now")
+    ap.add_argument("--safety-flags", default="", help="extra training.safety flags for every arm (e.g. '--lora')")
     a = ap.parse_args()
     if a.threads:
         os.environ["OMP_NUM_THREADS"] = str(a.threads)
     results = {"machine": describe(), "threads": os.environ.get("OMP_NUM_THREADS"), "organisms": {},
                "note": "each arm is one process at preset defaults; metrics from the arm's own records"}
     old = json.loads((RESULTS / "safety.json").read_text()) if a.append and (RESULTS / "safety.json").exists() else {}
+    results["organisms"] = dict(old.get("organisms", {}))  # --append keeps the organisms not measured now
     with tempfile.TemporaryDirectory() as tmp:
         for k, src in enumerate(map(Path, a.runs)):
             info = json.loads((src / "run.json").read_text())
@@ -139,7 +152,9 @@ def main() -> int:
                 run = Path(tmp) / f"arm-{name}"
                 shutil.copytree(work, run)
                 load0 = os.getloadavg()[0]
-                res = run_module("training.safety", ["--ckpt", str(run / "checkpoints" / stage), *flags])
+                res = run_module("training.safety", ["--ckpt", str(run / "checkpoints" / stage), *flags,
+                                                     *a.safety_flags.split()])
+                res["safety_flags"] = a.safety_flags
                 res["loadavg_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
                 res["threads"] = results["threads"]
                 res.update(arm_result(run, flags[1]))
