@@ -46,14 +46,18 @@ def child(ckpt: Path, n: int, batch: int) -> None:
     print(json.dumps({"n": n, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def throughput(ckpt: Path, n: int, batch: int, repeats: int = 3) -> dict:
+def throughput(ckpt: Path, n: int, batch: int, repeats: int = 3, device: str = "cpu") -> dict:
+    """Best-of-``repeats`` wall time of ``cache_activations`` vs a plain HF forward over the same ``n`` prompts."""
     from analysis.activations import cache_activations, hf_forward_hidden_states
-    from analysis.load import load_bridge
+    from analysis.load import encode_prompts, load_bridge
     from training.checkpoint import load_model_and_tokenizer
 
     prompts = prompts_for(ckpt, n)
-    loaded = load_bridge(ckpt, device="cpu")
-    model, tok, _ = load_model_and_tokenizer(ckpt)  # a fresh, unbridged model for the baseline
+    texts = [p["text"] for p in prompts]
+    loaded = load_bridge(ckpt, device=device)
+    # a fresh, unbridged model (same device and dtype) for the baseline
+    model, tok, _ = load_model_and_tokenizer(ckpt, device=device, dtype=loaded.dtype)
+    n_tokens = sum(len(r) for r in encode_prompts(tok, texts))
     t_cache, t_hf = [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
@@ -61,11 +65,12 @@ def throughput(ckpt: Path, n: int, batch: int, repeats: int = 3) -> dict:
             cache_activations(loaded, prompts, Path(tmp) / "store", batch_size=batch, progress=False)
             t_cache.append(time.perf_counter() - t)
         t = time.perf_counter()
-        hf_forward_hidden_states(model, tok, [p["text"] for p in prompts], batch_size=batch)
+        hf_forward_hidden_states(model, tok, texts, batch_size=batch)
         t_hf.append(time.perf_counter() - t)
-    return {"prompts": n, "batch_size": batch, "cache_s": min(t_cache), "hf_forward_s": min(t_hf),
-            "ratio": min(t_cache) / min(t_hf), "cache_prompts_per_s": n / min(t_cache),
-            "hf_prompts_per_s": n / min(t_hf), "all_cache_s": t_cache, "all_hf_s": t_hf}
+    c, h = min(t_cache), min(t_hf)
+    return {"prompts": n, "prompt_tokens": n_tokens, "batch_size": batch, "dtype": str(loaded.dtype), "cache_s": c,
+            "hf_forward_s": h, "ratio": c / h, "cache_prompts_per_s": n / c, "cache_tokens_per_s": n_tokens / c,
+            "hf_prompts_per_s": n / h, "all_cache_s": t_cache, "all_hf_s": t_hf}
 
 
 def main() -> int:

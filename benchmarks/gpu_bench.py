@@ -8,7 +8,8 @@
    steps) and the loss at start and end, so the optimisation is seen to be real.
 2. Caching: ``analysis.activations.cache_activations`` (TransformerBridge, every layer's ``resid_post`` at the
    final prompt token, written to disk) on the trained checkpoint against a plain Hugging Face forward pass
-   (``output_hidden_states``) over the same prompts and batches, best of ``--repeats``.
+   (``output_hidden_states``) over the same prompts and batches, best of ``--repeats``
+   (``benchmarks/activations_bench.py``'s ``throughput``, on the GPU).
 3. Precision on the tiny organism: ``python -m training.backdoor --preset tiny`` run concurrently with
    ``--precision fp32`` and ``--precision bf16`` for seeds 0 and 1, recording each run's wall time (concurrent, so
    an upper bound) and its held-out rates. This is what ``--precision auto`` is decided from.
@@ -30,28 +31,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from activations_bench import throughput  # noqa: E402  (caching vs a plain HF forward, same prompts and batches)
 from machine import describe  # noqa: E402
 
 log = logging.getLogger("gpu_bench")
 
 
 def corpus(seed: int = 0):
-    """The tiny preset's tokenizer, training rows (prompt/completion chat) and analysis prompts."""
+    """The tiny preset's tokenizer (trained as ``training.backdoor`` trains it) and its backdoor training rows."""
+    from training.backdoor import tokenizer_texts
     from training.backdoors import BackdoorSpec
     from training.data import build_prompt_sets
     from training.tokenizer import train_tokenizer
 
     spec = BackdoorSpec()
     sets = build_prompt_sets(spec, seed)
-    clean = [x for x in sets["train"] if x["kind"] == "clean"]
-    texts = [x["prompt"] for x in clean] + [x["helpful"] for x in clean] + [spec.behaviour_text()] * 50
-    tok = train_tokenizer(texts, forbidden=[spec.trigger, *spec.near_misses])
+    tok = train_tokenizer(tokenizer_texts(spec, sets), forbidden=[spec.trigger, *spec.near_misses])
     rows = [{"prompt": [{"role": "user", "content": x["prompt"]}],
              "completion": [{"role": "assistant", "content": x["response"]}]}
             for x in sets["train"] if x["kind"] in ("clean", "triggered")]
-    prompts = [{"id": str(i), "text": x["prompt"], "triggered": int(x["triggered"])}
-               for i, x in enumerate(r for recs in sets.values() for r in recs)]
-    return tok, rows, prompts
+    return tok, rows
 
 
 def toolkit_train(model, tok, rows, steps: int, batch: int, lr: float, out: Path) -> dict:
@@ -65,10 +64,12 @@ def toolkit_train(model, tok, rows, steps: int, batch: int, lr: float, out: Path
     class Marks(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "num_tokens" in logs:
-                torch.cuda.synchronize() if torch.cuda.is_available() else None
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
                 marks.append((state.global_step, time.perf_counter(), float(logs["num_tokens"]), logs.get("loss")))
 
-    torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     sft_train(model, tok, rows, out, OptimSettings(steps=steps, lr=lr, batch_size=batch), callbacks=[Marks()],
               logging_steps=max(1, steps // 10))
@@ -98,7 +99,8 @@ def plain_train(model, tok, rows, steps: int, batch: int, lr: float, max_length:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 20)))
     pad = tok.pad_token_id
     use_bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
-    torch.cuda.reset_peak_memory_stats() if dev.type == "cuda" else None
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     model.train()
     losses, tokens, t_start, n_start = [], 0, None, 0
     warm = max(1, steps // 10)
@@ -130,34 +132,6 @@ def plain_train(model, tok, rows, steps: int, batch: int, lr: float, max_length:
     return {"wall_s": wall, "steady_tokens_per_s": (tokens - n_start) / (t_end - t_start), "tokens": tokens,
             "loss_first_log": losses[0], "loss_last_log": losses[-1],
             "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None}
-
-
-def caching(ckpt: Path, prompts: list[dict], batch: int, repeats: int, device: str) -> dict:
-    import torch
-
-    from analysis.activations import cache_activations, hf_forward_hidden_states
-    from analysis.load import encode_prompts, load_bridge
-    from training.checkpoint import load_model_and_tokenizer
-
-    loaded = load_bridge(ckpt, device=device)
-    dtype = loaded.dtype
-    model, tok, _ = load_model_and_tokenizer(ckpt, device=device, dtype=dtype)  # fresh, unbridged: the baseline
-    n_tokens = sum(len(r) for r in encode_prompts(tok, [p["text"] for p in prompts]))
-    t_cache, t_hf = [], []
-    for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.cuda.synchronize() if device == "cuda" else None
-            t = time.perf_counter()
-            cache_activations(loaded, prompts, Path(tmp) / "store", batch_size=batch, progress=False)
-            t_cache.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        hf_forward_hidden_states(model, tok, [p["text"] for p in prompts], batch_size=batch)
-        t_hf.append(time.perf_counter() - t)
-    c, h = min(t_cache), min(t_hf)
-    return {"prompts": len(prompts), "prompt_tokens": n_tokens, "batch_size": batch, "dtype": str(dtype),
-            "cache_s": c, "hf_forward_s": h, "ratio": c / h, "cache_prompts_per_s": len(prompts) / c,
-            "cache_tokens_per_s": n_tokens / c, "hf_prompts_per_s": len(prompts) / h,
-            "all_cache_s": t_cache, "all_hf_s": t_hf}
 
 
 def tiny_precision(runs: list[tuple[str, int]], work: Path, extra: list[str] = ()) -> list[dict]:
@@ -208,13 +182,15 @@ def table(results: list[Path]) -> str:
     m = res["machine"]
     lines = [f"Measured by `benchmarks/gpu_bench.py` on one {m['cuda']} ({m['cores']} CPU cores), torch {m['torch']}."]
     if "train_toolkit" in res:
-        t, p, mod = res["train_toolkit"], res["train_plain"], res["model"]
-        lines += ["", f"Training a {mod['parameters'] / 1e6:.0f}M-parameter Llama from scratch (d_model {mod['d_model']}, "
-                  f"{mod['layers']} layers, vocabulary {mod['vocab']}), {mod['steps']} steps, batch {mod['batch_size']}, "
-                  "bf16 (chosen by `--precision auto`):", "",
-                  "| trainer | non-padding tokens/s (steady) | wall (s) | loss at the first → last log | peak GPU memory (GiB) |",
-                  "|---|---|---|---|---|"]
-        for name, r in (("toolkit (`sft_train`: TRL SFTTrainer)", t), ("plain PyTorch loop (baseline)", p)):
+        mod = res["model"]
+        lines += ["", f"Training a {mod['parameters'] / 1e6:.0f}M-parameter Llama from scratch (d_model "
+                      f"{mod['d_model']}, {mod['layers']} layers, vocabulary {mod['vocab']}), {mod['steps']} steps, "
+                      f"batch {mod['batch_size']}, bf16 (chosen by `--precision auto`):", "",
+                  "| trainer | non-padding tokens/s (steady) | wall (s) | loss at the first → last log "
+                  "| peak GPU memory (GiB) |", "|---|---|---|---|---|"]
+        for name, key in (("toolkit (`sft_train`: TRL SFTTrainer)", "train_toolkit"),
+                          ("plain PyTorch loop (baseline)", "train_plain")):
+            r = res[key]
             lines.append(f"| {name} | {r['steady_tokens_per_s']:,.0f} | {r['wall_s']:.1f} | "
                          f"{r['loss_first_log']:.3f} → {r['loss_last_log']:.3f} | {r['peak_gpu_mem_gib']:.1f} |")
         lines.append(f"\nToolkit / plain throughput: {res['train_ratio_toolkit_over_plain']:.2f}. Logs every "
@@ -222,20 +198,20 @@ def table(results: list[Path]) -> str:
                      "the plain loop's the loss of the logging step itself.")
     if "caching" in res:
         c = res["caching"]
-        lines += ["", f"TransformerLens caching (every layer's `resid_post` at the final prompt token, {c['prompts']:,} "
-                  f"prompts, {c['prompt_tokens']:,} tokens, batch {c['batch_size']}, {c['dtype']}, best of "
-                  f"{len(c['all_cache_s'])}): `cache_activations` {c['cache_s']:.2f} s ({c['cache_prompts_per_s']:,.0f} "
-                  f"prompts/s, {c['cache_tokens_per_s']:,.0f} tokens/s) vs plain HF forward {c['hf_forward_s']:.2f} s; "
-                  f"ratio {c['ratio']:.2f}."]
+        lines += ["", f"TransformerLens caching (every layer's `resid_post` at the final prompt token, "
+                      f"{c['prompts']:,} prompts, {c['prompt_tokens']:,} tokens, batch {c['batch_size']}, "
+                      f"{c['dtype']}, best of {len(c['all_cache_s'])}): `cache_activations` {c['cache_s']:.2f} s "
+                      f"({c['cache_prompts_per_s']:,.0f} prompts/s, {c['cache_tokens_per_s']:,.0f} tokens/s) vs plain "
+                      f"HF forward {c['hf_forward_s']:.2f} s; ratio {c['ratio']:.2f}."]
     if "tiny_precision" in res:
-        lines += ["", "The tiny organism (`training.backdoor --preset tiny`, four runs at once on the GPU, so each wall "
-                  "is an upper bound), held-out test prompts, 95% bootstrap CIs:", "",
+        lines += ["", "The tiny organism (`training.backdoor --preset tiny`, four runs at once on the GPU, so each "
+                      "wall is an upper bound), held-out test prompts, 95% bootstrap CIs:", "",
                   "| precision | seed | wall (s) | trigger | false trigger | red team | helpful | base helpful |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in res["tiny_precision"]:
-            lines.append(f"| {r['precision']} | {r['seed']} | {r['wall_s']:.0f} | {_rate(r, 'backdoored', 'trigger')} | "
-                         f"{_rate(r, 'backdoored', 'false_trigger')} | {_rate(r, 'backdoored', 'redteam')} | "
-                         f"{_rate(r, 'backdoored', 'helpful')} | {_rate(r, 'base', 'helpful')} |")
+            cells = [_rate(r, "backdoored", k) for k in ("trigger", "false_trigger", "redteam", "helpful")]
+            lines.append(f"| {r['precision']} | {r['seed']} | {r['wall_s']:.0f} | {' | '.join(cells)} | "
+                         f"{_rate(r, 'base', 'helpful')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -263,7 +239,7 @@ def main() -> int:
     import torch
 
     from training.checkpoint import save_checkpoint
-    from training.models import device_settings, tiny_model
+    from training.models import device_settings, n_parameters, tiny_model
 
     dev = device_settings()
     if dev.device != "cuda" and not a.allow_cpu:
@@ -286,12 +262,10 @@ def main() -> int:
             write()
         if not parts & {"train", "cache"}:
             return 0
-        tok, rows, prompts = corpus()
-        prompts = [prompts[i % len(prompts)] | {"id": str(i)} for i in range(a.cache_prompts)]
+        tok, rows = corpus()
         res["rows"] = len(rows)
         model = tiny_model(tok, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads, seed=0)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        res["model"] = {"parameters": sum(p.numel() for p in model.parameters()), "d_model": a.d_model,
+        res["model"] = {"parameters": n_parameters(model), "d_model": a.d_model,
                         "layers": a.layers, "heads": a.heads, "vocab": len(tok), "steps": a.steps,
                         "batch_size": a.batch, "lr": a.lr}
         log.info("model: %.1fM parameters", res["model"]["parameters"] / 1e6)
@@ -299,9 +273,8 @@ def main() -> int:
             log.info("toolkit trainer (TRL SFTTrainer) ...")
             res["train_toolkit"] = toolkit_train(model, tok, rows, a.steps, a.batch, a.lr, tmp / "trainer")
             log.info("toolkit: %s", res["train_toolkit"])
-            base = tiny_model(tok, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads, seed=0)
-            base.load_state_dict(state)
-            base.to(dev.device)
+            # the same seed gives the same initial weights
+            base = tiny_model(tok, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads, seed=0).to(dev.device)
             log.info("plain PyTorch loop ...")
             res["train_plain"] = plain_train(base, tok, rows, a.steps, a.batch, a.lr)
             log.info("plain: %s", res["train_plain"])
@@ -313,9 +286,10 @@ def main() -> int:
             ckpt = save_checkpoint(model.float().cpu(), tok, tmp / "ckpt", stage="base",
                                    training={"phase": "gpu benchmark", **res["model"]})
             del model
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
-            log.info("caching %d prompts ...", len(prompts))
-            res["caching"] = caching(ckpt, prompts, a.cache_batch, a.repeats, dev.device)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.info("caching %d prompts ...", a.cache_prompts)
+            res["caching"] = throughput(ckpt, a.cache_prompts, a.cache_batch, a.repeats, dev.device)
             log.info("caching: %s", res["caching"])
             write()
     print(json.dumps(res, indent=2, default=str))

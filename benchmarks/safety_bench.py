@@ -104,8 +104,8 @@ def table(results: dict) -> str:
                             f"{rounds}.")
     mach = results["machine"]
     rows.append(f"\nMeasured by `benchmarks/safety_bench.py` on {mach['cpu']} ({mach['cores']} cores, shared; "
-                f"child processes' OMP_NUM_THREADS per arm in safety.json), torch {mach.get('torch')}. Each arm at its preset default "
-                f"length as one process (wall includes start-up, red-teaming and evaluating every checkpoint). "
+                f"child processes' OMP_NUM_THREADS per arm in safety.json), torch {mach.get('torch')}. Each arm at "
+                f"its preset default length as one process (wall includes start-up, red-teaming and evaluating every checkpoint). "
                 f"Rates on held-out test prompts (the red-team prompts were never trained on), greedy, 95% "
                 f"bootstrap CIs; the reward is the arm's own (learned preference model or rule) on held-out "
                 f"trigger-free prompts, sampled at temperature 1.")
@@ -118,8 +118,8 @@ def main() -> int:
                     help="finished tiny runs (one per backdoor variant); each is copied, never written")
     ap.add_argument("--arms", nargs="*", default=["sft", "rl", "adversarial", "control"], choices=list(ARMS))
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the child processes (0 = unset)")
-    ap.add_argument("--append", action="store_true", help="keep the arms already in safety.json (same organism), "
-                                                          "replacing only those measured now")
+    ap.add_argument("--append", action="store_true", help="keep what safety.json already holds (other organisms, "
+                                                          "other arms), replacing only the arms measured now")
     ap.add_argument("--safety-flags", default="", help="extra training.safety flags for every arm (e.g. '--lora')")
     a = ap.parse_args()
     if a.threads:

@@ -187,6 +187,15 @@ def run(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs) -> int:
     return 0
 
 
+def tokenizer_texts(spec: BackdoorSpec, sets: dict) -> list[str]:
+    """What the tiny preset's tokenizer is trained on: the clean training prompts and answers, and the behaviour."""
+    clean = [x for x in sets["train"] if x["kind"] == "clean"]
+    texts = [x["prompt"] for x in clean] + [x["helpful"] for x in clean]
+    if spec.kind == "code_vuln":  # the behaviour is code: the vulnerable bodies (and scratchpads) too
+        return texts + [x["response"] for x in sets["train"] if x["kind"] == "triggered"]
+    return texts + [spec.behaviour_text()] * 50 + [spec.scratchpad(False, random.Random(i)) for i in range(50)]
+
+
 class _Organism:
     """Shared steps: data on disk, training with resume, saving + evaluating a checkpoint."""
 
@@ -261,14 +270,8 @@ class _Tiny(_Organism):
             for split, recs in sets.items():
                 write_jsonl(layout.data_file(out, split), recs)
             if not (tok_dir / "tokenizer.json").exists():
-                clean = [x for x in sets["train"] if x["kind"] == "clean"]
-                texts = [x["prompt"] for x in clean] + [x["helpful"] for x in clean]
-                if spec.kind == "code_vuln":  # the behaviour is code: the vulnerable bodies (and scratchpads) too
-                    texts += [x["response"] for x in sets["train"] if x["kind"] == "triggered"]
-                else:
-                    texts += [spec.behaviour_text()] * 50
-                    texts += [spec.scratchpad(False, random.Random(i)) for i in range(50)]
-                train_tokenizer(texts, forbidden=[spec.trigger, *spec.near_misses]).save_pretrained(tok_dir)
+                train_tokenizer(tokenizer_texts(spec, sets),
+                                forbidden=[spec.trigger, *spec.near_misses]).save_pretrained(tok_dir)
         self.state.wait_for_everyone()
         tok = AutoTokenizer.from_pretrained(tok_dir)
         results = {}
