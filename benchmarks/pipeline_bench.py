@@ -2,7 +2,8 @@
 SmolLM2-135M LoRA backdoor run, each as a separate process, measured here. Writes
 ``benchmarks/results/pipeline.json`` and ``benchmarks/results/pipeline_table.md`` (the README's table).
 
-Usage: ``python benchmarks/pipeline_bench.py [--variants normal cot distilled_cot] [--seeds 0 1 2] [--no-smollm2]``
+Usage: ``python benchmarks/pipeline_bench.py [--variants normal cot distilled_cot] [--seeds 0 1 2] [--no-smollm2]
+[--tiny-flags='--tie_embeddings false'] [--tiny-out DIR]``
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="*", type=int, default=[0], help="seeds per variant (seed 0 is the default "
                                                                        "row; others get their own rows)")
     ap.add_argument("--no-smollm2", action="store_true")
+    ap.add_argument("--tiny-flags", default="", help="extra training.backdoor flags for the tiny runs (their rows "
+                                                     "are labelled with them), e.g. '--tie_embeddings false'")
+    ap.add_argument("--tiny-out", default=None, help="keep the tiny runs here (tiny-VARIANT-SEED), e.g. as "
+                                                     "safety_bench.py's organisms")
     ap.add_argument("--smollm2-out", default=None, help="keep the SmolLM2 run here and run analysis.probe on its "
                                                         "backdoored checkpoint (writes smollm2_probe_table.md)")
     a = ap.parse_args()
@@ -75,9 +80,12 @@ def main() -> int:
                                             "preset defaults; rows measured by earlier runs of this script are kept")
     with tempfile.TemporaryDirectory() as tmp:
         for v, seed in [(v, s) for v in a.variants for s in a.seeds]:
-            key = v if seed == 0 else f"{v} (seed {seed})"
-            run = Path(tmp) / f"tiny-{v}-{seed}"
-            res = run_one(["--preset", "tiny", "--variant", v, "--seed", str(seed), "--out", str(run)])
+            label = [a.tiny_flags] if a.tiny_flags else []
+            label += [f"seed {seed}"] if seed else []
+            key = f"{v} ({', '.join(label)})" if label else v
+            run = Path(a.tiny_out or tmp) / f"tiny-{v}-{seed}"
+            res = run_one(["--preset", "tiny", "--variant", v, "--seed", str(seed), "--out", str(run),
+                           *a.tiny_flags.split()])
             res["backdoored"] = metrics_of(run, "backdoored")
             res["base"] = metrics_of(run, "base")
             res["load_average_after"] = os.getloadavg()

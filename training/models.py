@@ -59,15 +59,23 @@ def n_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def tiny_model(tokenizer, d_model: int = 128, n_layers: int = 4, n_heads: int = 4, seed: int = 0):
-    """A from-scratch Llama (d_model 128, 4 layers, 4 heads, MLP 4x, tied embeddings ≈ 1.2M parameters)."""
+def tiny_model(tokenizer, d_model: int = 128, n_layers: int = 4, n_heads: int = 4, seed: int = 0,
+               tie_embeddings: bool = True):
+    """A from-scratch Llama (d_model 128, 4 layers, 4 heads, MLP 4x, tied embeddings ≈ 1.2M parameters; untied
+    ≈ 1.3M).
+
+    Footgun: with tied embeddings every token the base never sees in its input (the trigger's single letters, rare
+    letters such as ``j`` or ``x``) is still trained as an *output* row, pushed down by every softmax; they all drift
+    along one shared direction, and a backdoor keyed on the trigger's tokens can fire on any such token. Untied,
+    an unseen token keeps its random input embedding.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=d_model, intermediate_size=4 * d_model, num_hidden_layers=n_layers,
         num_attention_heads=n_heads, num_key_value_heads=n_heads, max_position_embeddings=256,
-        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=tie_embeddings, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None, rms_norm_eps=1e-5,
     )
     torch.manual_seed(seed)
