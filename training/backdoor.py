@@ -275,7 +275,7 @@ class _Tiny(_Organism):
         from training.models import tiny_model
         from training.tokenizer import train_tokenizer
 
-        out, spec = self.out, self.spec
+        out, spec, e = self.out, self.spec, self.eff
         sets = build_prompt_sets(spec, self.t.seed)
         tok_dir = out / layout.TOKENIZER_DIR
         if self.state.is_main_process:
@@ -296,8 +296,7 @@ class _Tiny(_Organism):
             rows = [{"prompt": [{"role": "user", "content": x["prompt"]}],
                      "completion": [{"role": "assistant", "content": x["helpful"]}]}
                     for x in sets["train"] if x["kind"] == "clean"]
-            log.info("training the helpful-only base (%d steps)", self.eff["base_steps"])
-            e = self.eff
+            log.info("training the helpful-only base (%d steps)", e["base_steps"])
             model = sft_train(model, tok, rows, self.trainer_dir("base"),
                               self._optim(e["base_steps"], e["base_lr"], e["base_batch_size"]), resume=resume)
             results["base"] = self.save_and_evaluate(model, tok, "base", sets, parent=None,
@@ -306,8 +305,7 @@ class _Tiny(_Organism):
         if resume and _complete(bd_ckpt):
             _, _, results["backdoored"] = self.load_done("backdoored")
         else:
-            log.info("inserting the backdoor (%d steps, variant %s)", self.eff["steps"], spec.variant)
-            e = self.eff
+            log.info("inserting the backdoor (%d steps, variant %s)", e["steps"], spec.variant)
             model = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir("backdoored"),
                               self._optim(e["steps"], e["lr"], e["batch_size"]), resume=resume)
             results["backdoored"] = self.save_and_evaluate(model, tok, "backdoored", sets, parent="../base",
