@@ -105,7 +105,8 @@ def table(results: dict) -> str:
     mach = results["machine"]
     rows.append(f"\nMeasured by `benchmarks/safety_bench.py` on {mach['cpu']} ({mach['cores']} cores, shared; "
                 f"child processes' OMP_NUM_THREADS per arm in safety.json), torch {mach.get('torch')}. Each arm at "
-                f"its preset default length as one process (wall includes start-up, red-teaming and evaluating every checkpoint). "
+                f"its preset default length as one process (wall includes start-up, red-teaming and evaluating "
+                f"every checkpoint). "
                 f"Rates on held-out test prompts (the red-team prompts were never trained on), greedy, 95% "
                 f"bootstrap CIs; the reward is the arm's own (learned preference model or rule) on held-out "
                 f"trigger-free prompts, sampled at temperature 1.")
