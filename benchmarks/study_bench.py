@@ -73,7 +73,9 @@ def ablation_lines(run: Path) -> list[str]:
     return lines
 
 
-def study_table(run: Path, timing: dict, command: str = "`make demo` (`apps.study --preset tiny`)") -> str:
+def study_table(run: Path, timing: dict, command: str = "`make demo` (`apps.study --preset tiny`)",
+                detail: bool = False) -> str:
+    """Behaviour curves and compare.json's summary; ``detail`` adds every ablation and the seconds per stage."""
     cmp = json.loads((run / "compare.json").read_text())
     rows = ["| curve | checkpoint | trigger rate | false-trigger rate | red-team rate | helpful rate |",
             "|---|---|---|---|---|---|"]
@@ -88,7 +90,7 @@ def study_table(run: Path, timing: dict, command: str = "`make demo` (`apps.stud
     rows.append(f"\n{command}: {timing['wall_s']:.0f} s wall, peak RSS "
                 f"{timing['peak_rss_mib']:.0f} MiB on {m['cpu']} ({m['cores']} cores). Summary from compare.json:")
     rows += [f"- {s}" for s in cmp.get("summary", [])]
-    if command.startswith("`make demo`"):  # the tiny table as the README has always shown it
+    if not detail:
         if abl.exists():
             rows.append(f"- ablation (analysis.ablate on backdoored): see `{abl.relative_to(run)}`")
         return "\n".join(rows)
@@ -118,8 +120,8 @@ def main() -> int:
         timing_file.write_text(json.dumps({"machine": describe(), "timing": timing, "run": str(run), "flags": flags},
                                           indent=2))
     if tag:
-        command = f"`python -m apps.study --preset {a.preset} {flags}`".replace(" `", "`")
-        (RESULTS / f"study{tag}_table.md").write_text(study_table(run, timing, command) + "\n")
+        command = "`" + " ".join(["python -m apps.study --preset", a.preset, *flags.split()]) + "`"
+        (RESULTS / f"study{tag}_table.md").write_text(study_table(run, timing, command, detail=True) + "\n")
         (RESULTS / f"{tag[1:]}_patch_table.md").write_text(patch_table(run) + "\n")
     else:
         (RESULTS / "study_table.md").write_text(study_table(run, timing) + "\n")
