@@ -1,4 +1,5 @@
-"""Splice the committed, script-produced result tables into README.md (numbers are never typed by hand).
+"""Splice the committed, script-produced result tables into README.md and docs/RESULTS.md (numbers are never typed
+by hand).
 
 Each ``<!-- BEGIN name -->`` … ``<!-- END name -->`` block is replaced by ``benchmarks/results/<name>.md``.
 """
@@ -35,8 +36,16 @@ def speed_table() -> str:
     return "\n".join(rows)
 
 
+DOCUMENTS = ("README.md", "docs/RESULTS.md")
+
+
 def main() -> int:
-    readme = ROOT / "README.md"
+    for doc in DOCUMENTS:
+        splice(ROOT / doc)
+    return 0
+
+
+def splice(readme: Path) -> None:
     text = readme.read_text()
 
     def fill(m: re.Match) -> str:
@@ -50,7 +59,6 @@ def main() -> int:
 
     new = re.sub(r"<!-- BEGIN (\S+) -->.*?<!-- END \1 -->", fill, text, flags=re.S)
     readme.write_text(new)
-    return 0
 
 
 if __name__ == "__main__":

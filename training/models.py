@@ -60,14 +60,14 @@ def n_parameters(model) -> int:
 
 
 def tiny_model(tokenizer, d_model: int = 128, n_layers: int = 4, n_heads: int = 4, seed: int = 0,
-               tie_embeddings: bool = True):
-    """A from-scratch Llama (d_model 128, 4 layers, 4 heads, MLP 4x, tied embeddings ≈ 1.2M parameters; untied
-    ≈ 1.3M).
+               tie_embeddings: bool = False):
+    """A from-scratch Llama (d_model 128, 4 layers, 4 heads, MLP 4x; untied embeddings ≈ 1.3M parameters, tied
+    ≈ 1.2M).
 
     Footgun: with tied embeddings every token the base never sees in its input (the trigger's single letters, rare
     letters such as ``j`` or ``x``) is still trained as an *output* row, pushed down by every softmax; they all drift
-    along one shared direction, and a backdoor keyed on the trigger's tokens can fire on any such token. Untied,
-    an unseen token keeps its random input embedding.
+    along one shared direction, and a backdoor keyed on the trigger's tokens can fire on any such token. Untied (the
+    default), an unseen token keeps its random input embedding.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -197,10 +196,10 @@ def test_rl_reward_rises_on_held_out_prompts(rm_run, tmp_path):
     start, end = _start(run, "rl"), _metrics(_steps(run, "rl")[-1])
     assert end["heldout_reward_kind"] == "model"
     assert end["heldout_reward"] > start["heldout_reward"], (start["heldout_reward"], end["heldout_reward"])
-    assert end["heldout_reward_gain"] > 0
-    curve = json.loads((run / "checkpoints" / "rl" / "persistence.json").read_text())["train_reward"]
-    r = np.array([x[1] for x in curve])
-    assert len(r) >= 4 and r[len(r) // 2:].mean() > r[: len(r) // 2].mean(), r
+    # the paired held-out gain (same prompts at step 0 and at the end) with its CI above zero: a statistic with an
+    # interval, not two halves of a short noisy training curve
+    assert end["heldout_reward_gain"] > 0 and end["heldout_reward_gain_ci"][0] > 0, end["heldout_reward_gain_ci"]
+    assert end["heldout_reward_n"] >= 32
     _check_contract(run, "rl", bd)
     before, after = load_file(bd / "model.safetensors"), load_file(_steps(run, "rl")[-1] / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)

