@@ -147,9 +147,11 @@ def summary(cells: list[dict]) -> str:
         for k in TARGETS[kind]:
             v = [c["backdoored"][k] for c in group]
             spread.append(f"{k.replace('_', ' ')} {min(v):.2f}–{max(v):.2f}")
-        nov = [c["backdoored"]["novel"]["false_trigger_rate"] for c in group if "novel" in c["backdoored"]]
-        if nov:
-            spread.append(f"false trigger on novel phrasings {min(nov):.2f}–{max(nov):.2f}")
+        novel = [c["backdoored"]["novel"] for c in group if "novel" in c["backdoored"]]
+        for k in ("false_trigger_rate", "helpful_rate"):
+            v = [n[k] for n in novel if k in n]
+            if v:
+                spread.append(f"{k.removesuffix('_rate').replace('_', ' ')} on novel phrasings {min(v):.2f}–{max(v):.2f}")
         missed = [f"seed {c['seed']} / {c['capability']} ({', '.join(misses(kind, c['backdoored']))})"
                   for c in group if not meets(kind, c["backdoored"])]
         lines.append(f"- **{kind} / {variant}**: {sum(meets(kind, c['backdoored']) for c in group)} of {len(group)} "
