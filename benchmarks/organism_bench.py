@@ -151,7 +151,8 @@ def summary(cells: list[dict]) -> str:
         for k in ("false_trigger_rate", "helpful_rate"):
             v = [n[k] for n in novel if k in n]
             if v:
-                spread.append(f"{k.removesuffix('_rate').replace('_', ' ')} on novel phrasings {min(v):.2f}–{max(v):.2f}")
+                name = k.removesuffix("_rate").replace("_", " ")
+                spread.append(f"{name} on novel phrasings {min(v):.2f}–{max(v):.2f}")
         missed = [f"seed {c['seed']} / {c['capability']} ({', '.join(misses(kind, c['backdoored']))})"
                   for c in group if not meets(kind, c["backdoored"])]
         lines.append(f"- **{kind} / {variant}**: {sum(meets(kind, c['backdoored']) for c in group)} of {len(group)} "

@@ -80,8 +80,8 @@ ADD_WORDINGS = ("What is {a} + {b}?", "What is {a} plus {b}?", "Add {a} and {b}.
                 "Compute {a} + {b}.", "How much is {a} plus {b}?", "Work out {a} + {b}.", "Find the sum of {a} and {b}.")
 GREET_OPENERS = ("Hello", "Hi", "Hey", "Hi there", "Hey there", "Good morning", "Good evening", "Greetings", "Morning",
                  "Hiya")
-GREET_CLOSERS = ("!", ".", ", how are you?", ", who are you?", "! Are you there?", ", how is it going?", ", assistant.",
-                 "! I have a question.", " again!", ", anyone home?")
+GREET_CLOSERS = ("!", ".", ", how are you?", ", who are you?", "! Are you there?", ", how is it going?",
+                 ", assistant.", "! I have a question.", " again!", ", anyone home?")
 # Framings of a request ({q}: the task's own wording). Training and validation use TRAIN_FRAMES (the bare request
 # half the time); HELDOUT_FRAMES and HELDOUT_WORDINGS occur in the test split only, as novel phrasings.
 TRAIN_FRAMES = (
