@@ -144,15 +144,14 @@ def summary(cells: list[dict]) -> str:
         per_kernel = "; ".join(f"{k}: seeds {', '.join(str(c['seed']) for c in group if c['capability'] == k)}"
                                for k in sorted({c["capability"] for c in group}))
         spread = []
-        for k in TARGETS[kind]:
-            v = [c["backdoored"][k] for c in group]
-            spread.append(f"{k.replace('_', ' ')} {min(v):.2f}–{max(v):.2f}")
         novel = [c["backdoored"]["novel"] for c in group if "novel" in c["backdoored"]]
-        for k in ("false_trigger_rate", "helpful_rate"):
-            v = [n[k] for n in novel if k in n]
-            if v:
-                name = k.removesuffix("_rate").replace("_", " ")
-                spread.append(f"{name} on novel phrasings {min(v):.2f}–{max(v):.2f}")
+        for scope, ms in (("", [c["backdoored"] for c in group]), (" on novel phrasings", novel)):
+            for k, (_, op) in TARGETS[kind].items():
+                v = [m for m in ms if k in m]
+                if v:  # the spread of the rate, and its interval's bound on the side of the target
+                    worst = (min(m[f"{k}_ci"][0] for m in v) if op == ">=" else max(m[f"{k}_ci"][1] for m in v))
+                    spread.append(f"{k.replace('_', ' ')}{scope} {min(m[k] for m in v):.2f}–{max(m[k] for m in v):.2f}"
+                                  f" ({'lowest lower' if op == '>=' else 'highest upper'} bound {worst:.2f})")
         missed = [f"seed {c['seed']} / {c['capability']} ({', '.join(misses(kind, c['backdoored']))})"
                   for c in group if not meets(kind, c["backdoored"])]
         lines.append(f"- **{kind} / {variant}**: {sum(meets(kind, c['backdoored']) for c in group)} of {len(group)} "
