@@ -2,7 +2,7 @@
 
 Another CPU runs other vectorised kernels, so training takes another path, as another seed does. PyTorch's
 ``ATEN_CPU_CAPABILITY`` (``default`` turns its vectorised kernels off; ``avx2``; ``avx512``) switches the code path
-here, so one machine shows what others do. Each cell (kind, variant, seed, kernel) is one ``training.backdoor`` run
+here, so one machine shows what others do; ``cuda`` runs the cell on the GPU (the GPU rows). Each cell (kind, variant, seed, kernel) is one ``training.backdoor`` run
 in a fresh process, with the preset's defaults; its result is written to ``results/organisms/<cell>.json`` and a
 cell whose file exists is skipped, so the grid grows over several sessions. The table
 (``results/organisms_table.md``) is rebuilt from every cell file present.
@@ -50,7 +50,9 @@ def cell_name(kind: str, variant: str, seed: int, kernel: str) -> str:
 def kernel_env(kernel: str, threads: int | None) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("ATEN_CPU_CAPABILITY", None)
-    if kernel != "native":
+    if kernel != "cuda":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU cell stays on the CPU on a machine with a GPU
+    if kernel not in ("native", "cuda"):
         env["ATEN_CPU_CAPABILITY"] = kernel
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -58,8 +60,10 @@ def kernel_env(kernel: str, threads: int | None) -> dict:
 
 
 def capability(env: dict) -> str:
-    """The kernel path torch really takes under ``env`` (an unsupported request falls back silently)."""
-    r = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+    """The kernel path torch really takes under ``env`` (an unsupported request falls back silently), or the GPU."""
+    probe = ("import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() "
+             "else torch.backends.cpu.get_cpu_capability())")
+    r = subprocess.run([sys.executable, "-c", probe],
                        env=env, capture_output=True, text=True, check=True)
     return r.stdout.strip()
 
@@ -123,7 +127,8 @@ def write_table() -> str:
                     f"{_fmt(nov, 'false_trigger_rate')} | {_fmt(nov, 'helpful_rate')} | {_fmt(m, 'redteam_rate')} | "
                     f"{'met' if meets(c['kind'], m) else '**missed**'} |")
     met = sum(meets(c["kind"], c["backdoored"]) for c in cells)
-    machines = sorted({f"{c['machine']['cpu']} ({c['machine']['cores']} cores)" for c in cells})
+    machines = sorted({f"{c['machine']['cpu']} ({c['machine']['cores']} cores"
+                       f"{', ' + c['machine']['cuda'] if c['kernel'] == 'cuda' else ''})" for c in cells})
     threads = sorted({str(c["threads"]) for c in cells})
     rows.append(f"\n{met} of {len(cells)} cells meet their targets. Measured by `benchmarks/organism_bench.py` on "
                 f"{'; '.join(machines)}, torch {cells[0]['machine'].get('torch') if cells else '?'}, threads per "
@@ -166,13 +171,18 @@ def main() -> int:
     ap.add_argument("--variants", nargs="*", default=["normal", "cot", "distilled_cot"])
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--kernels", nargs="*", default=["native", "default"],
-                    help="native (the machine's own) | default | avx2 | avx512 (ATEN_CPU_CAPABILITY)")
+                    help="native (the machine's own) | default | avx2 | avx512 (ATEN_CPU_CAPABILITY) | cuda (the GPU)")
     ap.add_argument("--jobs", type=int, default=1, help="cells run at once (one thread each when > 1)")
     ap.add_argument("--table-only", action="store_true", help="rebuild the table from the cell files only")
     a = ap.parse_args()
     CELLS.mkdir(parents=True, exist_ok=True)
     todo = [(k, v, s, kn) for k in a.kinds for v in a.variants for kn in a.kernels for s in a.seeds
             if not (CELLS / f"{cell_name(k, v, s, kn)}.json").exists()]
+    if "cuda" in a.kernels:
+        import torch
+
+        if not torch.cuda.is_available():
+            ap.error("--kernels cuda needs a CUDA GPU")
     threads = 1 if a.jobs > 1 else None
 
     def one(cell):
