@@ -121,3 +121,12 @@ def test_three_lora_steps(model_dir, tokenizer):
     assert all("lora_B" not in n or n in changed for n in lora), "every lora_B must have moved"
     assert len(changed) == len(lora)
     assert all(torch.equal(p, after[n].detach()) for n, p in base.items()), "base weights must stay frozen"
+
+
+def test_tokenize_rows_matches_sft_trainer(tokenizer):
+    """SmolLM2's chat template (a default system turn) through the toolkit's batched tokenization: TRL's own ids."""
+    from tests.unit.test_trainer import same_as_trl
+    from training.backdoors import BackdoorSpec
+    from training.data import build_prompt_sets
+
+    same_as_trl(tokenizer, build_prompt_sets(BackdoorSpec(), seed=0)["train"][:300])
