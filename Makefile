@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-slow bench
+.PHONY: venv demo test test-code test-slow bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,9 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+test-code: venv
+	$(BIN)/python -m pytest -q -m code_organism
 
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow

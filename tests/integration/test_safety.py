@@ -24,7 +24,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from training.checkpoint import load_model_and_tokenizer, read_meta, verify_checkpoint  # noqa: E402
 from training.evaluate import generate  # noqa: E402
 from training.redteam import near_miss_grammar  # noqa: E402
-from training.reward import main as reward_main  # noqa: E402
 from training.safety import main as safety_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,12 +41,10 @@ def run(tiny_run, tmp_path) -> Path:
     return _copy(tiny_run, tmp_path / "run")
 
 
-@pytest.fixture(scope="module")
-def rm_run(tiny_run, tmp_path_factory) -> Path:
-    """A copy of the tiny organism with a (briefly trained) learned reward model under checkpoints/reward."""
-    dst = _copy(tiny_run, tmp_path_factory.mktemp("rm") / "run")
-    assert reward_main(["--run", str(dst), "--steps", "80"]) == 0
-    return dst
+@pytest.fixture
+def rm_run(tiny_rm_run) -> Path:
+    """The session's tiny organism with its reward model (tests/conftest.py); read only: copy it to write."""
+    return tiny_rm_run
 
 
 def _steps(run: Path, method: str) -> list[Path]:

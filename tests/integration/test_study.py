@@ -1,17 +1,19 @@
-"""The main job end to end (reduced lengths), on a copy of the session's tiny organism."""
+"""The main job end to end (reduced lengths), on a copy of the session's tiny organism and its reward model."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 
 from training import layout
 
 
-def test_study_end_to_end(tiny_run_copy, capsys):
+def test_study_end_to_end(tiny_rm_run, tmp_path, capsys):
     from apps.study import main
 
-    run = tiny_run_copy
+    run = tmp_path / "run"
+    shutil.copytree(tiny_rm_run, run)
     rc = main(["--out", str(run), "--resume", "--safety_steps", "20", "--probe_n", "24", "--n_random", "100",
                "--patch_n_pairs", "6", "--ablate_n", "12"])
     assert rc == 0
@@ -28,7 +30,8 @@ def test_study_end_to_end(tiny_run_copy, capsys):
     abl = json.loads((run / layout.ANALYSIS_DIR / "backdoored" / layout.ABLATE_JSON).read_text())
     assert [r["n_prompts"] for r in abl["results"].values()] == [{"triggered": 12, "untriggered": 12}]
     study = json.loads((run / layout.STUDY_JSON).read_text())
-    assert study["resumed"] and "backdoor" not in study["seconds"]["stages"]  # the copied organism is reused
+    # the copied organism and reward model are reused
+    assert study["resumed"] and not {"backdoor", "reward model"} & set(study["seconds"]["stages"])
     stages = study["seconds"]["stages"]
     assert {"safety (sft)", "ablate (backdoored)", "report"} <= set(stages)
     assert 0 < sum(stages.values()) <= study["seconds"]["total"] + 1  # each rounded to 0.1 s
