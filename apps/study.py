@@ -39,6 +39,8 @@ class StudyArgs:
     safety_steps: int = field(default=100, metadata={"help": "Steps per safety arm, checkpoints at half and end "
                                                                "(0 = each arm's own preset default)."})
     backdoor_args: str = field(default="", metadata={"help": "Extra flags for training.backdoor (quoted)."})
+    safety_args: str = field(default="", metadata={"help": "Extra flags for every training.safety arm (quoted), "
+                                                            "e.g. '--eval_n 50' for a quick look."})
     probe_n: int = field(default=0, metadata={"help": "Base prompts per probe run (0 = the probe's default)."})
     n_random: int = field(default=1000, metadata={"help": "Random directions in the probe null."})
     patch_n_pairs: int = field(default=32, metadata={"help": "Prompt pairs per patching run."})
@@ -104,7 +106,7 @@ def run(a: StudyArgs) -> int:
                 argv += ["--steps", str(a.safety_steps), "--save_every", str(max(1, a.safety_steps // 2))]
             if a.preset != "tiny":
                 argv.append("--lora")
-            _stage(i, n, f"safety ({arm})", safety.main, argv, walls)
+            _stage(i, n, f"safety ({arm})", safety.main, argv + a.safety_args.split(), walls)
         i += 1
     argv = ["--run", str(out), "--n_random", str(a.n_random), "--patch_n_pairs", str(a.patch_n_pairs),
             "--probe_n", str(a.probe_n)]

