@@ -123,10 +123,10 @@ def test_three_lora_steps(model_dir, tokenizer):
     assert all(torch.equal(p, after[n].detach()) for n, p in base.items()), "base weights must stay frozen"
 
 
-def test_tokenize_rows_matches_sft_trainer(tokenizer):
+def test_tokenize_rows_matches_sft_trainer(tokenizer, tmp_path):
     """SmolLM2's chat template (a default system turn) through the toolkit's batched tokenization: TRL's own ids."""
     from tests.unit.test_trainer import same_as_trl
     from training.backdoors import BackdoorSpec
     from training.data import build_prompt_sets
 
-    same_as_trl(tokenizer, build_prompt_sets(BackdoorSpec(), seed=0)["train"][:300])
+    same_as_trl(tokenizer, build_prompt_sets(BackdoorSpec(), seed=0)["train"][:300], tmp_path)
