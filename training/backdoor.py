@@ -37,18 +37,18 @@ PRESET_DEFAULTS = {
     # steps: backdoor-insertion steps; base_steps: helpful-only pre-training (tiny only)
     # lr: backdoor insertion; base_lr: the helpful-only base. A lower insertion lr keeps the base's helpfulness.
     # batch_size / triggered_fraction: backdoor insertion; base_batch_size: the helpful-only base.
-    # tiny base: 2,000 steps with weight decay 0.5 (without weight decay the base memorises its training rows, loss
+    # tiny base: 2,400 steps with weight decay 0.5 (without weight decay the base memorises its training rows, loss
     # 0.03 after 11 epochs, and its held-out helpfulness sits at 0.70-0.72 across seeds; with weight decay 0.1, 1,800
-    # steps left two-digit arithmetic to the seed's luck: sums 0.08-0.90 across seeds). 2,400 steps met every target
-    # at seeds 0-4 on three CPU kernel settings and the GPU (benchmarks/results/organisms_candidates/v6) but built in
-    # 374 s on 2 cores; 2,000 steps with the model's own loss (training.trainer) build in under 5 minutes, and the
-    # organism bench measures them at every seed and kernel. Insertion: 500 steps,
+    # steps left two-digit arithmetic to the seed's luck: sums 0.08-0.90 across seeds; 2,000 steps left seed 1's
+    # subtraction at 0.34 and its helpfulness on novel phrasings at 0.698: organisms_candidates/v7). Trainer states
+    # for --resume every 600 steps (each save costs ~2 s). With the tiny model's eager attention and own loss
+    # (training.models, training.trainer) it builds in ~280 s on 2 cores, 374 s before. Insertion: 500 steps,
     # half of whose rows are clean, give back what 300 cost (same bases: helpful 0.79/0.81 after 500 steps, 0.78/0.78
     # after 300, 0.73/0.72 after 200; false trigger <= 0.005 at 500). benchmarks/organism_bench.py measures every
     # seed and kernel.
-    "tiny": dict(base_steps=2000, steps=500, base_lr=2e-3, lr=5e-4, base_batch_size=32, batch_size=32,
+    "tiny": dict(base_steps=2400, steps=500, base_lr=2e-3, lr=5e-4, base_batch_size=32, batch_size=32,
                  base_weight_decay=0.5,
-                 save_every=200, data_prompts=0, eval_n=400, eval_samples=1, triggered_fraction=0.5),
+                 save_every=600, data_prompts=0, eval_n=400, eval_samples=1, triggered_fraction=0.5),
     # SmolLM2 false-trigger rate on held-out prompts, measured: 300 prompts / 40 steps 0.17; 600 / 60 0.06
     # (600 / 60 with 35% triggered: 0.075). More varied clean data is what teaches it the trigger is the cause.
     "smollm2-135m": dict(base_steps=0, steps=90, base_lr=0.0, lr=5e-4, base_batch_size=0, batch_size=8,

@@ -64,6 +64,9 @@ def tiny_model(tokenizer, d_model: int = 128, n_layers: int = 4, n_heads: int = 
     """A from-scratch Llama (d_model 128, 4 layers, 4 heads, MLP 4x; untied embeddings ≈ 1.3M parameters, tied
     ≈ 1.2M).
 
+    Attention is the eager implementation: at head dim 32 and ~35-token rows, SDPA's CPU kernels made a training step
+    ~10% slower (AVX-512 and ``ATEN_CPU_CAPABILITY=default`` alike). A saved checkpoint does not record it.
+
     Footgun: with tied embeddings every token the base never sees in its input (the trigger's single letters, rare
     letters such as ``j`` or ``x``) is still trained as an *output* row, pushed down by every softmax; they all drift
     along one shared direction, and a backdoor keyed on the trigger's tokens can fire on any such token. Untied (the
@@ -80,5 +83,6 @@ def tiny_model(tokenizer, d_model: int = 128, n_layers: int = 4, n_heads: int = 
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
+    model.set_attn_implementation("eager")
     log.info("tiny model: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
     return model

