@@ -42,7 +42,8 @@ PRESET_DEFAULTS = {
     # steps left two-digit arithmetic to the seed's luck: sums 0.08-0.90 across seeds; 2,000 steps left seed 1's
     # subtraction at 0.34 and its helpfulness on novel phrasings at 0.698: organisms_candidates/v7). Trainer states
     # for --resume every 600 steps (each save costs ~2 s). With the tiny model's eager attention and own loss
-    # (training.models, training.trainer) it builds in ~280 s on 2 cores, 374 s before. Insertion: 500 steps,
+    # (training.models, training.trainer) it builds in 309 s on 2 cores, against 348 s before, in one run of
+    # benchmarks/build_bench.py. Insertion: 500 steps,
     # half of whose rows are clean, give back what 300 cost (same bases: helpful 0.79/0.81 after 500 steps, 0.78/0.78
     # after 300, 0.73/0.72 after 200; false trigger <= 0.005 at 500). benchmarks/organism_bench.py measures every
     # seed and kernel.
