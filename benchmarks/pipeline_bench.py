@@ -32,11 +32,11 @@ RUNNER = ("import atexit, resource, runpy, sys\n"
           "runpy.run_module(mod, run_name='__main__', alter_sys=True)\n")
 
 
-def run_module(module: str, argv: list[str]) -> dict:
-    """Wall time and peak RSS of ``python -m module argv`` in a fresh process."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def run_module(module: str, argv: list[str], cwd: Path = ROOT, env: dict | None = None) -> dict:
+    """Wall time and peak RSS of ``python -m module argv`` in a fresh process (run from ``cwd``, under ``env``)."""
+    env = env or {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", RUNNER, module, *argv], cwd=ROOT, env=env,
+    r = subprocess.run([sys.executable, "-c", RUNNER, module, *argv], cwd=cwd, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
