@@ -317,7 +317,9 @@ def main() -> int:
 
     if not a.table_only:
         with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
-            list(pool.map(one, todo))
+            # the normal cells first: a variant that is the normal build reuses a normal cell only once it exists
+            list(pool.map(one, [c for c in todo if c[1] == "normal"]))
+            list(pool.map(one, [c for c in todo if c[1] != "normal"]))
     print(write_table())
     return 0
 
