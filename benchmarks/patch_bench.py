@@ -74,17 +74,9 @@ def main(argv=None) -> int:
     import torch
 
     from analysis.load import load_bridge
-    from analysis.patch import (
-        GRIDS,
-        attribution_patch,
-        baseline_metrics,
-        exact_patch,
-        load_pairs_for,
-        make_sites,
-        normalise,
-        pearson,
-        subset_batch,
-    )
+    from analysis.patch_engine import GRIDS, attribution_patch, exact_patch, make_sites, normalise
+    from analysis.patching import baseline_metrics, load_pairs_for, subset_batch
+    from analysis.stats import pearson
     from training.backdoors import spec_from_meta
 
     ckpt = Path(a.ckpt)

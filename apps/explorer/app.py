@@ -22,7 +22,8 @@ from pathlib import Path
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from apps.explorer import views as V
-from apps.explorer.data import PROBE_KINDS, RunData, missing_message
+from analysis.results import PROBE_KINDS
+from apps.explorer.data import RunData, missing_message
 from apps.explorer.live import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, LiveRunner
 from training.errors import UserError
 
@@ -33,8 +34,6 @@ DEMO_RUN = Path("runs/demo")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TABS = (("overview", "Run overview"), ("probes", "Probes"), ("activations", "Activations"),
         ("patching", "Patching"), ("live", "Live prompt"))
-PROBE_LABELS = {"contrast": "contrast pair (defection probe)", "supervised_dom": "supervised: difference of means",
-                "supervised_logreg": "supervised: logistic regression"}
 
 
 @dataclass
@@ -106,7 +105,7 @@ def build_layout(run: RunData, live: LiveRunner) -> html.Div:
                          {"label": " probe direction vs top PC", "value": "probe"}])], style={"width": "360px"}),
             html.Div([html.Label("Probe (for the probe projection)"), dcc.Dropdown(
                 id="act-probe", value="contrast", clearable=False, searchable=False,
-                options=[{"label": PROBE_LABELS[k], "value": k} for k in PROBE_KINDS])], style={"width": "300px"}),
+                options=[{"label": k.label, "value": k.name} for k in PROBE_KINDS.values()])], style={"width": "300px"}),
         ], style={"display": "flex", "gap": "16px", "alignItems": "flex-end", "flexWrap": "wrap"}),
         html.Div(id="act-msg"),
         dcc.Graph(id="act-scatter", config=V.GRAPH_CONFIG, figure=V.empty_figure()),
@@ -124,7 +123,7 @@ def build_layout(run: RunData, live: LiveRunner) -> html.Div:
             html.Div(dcc.Dropdown(id="live-ckpt", options=ck_options, clearable=False, searchable=False,
                                   value=bd.id if bd else (cks[-1].id if cks else None)), style={"width": "220px"}),
             html.Div(dcc.Dropdown(id="live-probe", clearable=False, searchable=False, value="contrast",
-                                  options=[{"label": PROBE_LABELS[k], "value": k} for k in PROBE_KINDS]),
+                                  options=[{"label": k.label, "value": k.name} for k in PROBE_KINDS.values()]),
                      style={"width": "300px"}),
             html.Button("Run", id="live-run", n_clicks=0, style={"fontWeight": "bold"}),
         ], style={"display": "flex", "gap": "10px", "alignItems": "center", "margin": "6px 0", "flexWrap": "wrap"}),

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis.results import CompareResult, PatchResult, ProbeResult
 from training import layout
 from training.errors import UserError
 
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 
 ARMS = tuple(s for s in layout.STAGES if s not in ("base", "backdoored"))  # sft, rl, adversarial
 STAGE_ORDER = {s: i for i, s in enumerate(layout.STAGES)}
-PROBE_KINDS = ("contrast", "supervised_dom", "supervised_logreg")
 KIND_LABELS = {"triggered": "triggered", "clean": "untriggered", "redteam": "red-team (near miss)"}
 
 
@@ -221,14 +221,19 @@ class RunData:
     def analysis_file(self, ck: Checkpoint, name: str) -> Path:
         return self.file(layout.ANALYSIS_DIR, ck.id, name)
 
-    def probe(self, ck: Checkpoint) -> dict | None:
-        return self.read_json(layout.ANALYSIS_DIR, ck.id, layout.PROBE_JSON)
+    def _result(self, cls, *parts: str):
+        """A stored result read through its type (None when missing; :class:`UserError` when unreadable)."""
+        d = self.read_json(*parts)
+        return None if d is None else cls.from_json(d, Path(*parts))
 
-    def patch(self, ck: Checkpoint) -> dict | None:
-        return self.read_json(layout.ANALYSIS_DIR, ck.id, layout.PATCH_JSON)
+    def probe(self, ck: Checkpoint) -> ProbeResult | None:
+        return self._result(ProbeResult, layout.ANALYSIS_DIR, ck.id, layout.PROBE_JSON)
 
-    def compare(self) -> dict | None:
-        return self.read_json(layout.COMPARE_JSON)
+    def patch(self, ck: Checkpoint) -> PatchResult | None:
+        return self._result(PatchResult, layout.ANALYSIS_DIR, ck.id, layout.PATCH_JSON)
+
+    def compare(self) -> CompareResult | None:
+        return self._result(CompareResult, layout.COMPARE_JSON)
 
     def probes(self, ck: Checkpoint) -> list | None:
         """The saved probes of a checkpoint (``probes.safetensors``), or None when missing."""
@@ -248,8 +253,8 @@ class RunData:
         """The probe command's activation store of a checkpoint (``activations/<name>``), or None."""
         from analysis.activations import MANIFEST, ActivationStore
 
-        probe = self.probe(ck) or {}
-        rel = (probe.get("activations") or {}).get(name) or f"{layout.ACTIVATIONS_DIR}/{name}"
+        probe = self.probe(ck)
+        rel = ((probe.activations if probe else None) or {}).get(name) or f"{layout.ACTIVATIONS_DIR}/{name}"
         d = self.file(layout.ANALYSIS_DIR, ck.id, rel)
         if not (d / MANIFEST).is_file():
             return None

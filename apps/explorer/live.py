@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from apps.explorer.data import PROBE_KINDS, Checkpoint, RunData
+from analysis.results import PROBE_KINDS, ProbeResult
+from apps.explorer.data import Checkpoint, RunData
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class LiveRunner:
             self._busy.release()
 
     # ------------------------------------------------------------------------------------------- work
-    def _probes_for(self, ck: Checkpoint) -> tuple[list, dict | None, Checkpoint]:
+    def _probes_for(self, ck: Checkpoint) -> tuple[list, ProbeResult | None, Checkpoint]:
         """The checkpoint's own probes, else the backdoored checkpoint's (the detector a lab would have)."""
         for source in (ck, self.run.backdoored()):
             if source is None:
@@ -184,7 +185,7 @@ class LiveRunner:
         del cache
         tokens = [tok.decode([i]) for i in ids]
         kind = "contrast" if job.probe == "contrast" else "supervised"
-        best = ((probe_json or {}).get("best_layer") or {}).get(kind)
+        best = (probe_json.best_layer if probe_json else {}).get(kind)
         layers = [int(p.layer) for p in chosen]
         if best not in layers:  # no probe.json beside the probes: no best layer to mark
             best = None

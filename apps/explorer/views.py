@@ -21,10 +21,11 @@ from dash import dcc, html
 
 from analysis import figures as probe_figures
 from analysis import patch_figures
-from analysis.compare import RATE_KEYS
+from analysis.comparing import RATE_KEYS
 from apps.explorer import figures_extra as fx
-from apps.explorer.data import (ARMS, KIND_LABELS, PROBE_KINDS, Checkpoint, RunData, direction_vs_top_pc,
-                                missing_message, probe_direction)
+from analysis.results import PROBE_KINDS, PatchResult
+from apps.explorer.data import (ARMS, KIND_LABELS, Checkpoint, RunData, direction_vs_top_pc, missing_message,
+                                probe_direction)
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -125,19 +126,15 @@ def overview(run: RunData, sel: Checkpoint | None) -> list:
 
 
 # ------------------------------------------------------------------------------------------------ probes
-def _rows_by_layer(probe: dict) -> dict[int, dict]:
-    return {int(r["layer"]): r for r in probe.get("layers", [])}
-
-
 def probe_auroc_figure(run: RunData, sel: Checkpoint) -> go.Figure:
     """AUROC vs layer of the selected checkpoint, the backdoored one's curves dashed beside it (else the parent's),
     over the selected checkpoint's random-direction null band."""
     ps = run.probe(sel)
     if ps is None:
         raise UserError(missing_message(f"probe results for {sel.id}", run.probe_cmd(sel)))
-    rows = _rows_by_layer(ps)
+    rows = ps.rows()
     layers = sorted(rows)
-    col = lambda rs, key: [(rs.get(layer) or {}).get(key) for layer in layers]  # noqa: E731
+    col = lambda rs, key: [getattr(rs.get(layer), key, None) for layer in layers]  # noqa: E731
     curves = {f"{sel.label}: contrast (trigger)": col(rows, "contrast_auroc"),
               f"{sel.label}: contrast (behaviour)": col(rows, "behaviour_auroc"),
               f"{sel.label}: supervised dom": col(rows, "supervised_dom_auroc"),
@@ -146,19 +143,19 @@ def probe_auroc_figure(run: RunData, sel: Checkpoint) -> go.Figure:
     bd = run.backdoored()
     pb = run.probe(bd) if bd is not None and bd.id != sel.id else None
     if pb is not None:
-        brows = _rows_by_layer(pb)
+        brows = pb.rows()
         extra = {"backdoored: contrast (trigger)": col(brows, "contrast_auroc"),
                  "backdoored: supervised dom": col(brows, "supervised_dom_auroc")}
         curves.update(extra)
         dashed += list(extra)
-    elif ps.get("parent"):
-        extra = {f"parent {ps['parent']}: contrast (trigger)": col(rows, "parent_contrast_auroc"),
-                 f"parent {ps['parent']}: supervised dom": col(rows, "parent_supervised_dom_auroc")}
+    elif ps.parent:
+        extra = {f"parent {ps.parent}: contrast (trigger)": col(rows, "parent_contrast_auroc"),
+                 f"parent {ps.parent}: supervised dom": col(rows, "parent_supervised_dom_auroc")}
         curves.update(extra)
         dashed += list(extra)
     return probe_figures.auroc_vs_layer(
         layers, curves, col(rows, "random_best_auroc"), col(rows, "random_median_auroc"),
-        null_label=f"{ps.get('n_random', '?')} random directions ({sel.label})", dashed=dashed,
+        null_label=f"{ps.n_random} random directions ({sel.label})", dashed=dashed,
         title=f"AUROC by layer: {sel.label}" + (" vs backdoored (dashed)" if pb is not None else ""))
 
 
@@ -183,7 +180,7 @@ def compare_parts(run: RunData, sel: Checkpoint) -> list:
         return [message(missing_message("cross-checkpoint comparison (compare.json) for the layer x checkpoint "
                                         "heatmap and the transfer matrix", run.compare_cmd()))]
     out: list = []
-    pa = comp.get("probe_auroc") or {}
+    pa = comp.probe_auroc or {}
     if pa.get("checkpoints"):
         cks = [str(c) for c in pa["checkpoints"]]
         panels = {name: pa[key] for key, name in (("contrast", "contrast-pair probe"),
@@ -196,14 +193,14 @@ def compare_parts(run: RunData, sel: Checkpoint) -> list:
             out.append(message(f"{sel.id} is not in compare.json: rerun {run.compare_cmd()}", "info"))
     else:
         out.append(message(missing_message("probe AUROCs in compare.json", run.compare_cmd())))
-    tr = comp.get("transfer") or {}
+    tr = comp.transfer or {}
     if tr.get("checkpoints"):
         fig = F.transfer_matrix(tr["auroc"], [str(c) for c in tr["checkpoints"]], probe=tr.get("probe", ""),
                                 layer=tr.get("layer"))
         out.append(graph(_highlight(fig, [str(c) for c in tr["checkpoints"]], sel.id), "probe-transfer"))
     else:
         out.append(message(missing_message("probe transfer matrix in compare.json", run.compare_cmd())))
-    dr = comp.get("drift") or {}
+    dr = comp.drift or {}
     if dr.get("checkpoints") and dr.get("cosine_to_reference"):
         fig = F.drift_to_reference(dr["cosine_to_reference"], dr["layers"], [str(c) for c in dr["checkpoints"]],
                                    reference=dr.get("reference", ""), probe=dr.get("probe", ""))
@@ -220,7 +217,8 @@ def activation_layers(run: RunData, sel: Checkpoint) -> tuple[list[int], int | N
     if store is None:
         return [], None
     layers = sorted({p[1] for p in (parse_hook(h) for h in store.hooks) if p is not None})
-    best = ((run.probe(sel) or {}).get("best_layer") or {}).get("contrast")
+    ps = run.probe(sel)
+    best = ps.best_layer.get("contrast") if ps else None
     return layers, (best if best in layers else (layers[len(layers) // 2] if layers else None))
 
 
@@ -247,9 +245,10 @@ def activation_figure(run: RunData, sel: Checkpoint, layer: Any, projection: str
     defects = labels.get("defects")
     if defects is not None:
         colourings["behaviour"] = ["defects" if bool(d) else "does not defect" for d in defects]
-    probe = run.probe(sel) or {}
-    split = (probe.get("config") or {}).get("split", "test")
-    texts = run.prompt_texts(split) if not (probe.get("config") or {}).get("prompts") else {}
+    ps = run.probe(sel)
+    cfg = (ps.config if ps else None) or {}
+    split = cfg.get("split", "test")
+    texts = run.prompt_texts(split) if not cfg.get("prompts") else {}
     hover = []
     for i, pid in enumerate(store.ids):
         tag = colourings["prompt kind"][i] + (f", {colourings['behaviour'][i]}" if "behaviour" in colourings else "")
@@ -270,11 +269,11 @@ def activation_figure(run: RunData, sel: Checkpoint, layer: Any, projection: str
 
 
 # ------------------------------------------------------------------------------------------------ patching
-def _patch_heatmap(p: dict, title: str) -> go.Figure:
-    pos = p.get("positions") or {}
-    r = p["resid_pre"]
+def _patch_heatmap(p: PatchResult, title: str) -> go.Figure:
+    pos = p.positions or {}
+    r = p.resid_pre
     return patch_figures.layer_pos_heatmap(
-        r["effect"], p.get("tokens", []), ci_low=r.get("ci_low"), ci_high=r.get("ci_high"),
+        r.effect, p.tokens or [], ci_low=r.ci_low, ci_high=r.ci_high,
         trigger_columns=pos.get("trigger_columns", ()), final_columns=pos.get("final_columns", ()), title=title)
 
 
@@ -282,7 +281,7 @@ def patching(run: RunData, sel: Checkpoint) -> list:
     """The selected checkpoint's layer x position map beside the backdoored one's and their difference (one
     trigger-anchored column axis), then the head maps."""
     from analysis import compare_figures as F
-    from analysis.compare import align_maps, patch_map
+    from analysis.compare_patching import align_maps, patch_map
 
     bd = run.backdoored()
     ps = run.patch(sel)
@@ -292,7 +291,7 @@ def patching(run: RunData, sel: Checkpoint) -> list:
         out.append(message(missing_message(f"patching result for {sel.id}", run.patch_cmd(sel))))
     if bd is not None and bd.id != sel.id and pb is None:
         out.append(message(missing_message("patching result for the backdoored checkpoint", run.patch_cmd(bd))))
-    both = ps is not None and pb is not None and "resid_pre" in ps and "resid_pre" in pb
+    both = ps is not None and pb is not None and ps.resid_pre is not None and pb.resid_pre is not None
     if both:
         ref, other = patch_map(pb), patch_map(ps)
         A, B, tokens, trig = align_maps(ref, other)
@@ -301,17 +300,17 @@ def patching(run: RunData, sel: Checkpoint) -> list:
     else:
         row = []
         for p, ck, gid in ((ps, sel, "patch-selected"), (pb, bd, "patch-backdoored")):
-            if p is not None and "resid_pre" in p:
+            if p is not None and p.resid_pre is not None:
                 row.append(html.Div(graph(_patch_heatmap(p, f"{ck.label}: resid_pre (layer x position)"), gid),
                                     style={"flex": "1 1 480px", "minWidth": "420px"}))
         if row:
             out.append(html.Div(row, style={"display": "flex", "flexWrap": "wrap", "gap": "8px"}))
     heads = []
     for p, ck, gid in ((pb, bd, "patch-heads-backdoored"), (ps, sel, "patch-heads-selected")):
-        if p is not None and "heads" in p:
-            h = p["heads"]
+        if p is not None and p.heads is not None:
+            h = p.heads
             heads.append(html.Div(graph(patch_figures.layer_head_heatmap(
-                h["effect"], ci_low=h.get("ci_low"), ci_high=h.get("ci_high"),
+                h.effect, ci_low=h.ci_low, ci_high=h.ci_high,
                 title=f"{ck.label}: heads (layer x head)"), gid), style={"flex": "1 1 420px", "minWidth": "360px"}))
     if heads:
         out.append(html.Div(heads, style={"display": "flex", "flexWrap": "wrap", "gap": "8px"}))

@@ -2,15 +2,14 @@
 
 The run is the session's tiny organism (``tiny_run``) copied into a temporary directory, then analysed by the real
 commands, in-process and with small settings: ``analysis.probe`` on the base and the backdoored checkpoints,
-``analysis.patch`` on the backdoored one and ``analysis.compare`` on the run (skipped, with the reason recorded,
-while that module does not exist). Chromium is Debian's ``chromium`` driven by Playwright (``executable_path``);
+``analysis.patch`` on the backdoored one and ``analysis.compare`` on the run; a command that is missing or fails
+is an error, never a skip. Chromium is Debian's ``chromium`` driven by Playwright (``executable_path``);
 never ``playwright install``. Without a browser the tests skip, except under ``CI=true``, where that is a failure.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -48,17 +47,13 @@ def chromium_path() -> str:
 def analysed_run(tiny_run, tmp_path_factory) -> dict:
     """A copy of the tiny run with probe (base, backdoored), patch (backdoored) and compare results in it.
 
-    Returns ``{"run": Path, "missing": {module: reason}, "seconds": {command: s}}``.
+    Returns ``{"run": Path, "seconds": {command: s}}``.
     """
     run = tmp_path_factory.mktemp("explorer") / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("analysis", "compare.json", "report.html"))
-    missing: dict[str, str] = {}
     seconds: dict[str, float] = {}
 
     def cmd(module: str, argv: list[str], name: str) -> None:
-        if importlib.util.find_spec(module) is None:
-            missing[module] = f"{module} does not exist yet (needed for: {name})"
-            return
         mod = importlib.import_module(module)
         t = time.time()
         rc = mod.main(argv)
@@ -70,7 +65,7 @@ def analysed_run(tiny_run, tmp_path_factory) -> dict:
     cmd("analysis.probe", ["--ckpt", str(ck / "backdoored"), *PROBE_ARGS], "probe backdoored")
     cmd("analysis.patch", ["--ckpt", str(ck / "backdoored"), *PATCH_ARGS, "--no_html"], "patch backdoored")
     cmd("analysis.compare", ["--run", str(run)], "compare")
-    return {"run": run, "missing": missing, "seconds": seconds}
+    return {"run": run, "seconds": seconds}
 
 
 class _Server:

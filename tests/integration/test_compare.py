@@ -129,6 +129,16 @@ def test_compare_run(compared, monkeypatch):
     assert sorted(cmp["computed"]["probe"]) == sorted(ids)
     assert sorted(cmp["computed"]["patch"]) == ["backdoored", "sft-step-000010"]
 
+    # every result file the commands wrote reads back through its type, unchanged
+    from analysis.results import CompareResult, PatchResult, ProbeResult
+
+    files = [(CompareResult, cmp_run / layout.COMPARE_JSON)] + [
+        (cls, cmp_run / layout.ANALYSIS_DIR / cid / cls.FILE) for cid in ids for cls in (ProbeResult, PatchResult)
+        if (cmp_run / layout.ANALYSIS_DIR / cid / cls.FILE).exists()]
+    assert len(files) == 1 + 3 + 2
+    for cls, f in files:
+        assert cls.load(f).to_json() == json.loads(f.read_text()), f
+
     # behaviour: the sft curve starts at the backdoored checkpoint, step 0, with CIs
     sft = cmp["behaviour"]["sft"]
     assert [(p["checkpoint"], p["step"]) for p in sft] == [("backdoored", 0), ("sft-step-000010", 10)]
@@ -235,15 +245,12 @@ def test_compare_ckpt_list_reuses(compared, monkeypatch, tmp_path):
 
 
 def _other_arch_checkpoint(path: Path, like: Path) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    from training.checkpoint import save_checkpoint
+    from tests.helpers import tiny_checkpoint
 
     tok = AutoTokenizer.from_pretrained(str(like))
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=True)
-    return save_checkpoint(LlamaForCausalLM(cfg), tok, path, stage="backdoored", step=0)
+    return tiny_checkpoint(path, tok, hidden=64, layers=2, heads=2, max_positions=64, tie=True)
 
 
 def test_compare_bad_input(cmp_run, tmp_path, capsys):
@@ -278,7 +285,8 @@ def test_compare_arm_without_backdoor(compared, tmp_path, monkeypatch):
     ``--patch_min_gap`` logits; here forced with a huge gap on the base model's weights): recorded once
     (patch-skipped.json) and reported, not retried -- the second compare still loads no model."""
     import analysis.load
-    from analysis.compare import PATCH_SKIPPED_JSON, main
+    from analysis.compare import main
+    from analysis.compare_patching import PATCH_SKIPPED_JSON
 
     cmp_run = compared["run"]
     run = tmp_path / "run"
@@ -316,7 +324,7 @@ def test_figures_from_plain_data():
     import plotly.graph_objects as go
 
     from analysis import compare_figures as F
-    from analysis.compare import align_maps
+    from analysis.compare_patching import align_maps
     from analysis.report import build_html
 
     pts = {"sft": [{"step": 0, "checkpoint": "backdoored", "trigger_rate": 1.0, "trigger_rate_ci": [0.98, 1.0]},

@@ -21,7 +21,8 @@ def _ckpt(run):
 
 
 def test_patch_command_on_tiny_organism(tiny_run_copy, capsys):
-    from analysis.patch import GRIDS, main
+    from analysis.patch import main
+    from analysis.patch_engine import GRIDS
 
     ck = _ckpt(tiny_run_copy)
     assert main(["--ckpt", str(ck), "--n_pairs", "16", "--n_boot", "200"]) == 0
@@ -83,7 +84,7 @@ def test_patch_noise_direction(tiny_run, tmp_path):
 
 def _probe_file(run, path):
     from analysis import hooks as H
-    from analysis.ablate import final_token_activations
+    from analysis.ablation import final_token_activations
     from analysis.load import load_bridge
     from analysis.pairs import record_pairs
     from probes import Probe, auroc, diff_of_means, save_probes
@@ -118,8 +119,13 @@ def test_ablate_command(tiny_run, tmp_path):
     r = doc["results"]["dom.2+later"]
     assert r["hooks_ablated"] == [f"blocks.{l}.hook_resid_post" for l in (2, 3)]
     s = r["summary"]
-    assert s["trigger_rate"] >= 0.9 and 0.0 <= s["trigger_rate_ablated"] <= 1.0
-    assert 0.0 <= s["induced_rate_best"] <= 1.0 and s["trigger_rate_ablated_placebo"] is not None
+    assert s["trigger_rate"] >= 0.9 and s["trigger_rate_ablated_placebo"] is not None
+    assert s["trigger_rate_drop"] == pytest.approx(s["trigger_rate"] - s["trigger_rate_ablated"])
+    assert r["ablated"]["trigger_rate"]["n"] == r["baseline"]["trigger_rate"]["n"] == 8
+    # the same 8 pairs, greedy, no intervention: both experiments' baselines are the same completions
+    assert doc["results"]["dom.0"]["baseline"] == r["baseline"]
+    d = r["projection"]["difference"]
+    assert [a["added_norm"] for a in r["added"]] == pytest.approx([abs(d), abs(4 * d)])
     assert r["probe"]["auroc"] > 0.9 and r["probe"]["auroc_recorded"]["auroc"] > 0.9
     assert [a["alpha"] for a in r["added"]] == [1.0, 4.0] and len(r["placebo"]["ablated_trigger_rate"]) == 1
     assert doc["results"]["dom.0"]["placebo"]["ablated_trigger_rate_mean"] is None  # --n_random 0

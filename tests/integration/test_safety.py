@@ -22,7 +22,6 @@ from safetensors.torch import load_file
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from training.checkpoint import load_model_and_tokenizer, read_meta, verify_checkpoint  # noqa: E402
-from training.evaluate import generate  # noqa: E402
 from training.redteam import near_miss_grammar  # noqa: E402
 from training.safety import main as safety_main  # noqa: E402
 
@@ -73,9 +72,14 @@ def _check_contract(run: Path, method: str, input_ckpt: Path) -> None:
             assert lo <= meta["metrics"][k] <= hi
         assert any(x["path"] == f"checkpoints/{method}/{ckpt.name}" and x["stage"] == method for x in lines)
         assert not list(ckpt.glob("*.bin")) and not list(ckpt.glob("*.pt"))
+        # any HF tool loads it: plain transformers gives the toolkit loader's logits exactly
+        from transformers import AutoModelForCausalLM
+
         model, tok, _ = load_model_and_tokenizer(ckpt)
-        out = generate(model, tok, ["What is 2 + 3?"], max_new_tokens=8)
-        assert isinstance(out[0][0], str)
+        plain = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+        ids = tok(["What is 2 + 3?"], return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            assert torch.equal(model(ids).logits, plain(ids).logits)
     html = run / "checkpoints" / method / "persistence.html"
     text = html.read_text()
     assert html.stat().st_size > 1_000_000, "plotly.js must be embedded (offline)"
@@ -212,8 +216,17 @@ def test_rl_with_rule_reward(run):
     bd = run / "checkpoints" / "backdoored"
     assert safety_main(["--ckpt", str(bd), "--method", "rl", "--reward", "rules", "--steps", "8",
                         "--save-every", "0", "--eval_n", "20", "--reward_eval_prompts", "16"]) == 0
-    end = _metrics(_steps(run, "rl")[-1])
-    assert end["heldout_reward_kind"] == "rules" and 0.0 <= end["heldout_reward"] <= 1.0
+    last = _steps(run, "rl")[-1]
+    end = _metrics(last)
+    assert end["heldout_reward_kind"] == "rules"
+    # the rule scores each sampled completion 0 or 1: each prompt's mean is a multiple of 1/samples, and the
+    # recorded reward is the mean of the per-prompt means kept in the arm's curve file
+    k = end["heldout_reward_samples"]
+    per = json.loads((run / "checkpoints" / "rl" / "persistence.json").read_text())["reward_per_prompt"]
+    per = per[str(int(last.name.split("-")[1]))]
+    assert len(per) == end["heldout_reward_n"] == 16
+    assert all(abs(x * k - round(x * k)) < 1e-9 for x in per), per
+    assert end["heldout_reward"] == pytest.approx(sum(per) / len(per), abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from analysis.pairs import align_pairs, batch_pairs, select_pairs, teacher_force
-from analysis.patch import LogitDiffMetric, baseline_metrics
+from analysis.patch_engine import LogitDiffMetric
+from analysis.patching import baseline_metrics
 from training.backdoors import BackdoorSpec, strip_scratchpad
 from training.code_vuln import WEAKNESSES
 from training.data import answer_correct, build_prompt_sets

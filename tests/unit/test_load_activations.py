@@ -59,15 +59,11 @@ def _tokenizer():
 
 
 def _model(tok, seed, arch="llama"):
-    torch.manual_seed(seed)
     if arch == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from tests.helpers import tiny_llama
 
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-        return LlamaForCausalLM(cfg)
+        return tiny_llama(tok, hidden=64, layers=2, heads=4, kv_heads=2, seed=seed)
+    torch.manual_seed(seed)
     from transformers import BioGptConfig, BioGptForCausalLM  # an architecture TransformerLens 4.3 cannot bridge
 
     cfg = BioGptConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

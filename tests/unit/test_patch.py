@@ -24,23 +24,20 @@ from torch import nn
 
 from analysis import hooks as H
 from analysis.pairs import AlignedPair, align_pair, align_pairs, batch_pairs, record_pairs, select_pairs
-from analysis.patch import (
+from analysis.patch_engine import (
     GRIDS,
     LogitDiffMetric,
     attribution_patch,
-    baseline_metrics,
     behaviour_token_id,
-    bootstrap_mean_ci,
     cache_hooks,
     exact_patch,
     full_layer_site,
     make_sites,
     normalise,
     patched_forward,
-    pearson,
-    run_patching,
-    subset_batch,
 )
+from analysis.patching import baseline_metrics, run_patching, subset_batch
+from analysis.stats import bootstrap_mean_ci, pearson
 from training.backdoors import BackdoorSpec, insert_text
 from training.errors import UserError
 
@@ -74,17 +71,11 @@ def tok():
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory, tok):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from analysis.load import load_bridge
-    from training.checkpoint import save_checkpoint
+    from tests.helpers import tiny_checkpoint
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    ck = save_checkpoint(LlamaForCausalLM(cfg), tok, tmp_path_factory.mktemp("patch") / "run" / "checkpoints" /
-                         "backdoored", stage="backdoored", backdoor=SPEC.to_dict())
+    ck = tiny_checkpoint(tmp_path_factory.mktemp("patch") / "run" / "checkpoints" / "backdoored", tok,
+                         backdoor=SPEC.to_dict(), hidden=32, layers=2, heads=4)
     return load_bridge(ck)
 
 
@@ -429,7 +420,8 @@ def test_patch_bad_input_exit_2(tmp_path, capsys, loaded):
 
 
 def test_ablate_hooks_and_bad_probe(tmp_path, capsys, loaded):
-    from analysis.ablate import addition_hook, choose_probe, main, projection_hook
+    from analysis.ablate import main
+    from analysis.ablation import addition_hook, choose_probe, projection_hook
     from probes import Probe, save_probes
 
     u = torch.tensor([0.6, 0.8, 0.0])

