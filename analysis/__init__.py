@@ -19,7 +19,7 @@ The library, by job:
 - ablation: ``ablation`` (remove / add a probe direction during generation, with random placebos);
 - comparison: ``checkpoints`` (which checkpoints, in which order), ``compare_probes`` (AUROC by layer, transfer,
   drift), ``compare_patching`` (maps side by side), ``compare_report`` (summary lines, ``report.html``),
-  ``comparing`` (the whole comparison), ``compare_figures``, ``report`` (the offline HTML page);
+  ``comparing`` (the whole comparison), ``compare_figures``, ``report_page`` (the offline HTML page);
 - shared: ``results`` (the typed results with their schema version, the atomic JSON writer), ``stats``
   (bootstrap, Pearson, strict-JSON arrays), ``figures`` (probe plots).
 

@@ -1,7 +1,7 @@
 """Figures of the cross-checkpoint comparison: plain data (lists, numpy arrays, dicts) in, ``go.Figure`` out.
 
 Nothing here touches a model or a run directory, so every figure is testable from literals. The sections of
-``report.html`` (:mod:`analysis.report`) are built from these:
+``report.html`` (:mod:`analysis.report_page`) are built from these:
 
 - :func:`behaviour_curves`: trigger / false-trigger / red-team / helpful rate vs safety step, one line per arm, with
   95% CI bands (one panel per rate);

@@ -9,31 +9,41 @@ from pathlib import Path
 import numpy as np
 
 from analysis.compare_patching import align_maps
+from analysis.stats import fmt
 from training import layout
-
-
-def _f(v, nd=2) -> str:
-    return "n/a" if v is None else f"{v:.{nd}f}"
 
 
 def _rate(p: dict, k: str) -> str:
     ci = p.get(f"{k}_ci")
-    return _f(p.get(k)) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else "")
+    return fmt(p.get(k)) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
 
 
 def summary_lines(cmp: dict) -> list[str]:
     """Short generated sentences with the key numbers (the top of report.html and the command's output)."""
-    out = []
+    return (_checkpoint_lines(cmp) + _behaviour_lines(cmp) + _probe_lines(cmp) + _transfer_lines(cmp)
+            + _drift_lines(cmp) + _patching_lines(cmp))
+
+
+def _arms(cmp: dict) -> list[str]:
+    return list(dict.fromkeys(c["arm"] for c in cmp["checkpoints"] if c["arm"]))
+
+
+def _finals(cmp: dict) -> list[str]:
+    return list((cmp.get("patching") or {}).get("finals", {}).values())
+
+
+def _checkpoint_lines(cmp: dict) -> list[str]:
     cks = cmp["checkpoints"]
-    arms = list(dict.fromkeys(c["arm"] for c in cks if c["arm"]))
     desc = [c["id"] for c in cks if not c["arm"]]
-    for arm in arms:
+    for arm in _arms(cmp):
         steps = [c["step"] for c in cks if c["arm"] == arm]
         span = f"steps {min(steps)}–{max(steps)}" if len(steps) > 1 else f"step {steps[0]}"
         desc.append(f"{arm} ({len(steps)} checkpoint{'s' if len(steps) > 1 else ''}, {span})")
-    out.append(f"{len(cks)} checkpoints compared: {', '.join(desc)}.")
+    return [f"{len(cks)} checkpoints compared: {', '.join(desc)}."]
 
-    beh = cmp["behaviour"]
+
+def _behaviour_lines(cmp: dict) -> list[str]:
+    out, beh, arms = [], cmp["behaviour"], _arms(cmp)
     for arm in arms:
         pts = beh.get(arm) or []
         if len(pts) < 2:
@@ -56,64 +66,78 @@ def summary_lines(cmp: dict) -> list[str]:
                        f"false trigger {_rate(p, 'false_trigger_rate')}, helpful {_rate(p, 'helpful_rate')}.")
     if cmp.get("behaviour_missing"):
         out.append(f"No behaviour metrics for: {', '.join(cmp['behaviour_missing'])}.")
+    return out
 
+
+def _probe_lines(cmp: dict) -> list[str]:
+    out = []
     if cmp.get("probe_missing"):
         out.append("No probe results for: " + ", ".join(f"{k} ({v})" for k, v in cmp["probe_missing"].items()) + ".")
     pa, tr = cmp.get("probe_auroc") or {}, cmp.get("transfer") or {}
-    ref = cmp.get("reference")
-    finals = [f for f in (cmp.get("patching") or {}).get("finals", {}).values()]
-    if pa.get("checkpoints"):
-        ids, layers = pa["checkpoints"], pa["layers"]
-        L = tr.get("layer", layers[len(layers) // 2] if layers else None)
-        if L in layers:
-            k = layers.index(L)
-            sup = ", ".join(f"{i} {_f(pa['supervised'][k][j])}" for j, i in enumerate(ids))
-            rnd = ", ".join(f"{i} {_f(pa['random_best'][k][j])}" for j, i in enumerate(ids))
-            out.append(f"Supervised difference-of-means probe at layer {L} (held-out pairs): {sup}; best random "
-                       f"direction: {rnd}.")
-            beaten = [i for j, i in enumerate(ids) if pa["supervised"][k][j] is not None
-                      and pa["random_best_test"][k][j] is not None
-                      and pa["supervised"][k][j] > pa["random_best_test"][k][j]]
-            if len(beaten) < len(ids):
-                out.append(f"The supervised probe beats the best random direction on its test pairs at layer {L} "
-                           f"only for: {', '.join(beaten) or 'none'} — triggered-vs-clean AUROC here mostly says the "
-                           f"input holds the trigger.")
-        best = []
-        for j, i in enumerate(ids):
-            col = [(pa["contrast"][k][j], layers[k]) for k in range(len(layers)) if pa["contrast"][k][j] is not None]
-            if col:
-                v, lb = max(col)
-                rb = pa["random_best"][layers.index(lb)][j]
-                best.append(f"{i} {_f(v)} at layer {lb} (random best {_f(rb)})")
-        if best:
-            out.append(f"Contrast-pair probe (no triggered prompt used), best layer per checkpoint: {'; '.join(best)}.")
-    if tr.get("checkpoints") and ref in tr["checkpoints"]:
-        ids = tr["checkpoints"]
-        r = ids.index(ref)
-        others = [f for f in finals if f in ids] or [i for i in ids if i != ref][-1:]
-        if others:
-            parts = []
-            for f in others:
-                j = ids.index(f)
-                parts.append(f"{f} {_f(tr['auroc'][r][j])} (its own probe {_f(tr['auroc'][j][j])})")
-            out.append(f"Transfer: {ref}'s {tr['probe']} probe at layer {tr['layer']} (own held-out AUROC "
-                       f"{_f(tr['auroc'][r][r])}) scored on {'; '.join(parts)}.")
-    dr = cmp.get("drift") or {}
-    if dr.get("cosine_to_reference") and tr.get("layer") in dr.get("layers", []):
-        ids = dr["checkpoints"]
-        k = dr["layers"].index(tr["layer"])
-        others = [f for f in finals if f in ids] or [i for i in ids if i != ref][-1:]
-        parts = []
-        for f in others:
-            j = ids.index(f)
-            col = [(dr["cosine_to_reference"][m][j], dr["layers"][m]) for m in range(len(dr["layers"]))
-                   if dr["cosine_to_reference"][m][j] is not None]
-            lo = min(col) if col else (None, None)
-            parts.append(f"{f} {_f(dr['cosine_to_reference'][k][j])} at layer {tr['layer']} (lowest {_f(lo[0])} at "
-                         f"layer {lo[1]})")
-        if parts:
-            out.append(f"Direction drift, cosine of the {dr['probe']} direction to {ref}'s: {'; '.join(parts)}.")
-    pt = cmp.get("patching") or {}
+    if not pa.get("checkpoints"):
+        return out
+    ids, layers = pa["checkpoints"], pa["layers"]
+    L = tr.get("layer", layers[len(layers) // 2] if layers else None)
+    if L in layers:
+        k = layers.index(L)
+        sup = ", ".join(f"{i} {fmt(pa['supervised'][k][j])}" for j, i in enumerate(ids))
+        rnd = ", ".join(f"{i} {fmt(pa['random_best'][k][j])}" for j, i in enumerate(ids))
+        out.append(f"Supervised difference-of-means probe at layer {L} (held-out pairs): {sup}; best random "
+                   f"direction: {rnd}.")
+        beaten = [i for j, i in enumerate(ids) if pa["supervised"][k][j] is not None
+                  and pa["random_best_test"][k][j] is not None
+                  and pa["supervised"][k][j] > pa["random_best_test"][k][j]]
+        if len(beaten) < len(ids):
+            out.append(f"The supervised probe beats the best random direction on its test pairs at layer {L} "
+                       f"only for: {', '.join(beaten) or 'none'} — triggered-vs-clean AUROC here mostly says the "
+                       f"input holds the trigger.")
+    best = []
+    for j, i in enumerate(ids):
+        col = [(pa["contrast"][k][j], layers[k]) for k in range(len(layers)) if pa["contrast"][k][j] is not None]
+        if col:
+            v, lb = max(col)
+            rb = pa["random_best"][layers.index(lb)][j]
+            best.append(f"{i} {fmt(v)} at layer {lb} (random best {fmt(rb)})")
+    if best:
+        out.append(f"Contrast-pair probe (no triggered prompt used), best layer per checkpoint: {'; '.join(best)}.")
+    return out
+
+
+def _transfer_lines(cmp: dict) -> list[str]:
+    tr, ref = cmp.get("transfer") or {}, cmp.get("reference")
+    if not (tr.get("checkpoints") and ref in tr["checkpoints"]):
+        return []
+    ids = tr["checkpoints"]
+    r = ids.index(ref)
+    others = [f for f in _finals(cmp) if f in ids] or [i for i in ids if i != ref][-1:]
+    if not others:
+        return []
+    parts = [f"{f} {fmt(tr['auroc'][r][ids.index(f)])} (its own probe {fmt(tr['auroc'][ids.index(f)][ids.index(f)])})"
+             for f in others]
+    return [f"Transfer: {ref}'s {tr['probe']} probe at layer {tr['layer']} (own held-out AUROC "
+            f"{fmt(tr['auroc'][r][r])}) scored on {'; '.join(parts)}."]
+
+
+def _drift_lines(cmp: dict) -> list[str]:
+    tr, dr, ref = cmp.get("transfer") or {}, cmp.get("drift") or {}, cmp.get("reference")
+    if not (dr.get("cosine_to_reference") and tr.get("layer") in dr.get("layers", [])):
+        return []
+    ids = dr["checkpoints"]
+    k = dr["layers"].index(tr["layer"])
+    others = [f for f in _finals(cmp) if f in ids] or [i for i in ids if i != ref][-1:]
+    parts = []
+    for f in others:
+        j = ids.index(f)
+        col = [(dr["cosine_to_reference"][m][j], dr["layers"][m]) for m in range(len(dr["layers"]))
+               if dr["cosine_to_reference"][m][j] is not None]
+        lo = min(col) if col else (None, None)
+        parts.append(f"{f} {fmt(dr['cosine_to_reference'][k][j])} at layer {tr['layer']} (lowest {fmt(lo[0])} at "
+                     f"layer {lo[1]})")
+    return [f"Direction drift, cosine of the {dr['probe']} direction to {ref}'s: {'; '.join(parts)}."] if parts else []
+
+
+def _patching_lines(cmp: dict) -> list[str]:
+    out, pt, ref = [], cmp.get("patching") or {}, cmp.get("reference")
     for cid in pt.get("checkpoints", []):
         if cid != ref and cid not in pt.get("diff", {}):
             continue
@@ -121,13 +145,13 @@ def summary_lines(cmp: dict) -> list[str]:
         if b:
             tok = str(b.get("token")).replace("\n", "\\n")
             line = (f"Patching {cid} (resid_pre, {pt[cid].get('n_pairs')} pairs): strongest site layer {b['layer']}, "
-                    f"column {b['pos']} ({tok!r}), effect {_f(b['effect'])}")
+                    f"column {b['pos']} ({tok!r}), effect {fmt(b['effect'])}")
             if cid in pt.get("diff", {}):
                 d = np.array(pt["diff"][cid], dtype=np.float64)
                 if np.isfinite(d).any():
-                    l, c = np.unravel_index(np.nanargmax(np.abs(d)), d.shape)
+                    layer, c = np.unravel_index(np.nanargmax(np.abs(d)), d.shape)
                     ctok = str(pt["diff_tokens"][cid][c]).replace("\n", "\\n")
-                    line += f"; largest change from {ref}: {d[l, c]:+.2f} at layer {l}, column {c} ({ctok!r})"
+                    line += f"; largest change from {ref}: {d[layer, c]:+.2f} at layer {layer}, column {c} ({ctok!r})"
             out.append(line + ".")
     for cid, why in (pt.get("unavailable") or {}).items():
         out.append(f"No patching map for {cid}: {why}.")
@@ -136,7 +160,7 @@ def summary_lines(cmp: dict) -> list[str]:
 
 def write_report(cmp: dict, path: Path) -> Path:
     from analysis import compare_figures as F
-    from analysis import report as R
+    from analysis import report_page as R
 
     secs: dict[str, list] = {k: [] for k in R.SECTION_IDS}
     beh = {k: v for k, v in cmp["behaviour"].items()}

@@ -86,15 +86,16 @@ def baseline_metrics(model, batch: PairBatch, behaviour_token: int | Tensor, dev
             "metric": metric}
 
 
-def run_patching(model, batch: PairBatch, tokenizer, behaviour_token: int | Tensor, *, n_layers: int, n_heads: int,
-                 grids: Sequence[str] = GRIDS, methods: Sequence[str] = METHODS, direction: str = "denoise",
-                 min_gap: float = 1.0, n_boot: int = 1000, seed: int = 0, device: str = "cpu", batch_rows: int = 0,
-                 d_vocab: int | None = None, progress: bool = True,
-                 answer_tokens: Tensor | None = None) -> PatchMeasurement:
-    """Baselines, pair filtering, exact and attribution patching over ``grids``; returns the ``patch.json`` data.
+METRIC_DOC = {
+    "name": "logit_diff",
+    "definition": "logit[behaviour first token] - logit[normal answer first token] at the response position "
+                  "(the final prompt token; for code, after the completions' shared prefix)",
+    "normalisation": "(m - m_untriggered) / (m_triggered - m_untriggered) per pair: 0 = untriggered run, "
+                     "1 = triggered run",
+}
 
-    ``behaviour_token``: one id, or one per pair with ``answer_tokens`` (see :func:`analysis.pairs.teacher_force`).
-    """
+
+def _check_choices(grids: Sequence[str], methods: Sequence[str], direction: str) -> None:
     for g in grids:
         if g not in GRIDS:
             raise UserError(f"unknown patch grid {g!r} (choose from {', '.join(GRIDS)})")
@@ -103,8 +104,10 @@ def run_patching(model, batch: PairBatch, tokenizer, behaviour_token: int | Tens
             raise UserError(f"unknown method {m!r} (choose from {', '.join(METHODS)})")
     if direction not in DIRECTIONS:
         raise UserError(f"unknown direction {direction!r} (choose from {', '.join(DIRECTIONS)})")
-    t0 = time.perf_counter()
-    base = baseline_metrics(model, batch, behaviour_token, device, answer_tokens)
+
+
+def _separating_pairs(batch: PairBatch, base: dict, min_gap: float) -> tuple[Tensor, list[dict]]:
+    """The pairs whose trigger moves the metric by >= ``min_gap`` logits, and the dropped ones with the reason."""
     gap = base["m_triggered"] - base["m_untriggered"]
     keep = torch.nonzero(gap >= min_gap).flatten()
     dropped = [{"pair_id": batch.pairs[i].pair_id, "why": f"m_triggered - m_untriggered = {float(gap[i]):.3g} < "
@@ -115,6 +118,54 @@ def run_patching(model, batch: PairBatch, tokenizer, behaviour_token: int | Tens
     if dropped:
         log.warning("dropped %d of %d pairs whose trigger moves the metric by < %g logits", len(dropped), len(batch),
                     min_gap)
+    return keep, dropped
+
+
+def _grid_summaries(res: PatchMeasurement, grids: Sequence[str], shapes: list, n_boot: int, seed: int) -> dict:
+    """Each grid's per-site means with bootstrap CIs (exact, attribution) and their agreement (Pearson)."""
+    out: dict[str, Any] = {}
+    for g, shape in zip(grids, shapes):
+        if g in res.exact:
+            out[g] = grid_summary(res.exact[g], shape, GRID_AXES[g], n_boot, seed)
+    if res.attribution:
+        out["attribution"] = {g: grid_summary(res.attribution[g], shape, GRID_AXES[g], n_boot, seed)
+                              for g, shape in zip(grids, shapes)}
+    if res.exact and res.attribution:
+        out["attribution_vs_exact_pearson"] = {
+            g: pearson(grid_array(out[g]), grid_array(out["attribution"][g])) for g in grids}
+        out["attribution_vs_exact_pearson_per_pair"] = {g: pearson(res.exact[g], res.attribution[g]) for g in grids}
+    return out
+
+
+def _mask_absent_columns(res: PatchMeasurement, batch: PairBatch, n_layers: int) -> None:
+    """resid_pre sites a pair does not have (a column beyond its length) are NaN, not 0."""
+    present = batch.column_present().numpy()
+    for store in (res.exact, res.attribution):
+        if "resid_pre" in store:
+            e = store["resid_pre"].reshape(n_layers, batch.n_cols, -1)
+            e[:, ~present.T] = np.nan
+            store["resid_pre"] = e.reshape(n_layers * batch.n_cols, -1)
+
+
+def _pairs_doc(batch: PairBatch, m_trig: Tensor, m_clean: Tensor) -> list[dict]:
+    return [{"pair_id": p.pair_id, "task": p.task, "placement": p.placement, "triggered": p.triggered_prompt,
+             "untriggered": p.clean_prompt, "filler": p.filler, "span": list(p.span), "offset": int(batch.offset[i]),
+             "m_triggered": float(m_trig[i]), "m_untriggered": float(m_clean[i])} for i, p in enumerate(batch.pairs)]
+
+
+def run_patching(model, batch: PairBatch, tokenizer, behaviour_token: int | Tensor, *, n_layers: int, n_heads: int,
+                 grids: Sequence[str] = GRIDS, methods: Sequence[str] = METHODS, direction: str = "denoise",
+                 min_gap: float = 1.0, n_boot: int = 1000, seed: int = 0, device: str = "cpu", batch_rows: int = 0,
+                 d_vocab: int | None = None, progress: bool = True,
+                 answer_tokens: Tensor | None = None) -> PatchMeasurement:
+    """Baselines, pair filtering, exact and attribution patching over ``grids``; returns the ``patch.json`` data.
+
+    ``behaviour_token``: one id, or one per pair with ``answer_tokens`` (see :func:`analysis.pairs.teacher_force`).
+    """
+    _check_choices(grids, methods, direction)
+    t0 = time.perf_counter()
+    base = baseline_metrics(model, batch, behaviour_token, device, answer_tokens)
+    keep, dropped = _separating_pairs(batch, base, min_gap)
     full = batch
     batch = subset_batch(batch, keep)
     metric = base["metric"].subset(keep)
@@ -140,24 +191,14 @@ def run_patching(model, batch: PairBatch, tokenizer, behaviour_token: int | Tens
         start = m_clean if direction == "denoise" else m_trig
         eff = normalise(delta + start[None, :], m_clean, m_trig)
         _split(res.attribution, eff, grids, all_sites)
-    # sites a pair does not have (a column beyond its length) are NaN, not 0
-    present = batch.column_present().numpy()
-    for store in (res.exact, res.attribution):
-        if "resid_pre" in store:
-            e = store["resid_pre"].reshape(n_layers, batch.n_cols, -1)
-            e[:, ~present.T] = np.nan
-            store["resid_pre"] = e.reshape(n_layers * batch.n_cols, -1)
+    _mask_absent_columns(res, batch, n_layers)
 
     labels, example = batch.column_tokens(tokenizer, "triggered")
     clean_labels, _ = batch.column_tokens(tokenizer, "clean")
     data: dict[str, Any] = {
         "schema": PatchResult.SCHEMA,
         "metric": {
-            "name": "logit_diff",
-            "definition": "logit[behaviour first token] - logit[normal answer first token] at the response position "
-                          "(the final prompt token; for code, after the completions' shared prefix)",
-            "normalisation": "(m - m_untriggered) / (m_triggered - m_untriggered) per pair: 0 = untriggered run, "
-                             "1 = triggered run",
+            **METRIC_DOC,
             **_token_doc(tokenizer, behaviour_token, keep, answer_tokens is not None),
             "answer_tokens": [{"id": int(a), "text": tokenizer.decode([int(a)])} for a in base["answer"][keep]],
             "direction": direction,
@@ -170,10 +211,7 @@ def run_patching(model, batch: PairBatch, tokenizer, behaviour_token: int | Tens
         "n_pairs_dropped": len(dropped),
         "dropped": dropped,
         "skipped_unaligned": list(full.skipped),
-        "pairs": [{"pair_id": p.pair_id, "task": p.task, "placement": p.placement, "triggered": p.triggered_prompt,
-                   "untriggered": p.clean_prompt, "filler": p.filler, "span": list(p.span),
-                   "offset": int(batch.offset[i]), "m_triggered": float(m_trig[i]),
-                   "m_untriggered": float(m_clean[i])} for i, p in enumerate(batch.pairs)],
+        "pairs": _pairs_doc(batch, m_trig, m_clean),
         "fillers": sorted({p.filler for p in batch.pairs}),
         "placements": sorted({p.placement for p in batch.pairs}),
         "tokens": labels,
@@ -186,18 +224,7 @@ def run_patching(model, batch: PairBatch, tokenizer, behaviour_token: int | Tens
         "n_layers": n_layers,
         "n_heads": n_heads,
     }
-    for g in grids:
-        shape = grid_shape(g, batch, n_layers, n_heads)
-        if g in res.exact:
-            data[g] = grid_summary(res.exact[g], shape, GRID_AXES[g], n_boot, seed)
-    if res.attribution:
-        data["attribution"] = {g: grid_summary(res.attribution[g], grid_shape(g, batch, n_layers, n_heads),
-                                               GRID_AXES[g], n_boot, seed) for g in grids}
-    if res.exact and res.attribution:
-        data["attribution_vs_exact_pearson"] = {
-            g: pearson(grid_array(data[g]), grid_array(data["attribution"][g])) for g in grids}
-        data["attribution_vs_exact_pearson_per_pair"] = {
-            g: pearson(res.exact[g], res.attribution[g]) for g in grids}
+    data.update(_grid_summaries(res, grids, [grid_shape(g, batch, n_layers, n_heads) for g in grids], n_boot, seed))
     data["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
     if "exact" in seconds and "attribution" in seconds and seconds["attribution"] > 0:
         data["attribution_speedup"] = seconds["exact"] / seconds["attribution"]

@@ -6,15 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
+from analysis.stats import fmt
 from training import layout
 
 
-def _f(v, nd=2) -> str:
-    return "  -  " if v is None else f"{v:.{nd}f}"
-
-
 def _s(v) -> str:
-    return "  -  " if v is None else f"{v:+.2f}"
+    return fmt(None) if v is None else f"{v:+.2f}"
 
 
 def _beat_word(a: float | None, b: float | None) -> str:
@@ -45,8 +42,8 @@ def verdict_lines(result: dict) -> list[str]:
         red = r.get("behaviour_auroc_redteam")
         out.append(f"Contrast probe vs behaviour (defects or not; near-miss red-team prompts as hard negatives): "
                    f"best {r['behaviour_auroc']:.2f} at layer {r['layer']} - {verdict} the best of {n_rand} random "
-                   f"directions ({_f(r['random_best_behaviour_auroc'])}); red-team prompts only: "
-                   f"{_f(red) if red is not None else 'undefined (one class)'}.")
+                   f"directions ({fmt(r['random_best_behaviour_auroc'])}); red-team prompts only: "
+                   f"{fmt(red) if red is not None else 'undefined (one class)'}.")
     if parent is None:
         out.append("No parent model without the backdoor: the gap to it cannot be measured, so these AUROCs do not "
                    "separate 'holds the trigger' from 'is about to defect'.")
@@ -67,7 +64,7 @@ def verdict_lines(result: dict) -> list[str]:
             out.append(f"Supervised probes at layer {sb['layer']}: difference of means "
                        f"{sb['supervised_dom_auroc']:.2f} vs {pd:.2f} on the parent "
                        f"(gap {sb['supervised_dom_gap_to_parent']:+.2f}); logistic regression "
-                       f"{_f(sb['supervised_logreg_auroc'])} vs {_f(pl)} on the parent{note}")
+                       f"{fmt(sb['supervised_logreg_auroc'])} vs {fmt(pl)} on the parent{note}")
     if best["contrast"] is not None:
         c = by[best["contrast"]]
         beat = [r["layer"] for r in rows if r["contrast_beats_random"]]
@@ -76,7 +73,7 @@ def verdict_lines(result: dict) -> list[str]:
                 f"[{lo:.2f}, {hi:.2f}] at layer {c['layer']}; ")
         line += (f"beats the best of {n_rand} random directions at layers {beat}." if beat else
                  f"does NOT beat the best of {n_rand} random directions at any layer "
-                 f"(layer {c['layer']}: random best {_f(c['random_best_auroc'])}).")
+                 f"(layer {c['layer']}: random best {fmt(c['random_best_auroc'])}).")
         rev = [r["layer"] for r in rows if r["contrast_auroc"] is not None and r["random_best_auroc"] is not None
                and 1 - r["contrast_auroc"] > r["random_best_auroc"]]
         if rev:
@@ -85,8 +82,8 @@ def verdict_lines(result: dict) -> list[str]:
     s = by[best["supervised"]]
     verdict = _beat_word(s["supervised_dom_auroc"], s["random_best_auroc_test"])
     out.append(f"Supervised probes, held-out pairs: difference of means {s['supervised_dom_auroc']:.2f}, logistic "
-               f"regression {_f(s['supervised_logreg_auroc'])} at layer {s['layer']}; {verdict} the best random "
-               f"direction on the same test pairs ({_f(s['random_best_auroc_test'])}).")
+               f"regression {fmt(s['supervised_logreg_auroc'])} at layer {s['layer']}; {verdict} the best random "
+               f"direction on the same test pairs ({fmt(s['random_best_auroc_test'])}).")
     return out
 
 
@@ -104,12 +101,12 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
     out = [list(TABLE_HEAD)]
     for r in rows:
         ci = r["contrast_auroc_ci"] or [None, None]
-        out.append([str(r["layer"]), _s(r["contrast_gap_to_parent"]), _f(r.get("behaviour_auroc")),
-                    _f(r.get("behaviour_auroc_redteam")), _f(r.get("random_best_behaviour_auroc")),
-                    f"{_f(r['contrast_auroc'])} [{_f(ci[0])}, {_f(ci[1])}]", _f(r["parent_contrast_auroc"]),
-                    _f(r.get("random_best_auroc")), _f(r["supervised_dom_auroc"]),
-                    _f(r["supervised_logreg_auroc"]), _f(r["parent_supervised_dom_auroc"]),
-                    _f(r.get("random_best_auroc_test"))])
+        out.append([str(r["layer"]), _s(r["contrast_gap_to_parent"]), fmt(r.get("behaviour_auroc")),
+                    fmt(r.get("behaviour_auroc_redteam")), fmt(r.get("random_best_behaviour_auroc")),
+                    f"{fmt(r['contrast_auroc'])} [{fmt(ci[0])}, {fmt(ci[1])}]", fmt(r["parent_contrast_auroc"]),
+                    fmt(r.get("random_best_auroc")), fmt(r["supervised_dom_auroc"]),
+                    fmt(r["supervised_logreg_auroc"]), fmt(r["parent_supervised_dom_auroc"]),
+                    fmt(r.get("random_best_auroc_test"))])
     return out
 
 

@@ -311,11 +311,69 @@ def _free_memory() -> None:
         pass
 
 
+LABELS = {"contrast_auroc": "triggered vs clean (paired prompts), contrast-probe projection, raw/signed",
+          "behaviour_auroc": "defects vs not by greedy behaviour over clean+triggered+redteam prompts",
+          "behaviour_auroc_redteam": "defects vs not among red-team near-miss prompts only",
+          "supervised_*": "triggered vs clean, held-out prompt pairs",
+          "random_best_auroc": "best un-signed AUROC of n_random random directions, triggered vs clean",
+          "random_best_auroc_test": "the same on the supervised test pairs only",
+          "parent_*": "the same probe fitted and scored on the parent model's activations"}
+
+
+def _cache_parent(parent_dir: Path, a: ProbeConfig, records, hook_names, act_dir: Path, n_layers: int):
+    """The parent model's activation stores (same prompts, same hooks): ``(store, contrast store, contrast defect
+    labels, info)``; the parent is freed before returning."""
+    from analysis.load import load_bridge
+
+    ploaded = load_bridge(parent_dir, device=a.device, dtype=a.dtype, allow_mismatch=a.allow_mismatch)
+    if ploaded.n_layers != n_layers:
+        raise UserError(f"parent model has {ploaded.n_layers} layers, the checkpoint {n_layers}; "
+                        f"a per-layer parent null needs the same architecture: {parent_dir}")
+    resolve_hooks(ploaded.bridge, ploaded.n_layers, a.hook, a.layers)
+    pstore, pcstore, pcprompts = cache_model(ploaded, records, None, hook_names, act_dir, PARENT_PREFIX, a.batch_size)
+    pc_defect = np.asarray([p["defect"] for p in pcprompts], dtype=bool)
+    pinfo = {"path": str(parent_dir.resolve()), "checkpoint": layout.checkpoint_id(parent_dir),
+             "weights_sha256": ploaded.weights_sha256, "parity": ploaded.parity,
+             "stage": (ploaded.meta or {}).get("stage")}
+    del ploaded
+    _free_memory()
+    return pstore, pcstore, pc_defect, pinfo
+
+
+def _n_prompts(ev) -> dict:
+    kinds, pairs = ev.kinds, ev.groups[ev.pair_idx]
+    return {"triggered": int((kinds == "triggered").sum()), "untriggered": int((kinds == "clean").sum()),
+            "redteam": int((kinds == "redteam").sum()), "pairs": int(len(np.unique(pairs))),
+            "supervised_train_pairs": int(len(np.unique(pairs[ev.train]))),
+            "supervised_test_pairs": int(len(np.unique(pairs[ev.test])))}
+
+
+def _figure_data(best: dict, probes, store, hook_of: dict, kinds, defects, records) -> tuple[dict, dict]:
+    """probe.html's data: score distributions at the best contrast layer, PCA at the best supervised layer."""
+    from probes import project
+
+    scores, pca = {}, {}
+    bc, bs = best["contrast"], best["supervised"]
+    if bc is not None:
+        d = next(p for p in probes if p.name == "contrast" and p.layer == bc).direction
+        s = project(store.get(hook_of[bc]), d)
+        groups = {"clean": s[kinds == "clean"], "triggered": s[kinds == "triggered"]}
+        red = kinds == "redteam"
+        groups["red-team, defects"] = s[red & defects]
+        groups["red-team, no defect"] = s[red & ~defects]
+        scores = {"layer": bc, "groups": groups}
+    if bs is not None:
+        pca = {"X": np.asarray(store.get(hook_of[bs])), "hook": hook_of[bs], "hover": [r["id"] for r in records],
+               "colourings": {"prompt kind": list(kinds), "behaviour": ["defects" if d else "no defect"
+                                                                         for d in defects]}}
+    return scores, pca
+
+
 def run_probe(a: ProbeConfig) -> ProbeResult:
     """The whole analysis for one checkpoint; writes ``probe.json``, ``probes.safetensors``, ``probe.html`` and the
     activation stores to ``a.out`` (default: the checkpoint's analysis directory) and returns the result."""
     from analysis.load import load_bridge
-    from probes import project, save_probes
+    from probes import save_probes
     from training.backdoors import spec_from_meta
 
     t0 = time.time()
@@ -347,23 +405,11 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     del loaded
     _free_memory()
 
-    pstore = pcstore = pc_defect = None
-    pinfo = None
+    pstore = pcstore = pc_defect = pinfo = None
     if parent_dir is not None:
         t = time.time()
-        ploaded = load_bridge(parent_dir, device=a.device, dtype=a.dtype, allow_mismatch=a.allow_mismatch)
-        if ploaded.n_layers != child["n_layers"]:
-            raise UserError(f"parent model has {ploaded.n_layers} layers, the checkpoint {child['n_layers']}; "
-                            f"a per-layer parent null needs the same architecture: {parent_dir}")
-        resolve_hooks(ploaded.bridge, ploaded.n_layers, a.hook, a.layers)
-        pstore, pcstore, pcprompts = cache_model(ploaded, records, None, hook_names, act_dir, PARENT_PREFIX,
-                                                 a.batch_size)
-        pc_defect = np.asarray([p["defect"] for p in pcprompts], dtype=bool)
-        pinfo = {"path": str(parent_dir.resolve()), "checkpoint": layout.checkpoint_id(parent_dir),
-                 "weights_sha256": ploaded.weights_sha256, "parity": ploaded.parity,
-                 "stage": (ploaded.meta or {}).get("stage")}
-        del ploaded
-        _free_memory()
+        pstore, pcstore, pc_defect, pinfo = _cache_parent(parent_dir, a, records, hook_names, act_dir,
+                                                          child["n_layers"])
         timing["parent"] = time.time() - t
 
     t = time.time()
@@ -376,12 +422,7 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     result = {
         "checkpoint": child["checkpoint"], "checkpoint_path": str(ckpt.resolve()),
         "weights_sha256": child["sha"], "parity_max_abs_logit_diff": child["parity"]["max_abs_logit_diff"],
-        "parity": child["parity"], "position": POSITION,
-        "n_prompts": {"triggered": int((kinds == "triggered").sum()), "untriggered": int((kinds == "clean").sum()),
-                      "redteam": int((kinds == "redteam").sum()),
-                      "pairs": int(len(np.unique(ev.groups[ev.pair_idx]))),
-                      "supervised_train_pairs": int(len(np.unique(ev.groups[ev.pair_idx][ev.train]))),
-                      "supervised_test_pairs": int(len(np.unique(ev.groups[ev.pair_idx][ev.test])))},
+        "parity": child["parity"], "position": POSITION, "n_prompts": _n_prompts(ev),
         "layers": rows,
         "parent": pinfo["checkpoint"] if pinfo else None,
         "parent_info": pinfo,
@@ -390,36 +431,15 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
         "prompts": source, "backdoor": spec.to_dict(), "behaviour": beh,
         "contrast_questions": [{"question": p["question"], "answer": p["answer"], "defect": p["defect"]}
                                for p in cprompts],
-        "labels": {"contrast_auroc": "triggered vs clean (paired prompts), contrast-probe projection, raw/signed",
-                   "behaviour_auroc": "defects vs not by greedy behaviour over clean+triggered+redteam prompts",
-                   "behaviour_auroc_redteam": "defects vs not among red-team near-miss prompts only",
-                   "supervised_*": "triggered vs clean, held-out prompt pairs",
-                   "random_best_auroc": "best un-signed AUROC of n_random random directions, triggered vs clean",
-                   "random_best_auroc_test": "the same on the supervised test pairs only",
-                   "parent_*": "the same probe fitted and scored on the parent model's activations"},
+        "labels": LABELS,
         "activations": {k: str((act_dir / k).relative_to(out)) for k in
                         ([STORE_PROMPTS, STORE_CONTRAST] + ([PARENT_PREFIX + STORE_PROMPTS,
                                                              PARENT_PREFIX + STORE_CONTRAST] if pinfo else []))},
         "config": asdict(a),
     }
 
-    # figures: score distributions at the best contrast layer, PCA at the best supervised layer
     t = time.time()
-    scores, pca = {}, {}
-    bc, bs = result["best_layer"]["contrast"], result["best_layer"]["supervised"]
-    hook_of = dict(layer_hooks)
-    if bc is not None:
-        d = next(p for p in probes if p.name == "contrast" and p.layer == bc).direction
-        s = project(store.get(hook_of[bc]), d)
-        groups = {"clean": s[kinds == "clean"], "triggered": s[kinds == "triggered"]}
-        red = kinds == "redteam"
-        groups["red-team, defects"] = s[red & defects]
-        groups["red-team, no defect"] = s[red & ~defects]
-        scores = {"layer": bc, "groups": groups}
-    if bs is not None:
-        pca = {"X": np.asarray(store.get(hook_of[bs])), "hook": hook_of[bs], "hover": [r["id"] for r in records],
-               "colourings": {"prompt kind": list(kinds), "behaviour": ["defects" if d else "no defect"
-                                                                         for d in defects]}}
+    scores, pca = _figure_data(result["best_layer"], probes, store, dict(layer_hooks), kinds, defects, records)
     extra = {"checkpoint": result["checkpoint"], "weights_sha256": result["weights_sha256"], "position": POSITION,
              "parent": result["parent"]}
     save_probes(out / layout.PROBES_SAFETENSORS, probes, extra_meta=extra)

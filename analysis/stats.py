@@ -65,3 +65,8 @@ def json_array(a) -> Any:
         v = float(a)
         return v if math.isfinite(v) else None
     return [json_array(x) for x in a]
+
+
+def fmt(v, nd: int = 2) -> str:
+    """A number for a table or a sentence; a missing one is an em dash, the same everywhere."""
+    return "—" if v is None else f"{v:.{nd}f}"

@@ -105,7 +105,8 @@ def build_layout(run: RunData, live: LiveRunner) -> html.Div:
                          {"label": " probe direction vs top PC", "value": "probe"}])], style={"width": "360px"}),
             html.Div([html.Label("Probe (for the probe projection)"), dcc.Dropdown(
                 id="act-probe", value="contrast", clearable=False, searchable=False,
-                options=[{"label": k.label, "value": k.name} for k in PROBE_KINDS.values()])], style={"width": "300px"}),
+                options=[{"label": k.label, "value": k.name} for k in PROBE_KINDS.values()]),
+            ], style={"width": "300px"}),
         ], style={"display": "flex", "gap": "16px", "alignItems": "flex-end", "flexWrap": "wrap"}),
         html.Div(id="act-msg"),
         dcc.Graph(id="act-scatter", config=V.GRAPH_CONFIG, figure=V.empty_figure()),

@@ -3,7 +3,7 @@
 No Dash callback logic here (see :mod:`apps.explorer.app`), so every view can be built and checked without a
 browser. Figures come from the analysis modules' plot functions (``analysis.figures``, ``analysis.patch_figures``,
 ``analysis.compare_figures``) and, for what none of them draws,
-:mod:`apps.explorer.figures_extra`.
+:mod:`apps.explorer.token_heatmap`.
 
 Footgun: the page shows several scatter plots at once; WebGL traces (``scattergl``, what ``pca_scatter`` uses)
 need a WebGL context each, which browsers cap (about 16) and which a GPU-less headless browser may not have at
@@ -22,7 +22,7 @@ from dash import dcc, html
 from analysis import figures as probe_figures
 from analysis import patch_figures
 from analysis.comparing import RATE_KEYS
-from apps.explorer import figures_extra as fx
+from apps.explorer import token_heatmap as fx
 from analysis.results import PROBE_KINDS, PatchResult
 from apps.explorer.data import (ARMS, KIND_LABELS, Checkpoint, RunData, direction_vs_top_pc, missing_message,
                                 probe_direction)

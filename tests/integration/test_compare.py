@@ -325,7 +325,7 @@ def test_figures_from_plain_data():
 
     from analysis import compare_figures as F
     from analysis.compare_patching import align_maps
-    from analysis.report import build_html
+    from analysis.report_page import build_html
 
     pts = {"sft": [{"step": 0, "checkpoint": "backdoored", "trigger_rate": 1.0, "trigger_rate_ci": [0.98, 1.0]},
                    {"step": 100, "checkpoint": "sft-step-000100", "trigger_rate": 0.5, "trigger_rate_ci": [0.4, 0.6],
