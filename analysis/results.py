@@ -7,7 +7,8 @@ report, the explorer) loads the stored files through them, so a key is spelled i
 run fits, with the row field each is scored by, are :data:`PROBE_KINDS`.
 
 Fields the readers use are typed; anything else a file holds is kept in ``extra`` and written back unchanged, so
-``from_json(d).to_json() == d`` for every file the commands write (a unit test checks it on real ones).
+``from_json(d).to_json() == d`` for every file the commands write (``tests/integration/test_compare.py`` checks it
+on the files a comparison writes).
 
 Versions: a file without a ``schema`` key is schema 1 (``probe.json`` of earlier versions carried none; its layout
 is schema 1's). A file from a newer schema, or one that is not a result of that kind, is one clear line
