@@ -9,8 +9,7 @@ backdoored and final checkpoints → ``compare.json`` + ``report.html``.
 
 Each stage is a library function with a typed config (the one its own command calls); the study only composes
 them (``apps`` → ``analysis`` → ``training``) and skips a stage whose output already exists when ``--resume`` is
-given. The seconds each stage took go to
-``study.json`` in the run directory.
+given. The seconds each stage took go to ``study.json`` in the run directory.
 """
 
 from __future__ import annotations
