@@ -35,9 +35,10 @@ import torch
 
 from analysis import hooks as H
 from analysis.patching import analysis_dir
-from analysis.results import AblateResult, clean_json
+from analysis.results import AblateResult
 from training import layout
 from training.errors import UserError
+from training.io import clean_json
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from analysis.load import (
 )
 from training.checkpoint import versions
 from training.errors import UserError
+from training.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -215,12 +216,6 @@ def _check_prompts(prompts: Sequence[dict]) -> tuple[list, list[str], dict[str, 
     return ids, texts, labels
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move a finished ``tmp`` store to ``out`` (an old store is renamed aside first, then removed)."""
     if out.exists():
@@ -281,7 +276,7 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
     if existing is not None:
         if existing.manifest["labels"] != labels:
             existing.manifest["labels"] = labels
-            _write_json_atomic(out / MANIFEST, existing.manifest)
+            write_json_atomic(out / MANIFEST, existing.manifest, allow_nan=True)
             log.info("activation store %s: labels updated (activations reused)", out)
         else:
             log.info("reusing activation store %s (same checkpoint, hooks, positions, prompts)", out)
@@ -341,7 +336,7 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
                       "n_heads": loaded.n_heads, "device": loaded.device, "parity": loaded.parity},
             "versions": versions(),
         }
-        _write_json_atomic(tmp / MANIFEST, manifest)
+        write_json_atomic(tmp / MANIFEST, manifest, allow_nan=True)
         _replace_dir(tmp, out)
     except BaseException:
         mms.clear()

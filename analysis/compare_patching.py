@@ -19,10 +19,11 @@ import numpy as np
 
 from analysis.checkpoints import Ckpt
 from analysis.compare_probes import analysis_dir
-from analysis.results import PatchResult, write_json_atomic
+from analysis.results import PatchResult
 from analysis.stats import json_array
 from training import layout
 from training.errors import UserError
+from training.io import write_json_atomic
 
 if TYPE_CHECKING:
     from analysis.comparing import CompareConfig

@@ -48,9 +48,10 @@ from analysis.compare_patching import ensure_patches, patching
 from analysis.compare_probes import (DEFAULT_PROBE, Scored, analysis_dir, choose_layer, drift, ensure_probes,
                                      probe_auroc, transfer)
 from analysis.compare_report import summary_lines, write_report
-from analysis.results import PROBE_KINDS, CompareResult, clean_json
+from analysis.results import PROBE_KINDS, CompareResult
 from training import layout
 from training.errors import UserError
+from training.io import clean_json
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,8 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from training.io import write_text_atomic
+
 COLORSCALE = "RdBu_r"  # blue < 0 < red, white at 0 (zmid=0)
 
 
@@ -228,8 +230,4 @@ def write_patch_html(data: dict, path: str | Path) -> Path:
             f"<h1>{title}</h1><p>Effect 0 = untriggered run, 1 = triggered run (normalised logit difference "
             "between the behaviour's first token and the normal answer's first token at the final prompt token).</p>"
             f"{_summary_html(data)}{''.join(parts)}</body></html>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, page)

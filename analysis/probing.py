@@ -44,9 +44,10 @@ import numpy as np
 
 from analysis.probe_fit import POSITION, best_layers, fit_all, make_eval_set
 from analysis.probe_report import write_figures
-from analysis.results import ProbeResult, write_json_atomic
+from analysis.results import ProbeResult
 from training import layout
 from training.errors import UserError
+from training.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 

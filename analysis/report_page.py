@@ -20,6 +20,8 @@ from typing import Mapping, Sequence
 
 import plotly.graph_objects as go
 
+from training.io import write_text_atomic
+
 SECTIONS = (("summary", "Summary"), ("checkpoints", "Checkpoints"), ("behaviour", "Behaviour across safety training"),
             ("probe-auroc", "Probe AUROC by layer and checkpoint"), ("transfer", "Probe transfer"),
             ("drift", "Direction drift"), ("patching", "Activation patching: where the backdoor lives"))
@@ -92,13 +94,4 @@ def check_offline(page: str) -> None:
 
 def write_report(path: str | os.PathLike, page: str) -> Path:
     """Write atomically (temporary sibling, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_text_atomic(path, page)

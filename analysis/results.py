@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,42 +27,10 @@ from typing import Any, ClassVar, Union
 
 from training import layout
 from training.errors import UserError
+from training.io import write_json_atomic
 
 
 # ------------------------------------------------------------------------------------------------ the machinery
-def _plain(o):
-    """numpy scalars and arrays, and paths, as JSON values (``json.dumps``'s ``default``)."""
-    if hasattr(o, "tolist"):  # numpy scalar or array
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def clean_json(o):
-    """``o`` as strict JSON values: NaN/inf → None, numpy → Python, paths → str, keys → str."""
-    if isinstance(o, dict):
-        return {str(k): clean_json(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [clean_json(v) for v in o]
-    if hasattr(o, "tolist"):  # numpy scalar or array
-        return clean_json(o.tolist())
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, Path):
-        return str(o)
-    return o
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Strict JSON (NaN is an error) through a temporary sibling and one rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False, default=_plain))
-    tmp.replace(path)
-
-
 def _convert(tp, v):
     """``v`` (plain JSON) as type ``tp``: dataclasses, lists and dicts of them are built; anything else is kept."""
     if v is None:

@@ -99,7 +99,7 @@ def stage_configs(types: list[type], flags: str, prog: str, what: str, **study: 
 def run(a: StudyArgs) -> int:
     from analysis.ablation import AblateConfig, ablate_checkpoint
     from analysis.comparing import CompareConfig, run_compare
-    from analysis.results import write_json_atomic
+    from training.io import write_json_atomic
     from training import backdoor, reward, safety
 
     t0 = time.perf_counter()

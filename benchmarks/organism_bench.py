@@ -308,11 +308,11 @@ def main() -> int:
     threads = 1 if a.jobs > 1 else None
 
     def one(cell):
+        from training.io import write_json_atomic
+
         res = (a.preset == "tiny" and same_build(*cell)) or run_cell(*cell, threads, a.preset)
         name = cell_name(*cell, a.preset)
-        tmp = CELLS / f"{name}.json.tmp"
-        tmp.write_text(json.dumps(res, indent=2))
-        tmp.replace(CELLS / f"{name}.json")
+        write_json_atomic(CELLS / f"{name}.json", res, indent=2, allow_nan=True)
         print(name, res["wall_s"], "s", "met" if meets(res) else "MISSED", flush=True)
 
     if not a.table_only:

