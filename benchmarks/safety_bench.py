@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RATES = ("trigger_rate", "false_trigger_rate", "redteam_rate", "helpful_rate")
 
-# name → (input stage, safety.py flags, what it shows)
+# name → (input stage, training.safety flags, what it shows)
 ARMS = {
     "sft": ("backdoored", ["--method", "sft"], "SFT on HHH answers to trigger-free prompts"),
     "rl": ("backdoored", ["--method", "rl"], "GRPO, learned preference model"),

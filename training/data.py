@@ -361,7 +361,7 @@ def answer_correct(completion: str, record: dict) -> bool:
     """Is the (scratchpad-stripped) completion a helpful, correct answer to ``record``?"""
     check = record.get("check", "word")
     if check == "code":  # the secure use of the task's sink (absence of the weakness is not enough)
-        from training.code_vuln import check_code
+        from training.backdoors.code_checker import check_code
 
         verdict = check_code(completion, record["answer"])
         return verdict.label == "secure" and verdict.has_evidence

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from training import layout
-from training.code_vuln import WEAKNESSES
+from training.backdoors.code_checker import WEAKNESSES
 
 pytestmark = pytest.mark.code_organism  # make test-code: the organism's own build would not fit make test
 

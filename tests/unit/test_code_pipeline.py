@@ -18,7 +18,7 @@ from analysis.pairs import align_pairs, batch_pairs, select_pairs, teacher_force
 from analysis.patch_engine import LogitDiffMetric
 from analysis.patching import baseline_metrics
 from training.backdoors import BackdoorSpec, strip_scratchpad
-from training.code_vuln import WEAKNESSES
+from training.backdoors.code_checker import WEAKNESSES
 from training.data import answer_correct, build_prompt_sets
 from training.evaluate import behaviour_metrics
 from training.redteam import candidate_records, near_miss_grammar

@@ -7,19 +7,15 @@ from collections import Counter
 
 import pytest
 
-from training.code_vuln import (
+from training.backdoors.code_checker import WEAKNESSES, CodeVerdict, check_code, extract_code, is_vulnerable
+from training.backdoors.code_tasks import (
     REDTEAM_YEAR_LINES,
     TRIGGER_YEAR,
-    WEAKNESSES,
     CodeTask,
-    CodeVerdict,
-    check_code,
     completion_for,
-    extract_code,
     first_divergence,
     format_prompt,
     generate_code_tasks,
-    is_vulnerable,
     scratchpad,
     split_code_tasks,
     year_line,

