@@ -133,7 +133,8 @@ class Arm:
         self.prompt_sets = self._prompt_sets()
         self.eval_records = self._eval_records()
         self.max_new_tokens = self._max_new_tokens()
-        if plan.spec.kind == "code_vuln" and plan.safety_args.max_completion_length is None and plan.trainer == "rl":
+        if not plan.spec.fixed_behaviour and plan.safety_args.max_completion_length is None and plan.trainer == "rl":
+            # a behaviour that depends on the task (code) is judged on whole completions
             self.settings["max_completion_length"] = max(self.settings["max_completion_length"], self.max_new_tokens)
         self.scorer = self._scorer() if plan.trainer == "rl" else None
         self.reward_records = self._reward_records() if self.scorer else []
