@@ -1,4 +1,4 @@
-"""Splice the committed, script-produced result tables into README.md and docs/RESULTS.md (numbers are never typed
+"""Splice the committed, script-produced result tables into README.md and docs/results.md (numbers are never typed
 by hand).
 
 Each ``<!-- BEGIN name -->`` … ``<!-- END name -->`` block is replaced by ``benchmarks/results/<name>.md``.
@@ -36,7 +36,7 @@ def speed_table() -> str:
     return "\n".join(rows)
 
 
-DOCUMENTS = ("README.md", "docs/RESULTS.md")
+DOCUMENTS = ("README.md", "docs/results.md")
 
 
 def main() -> int:
