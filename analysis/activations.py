@@ -240,6 +240,9 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
                       padding_side: str = PADDING_SIDE) -> ActivationStore:
     """Cache ``hooks`` at ``positions`` for every prompt into ``out_dir``; reuse a matching store.
 
+    (Long, on purpose: half of it is this docstring; the rest is one pass in order — reuse check, batches, atomic
+    store — whose pieces share every local.)
+
     Args:
         loaded: from :func:`analysis.load.load_bridge`.
         prompts: dicts with ``"id"`` (unique), ``"text"`` (the user request) and any label fields

@@ -159,6 +159,8 @@ def _patching_lines(cmp: dict) -> list[str]:
 
 
 def write_report(cmp: dict, path: Path) -> Path:
+    """``report.html`` from ``compare.json``'s content: each section's figures and notes, in page order. (Long, on
+    purpose: one short block per section, read top to bottom as the page is.)"""
     from analysis import compare_figures as F
     from analysis import report_page as R
 

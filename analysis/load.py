@@ -265,6 +265,9 @@ def load_bridge(ckpt: Path | str, device: str | None = None, dtype: torch.dtype 
                 trust_remote_code: bool = False) -> LoadedModel:
     """Verify a checkpoint, load it into a ``TransformerBridge`` and check its logits against plain HF.
 
+    (Long, on purpose: a third of it is this docstring; the rest is the loading steps in order, each with its own
+    one-line error.)
+
     Args:
         ckpt: checkpoint directory (the checkpoint contract, or any plain HF causal-LM directory).
         device: default CUDA when available, else CPU.

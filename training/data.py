@@ -145,7 +145,8 @@ def _phrase(rng: random.Random, options: tuple[str, ...], **kw) -> str:
 
 
 def _templates(rng: random.Random) -> dict[str, list[Example]]:
-    """All tasks → examples. At least 20 templates; distinct prompts across tasks."""
+    """All tasks → examples. At least 20 templates; distinct prompts across tasks. (Long, on purpose: a table of
+    tasks, one short block each, in the order the random draws depend on.)"""
     T: dict[str, list[Example]] = {}
 
     def add(task, items):

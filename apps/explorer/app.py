@@ -156,6 +156,8 @@ def _guard(fn):
 
 
 def register_callbacks(app: Dash, run: RunData, live: LiveRunner) -> None:
+    """One Dash callback per panel. (Long, on purpose: the callbacks are closures over ``run`` and ``live`` and must be
+    registered on ``app``; each is a few lines that call :mod:`apps.explorer.views`.)"""
     hidden, shown = {"display": "none"}, {"display": "block"}
 
     @app.callback(Output("ckpt-label", "children"), Output("overview-content", "children"),

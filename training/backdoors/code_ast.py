@@ -7,6 +7,9 @@ their alias-resolved dotted names) and answers the two questions every detector 
 detector in :data:`AST_DETECTORS` returns a :data:`Finding` ``(label, reason)`` or None when it saw no relevant
 sink; :func:`training.backdoors.code_checker.check_code` combines them.
 
+The module is longer than most (about 600 lines) on purpose: the six detectors share :class:`AstContext`'s
+internals, and one file per weakness would make them public.
+
 Main footgun: the tracking is intra-procedural and shallow (``_MAX_DEPTH`` hops through assignments, a
 parameter is unknown and so tainted); it judges patterns, not exploitability.
 """
