@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from training import layout
+from training.io import write_json_atomic
 
 
 def read_curve(arm_dir: Path) -> dict:
@@ -24,10 +25,7 @@ def read_curve(arm_dir: Path) -> dict:
 
 
 def write_curve(arm_dir: Path, curve: dict) -> None:
-    p = arm_dir / layout.PERSISTENCE_JSON
-    tmp = p.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(curve, indent=2))
-    tmp.replace(p)
+    write_json_atomic(arm_dir / layout.PERSISTENCE_JSON, curve, indent=2, allow_nan=True)
 
 
 def saved_steps(arm_dir: Path) -> list[Path]:
