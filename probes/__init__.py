@@ -12,7 +12,7 @@ backdoor; split and bootstrap by prompt pair (:func:`train_test_split_by_group`,
 from probes.directions import cosine_similarity, diff_of_means, fit_logreg, project, random_directions, unit
 from probes.io import load_probes, load_probes_with_meta, probe_key, save_probes
 from probes.metrics import auroc, auroc_ci, random_direction_null
-from probes.probe import Probe
+from probes.record import Probe
 from probes.split import train_test_split_by_group
 
 __all__ = [

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probes.probe import Probe
+from probes.record import Probe
 
 log = logging.getLogger(__name__)
 
