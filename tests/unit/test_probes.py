@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -209,17 +208,6 @@ def test_grouped_ci_on_planted_pairs(planted_split):
     assert 0.05 < hi - lo < 0.3
 
 
-def test_auroc_ci_speed():
-    rng = np.random.default_rng(9)
-    s, y = rng.standard_normal(500), rng.integers(0, 2, 500)
-    probes.auroc_ci(s, y, n_boot=50)
-    t0 = time.perf_counter()
-    probes.auroc_ci(s, y, n_boot=1000, seed=0)
-    probes.auroc_ci(s, y, n_boot=1000, seed=0, groups=np.arange(500) // 2)
-    # target < 0.3 s each; generous bound because the CI machine is shared
-    assert (time.perf_counter() - t0) / 2 < 0.6
-
-
 # --------------------------------------------------------------------------- random null
 
 
@@ -266,16 +254,6 @@ def test_random_null_below_supervised_on_planted(planted_split):
     assert 0.5 <= null["median"] <= null["best"] < supervised
     assert null["best"] < 0.95
     assert supervised - null["best"] > 0.05
-
-
-def test_random_direction_null_speed():
-    rng = np.random.default_rng(12)
-    X = rng.standard_normal((300, 576)).astype(np.float32)
-    y = rng.integers(0, 2, 300)
-    probes.random_direction_null(X, y, n=20)
-    t0 = time.perf_counter()
-    probes.random_direction_null(X, y, n=1000, seed=0)
-    assert time.perf_counter() - t0 < 1.0  # target 0.5 s; generous bound for a shared machine
 
 
 # --------------------------------------------------------------------------- split
