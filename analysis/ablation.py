@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from analysis import hooks as H
-from analysis.patching import analysis_dir
 from analysis.results import AblateResult
 from training import layout
 from training.errors import UserError
@@ -332,7 +331,7 @@ def ablate_checkpoint(a: AblateConfig) -> AblateResult:
     st = _setup(a, ppath)
     result = _measure(a, st, alphas, ppath)
     key = f"{st.probe.name}.{int(st.probe.layer)}" + ("+later" if a.all_later else "")
-    out = Path(a.out) if a.out else analysis_dir(ckpt)
+    out = Path(a.out) if a.out else layout.analysis_dir(ckpt)
     path = out / layout.ABLATE_JSON
     sha = st.loaded.weights_sha256
     doc = {"schema": AblateResult.SCHEMA, "checkpoint": layout.checkpoint_id(ckpt), "ckpt": str(ckpt),

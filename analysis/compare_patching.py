@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analysis.checkpoints import Ckpt
-from analysis.compare_probes import analysis_dir
+from analysis.checkpoints import ComparedCheckpoint
 from analysis.results import PatchResult
 from analysis.stats import json_array
 from training import layout
@@ -33,8 +32,8 @@ log = logging.getLogger(__name__)
 PATCH_SKIPPED_JSON = "patch-skipped.json"
 
 
-def _read_patch(c: Ckpt) -> tuple[PatchResult | None, str]:
-    d = analysis_dir(c)
+def _read_patch(c: ComparedCheckpoint) -> tuple[PatchResult | None, str]:
+    d = layout.analysis_dir(c.path)
     p = d / layout.PATCH_JSON
     if p.exists():
         try:
@@ -57,7 +56,7 @@ def _read_patch(c: Ckpt) -> tuple[PatchResult | None, str]:
     return None, "missing"
 
 
-def _patch_config(c: Ckpt, a: CompareConfig):
+def _patch_config(c: ComparedCheckpoint, a: CompareConfig):
     """The :class:`~analysis.patching.PatchConfig` for a checkpoint without (current) patching results."""
     from analysis.patching import PatchConfig
 
@@ -75,7 +74,7 @@ def _patch_config(c: Ckpt, a: CompareConfig):
     return cfg
 
 
-def _run_patch(c: Ckpt, a: CompareConfig) -> str | None:
+def _run_patch(c: ComparedCheckpoint, a: CompareConfig) -> str | None:
     """Patch one checkpoint; the reason when it cannot be patched (e.g. no pair separates the triggered from the
     untriggered run: the backdoor is gone), else None."""
     from analysis.patching import patch_checkpoint
@@ -88,11 +87,11 @@ def _run_patch(c: Ckpt, a: CompareConfig) -> str | None:
     return None
 
 
-def ensure_patches(cks: list[Ckpt], a: CompareConfig, reference: str, computed: dict
+def ensure_patches(cks: list[ComparedCheckpoint], a: CompareConfig, reference: str, computed: dict
                    ) -> tuple[dict[str, PatchResult], dict[str, str]]:
     """Stored patch.json per checkpoint; missing ones computed for the reference and each arm's final checkpoint
     (``--patch finals``), every checkpoint but base (``all``), or none."""
-    finals = {c.arm: c for c in cks if c.arm is not None}  # ordered by step: the last one wins
+    finals = layout.arm_finals(cks)
     wanted = set()
     if a.patch == "finals":
         wanted = {reference} | {c.id for c in finals.values()}
@@ -113,7 +112,7 @@ def ensure_patches(cks: list[Ckpt], a: CompareConfig, reference: str, computed: 
                 data, status = _read_patch(c)
             else:
                 status = f"skipped: {msg}"
-                write_json_atomic(analysis_dir(c) / PATCH_SKIPPED_JSON,
+                write_json_atomic(layout.analysis_dir(c.path) / PATCH_SKIPPED_JSON,
                             {"weights_sha256": c.sha, "error": msg, "config": asdict(_patch_config(c, a)),
                              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         if data is not None:
@@ -158,13 +157,14 @@ def align_maps(ref: dict, other: dict) -> tuple[np.ndarray, np.ndarray, list, li
     return A, B, tokens, trig
 
 
-def patching(cks: list[Ckpt], patches: dict[str, PatchResult], why: dict[str, str], reference: str) -> dict:
+def patching(cks: list[ComparedCheckpoint], patches: dict[str, PatchResult], why: dict[str, str],
+             reference: str) -> dict:
     ids = [c.id for c in cks if c.id in patches]
     out: dict[str, Any] = {"checkpoints": ids, "grid": "resid_pre", "diff": {}, "diff_tokens": {},
                            "diff_trigger_columns": {}, "unavailable": dict(why)}
     for i in ids:
         out[i] = patch_map(patches[i])
-    finals = {c.arm: c.id for c in cks if c.arm is not None}
+    finals = {arm: c.id for arm, c in layout.arm_finals(cks).items()}
     out["finals"] = dict(finals)
     if reference in patches:
         for arm, fid in finals.items():

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analysis.checkpoints import Ckpt
+from analysis.checkpoints import ComparedCheckpoint
 from analysis.results import PROBE_KINDS, ProbeLayer, ProbeResult
 from analysis.stats import finite_or_none as _num
 from training import layout
@@ -36,7 +36,7 @@ DEFAULT_PROBE = "supervised_dom"
 class StoredProbes:
     """A checkpoint's current probe results: ``probe.json``, the fitted probes and its activation store."""
 
-    ckpt: Ckpt
+    ckpt: ComparedCheckpoint
     result: ProbeResult
     probes: dict  # (name, layer) -> probes.Probe
     store_dir: Path
@@ -46,18 +46,11 @@ class StoredProbes:
         return self.result.rows()
 
 
-def analysis_dir(c: Ckpt) -> Path:
-    """``<run>/analysis/<checkpoint-id>/`` (analysis.probe and analysis.patch use the same place)."""
-    from analysis.probing import default_out
-
-    return default_out(c.path)
-
-
-def _read_probe(c: Ckpt) -> tuple[StoredProbes | None, str]:
+def _read_probe(c: ComparedCheckpoint) -> tuple[StoredProbes | None, str]:
     from analysis.activations import MANIFEST
     from probes import load_probes_with_meta
 
-    d = analysis_dir(c)
+    d = layout.analysis_dir(c.path)
     pj, ps = d / layout.PROBE_JSON, d / layout.PROBES_SAFETENSORS
     if not pj.exists() or not ps.exists():
         return None, "missing"
@@ -77,7 +70,7 @@ def _read_probe(c: Ckpt) -> tuple[StoredProbes | None, str]:
     return StoredProbes(c, result, {(p.name, int(p.layer)): p for p in probes}, store), "ok"
 
 
-def _probe_args(c: Ckpt, a: CompareConfig):
+def _probe_args(c: ComparedCheckpoint, a: CompareConfig):
     from analysis.probing import ProbeConfig
 
     want = {"ckpt": str(c.path), "n": a.probe_n, "prompts": a.probe_prompts, "n_random": a.n_random,
@@ -86,7 +79,8 @@ def _probe_args(c: Ckpt, a: CompareConfig):
     return ProbeConfig(**{k: v for k, v in want.items() if k in names and v is not None})
 
 
-def ensure_probes(cks: list[Ckpt], a: CompareConfig, computed: dict) -> tuple[dict[str, StoredProbes], dict[str, str]]:
+def ensure_probes(cks: list[ComparedCheckpoint], a: CompareConfig, computed: dict
+                  ) -> tuple[dict[str, StoredProbes], dict[str, str]]:
     """Stored probe results per checkpoint; what is missing or stale is computed with analysis.probe."""
     out, why = {}, {}
     for c in cks:

@@ -43,10 +43,9 @@ from pathlib import Path
 from typing import Any
 
 
-from analysis.checkpoints import Ckpt, check_architectures, discover_run, from_paths
+from analysis.checkpoints import ComparedCheckpoint, check_architectures, discover_run, from_paths
 from analysis.compare_patching import ensure_patches, patching
-from analysis.compare_probes import (DEFAULT_PROBE, Scored, analysis_dir, choose_layer, drift, ensure_probes,
-                                     probe_auroc, transfer)
+from analysis.compare_probes import DEFAULT_PROBE, Scored, choose_layer, drift, ensure_probes, probe_auroc, transfer
 from analysis.compare_report import summary_lines, write_report
 from analysis.results import PROBE_KINDS, CompareResult
 from training import layout
@@ -148,11 +147,11 @@ def _point(cid: str, step: int, m: dict, source: str) -> dict:
     return p
 
 
-def behaviour(cks: list[Ckpt], run: Path | None, reference: str) -> tuple[dict, list[str]]:
+def behaviour(cks: list[ComparedCheckpoint], run: Path | None, reference: str) -> tuple[dict, list[str]]:
     """``{stage or arm: [points]}``; each arm's curve starts at the reference (backdoored), step 0."""
     lines = read_metrics_lines(run)
 
-    def metrics_of(c: Ckpt) -> tuple[dict | None, str]:
+    def metrics_of(c: ComparedCheckpoint) -> tuple[dict | None, str]:
         if c.id in lines:
             return lines[c.id], layout.METRICS_JSONL
         m = (c.meta or {}).get("metrics")
@@ -252,7 +251,7 @@ def run_compare(a: CompareConfig) -> CompareResult:
 
     pages = {}
     for c in cks:
-        d = analysis_dir(c)
+        d = layout.analysis_dir(c.path)
         pages[c.id] = {f: os.path.relpath(d / f, out) for f in (layout.PROBE_HTML, layout.PATCH_HTML)
                        if (d / f).exists()}
     cmp: dict[str, Any] = {

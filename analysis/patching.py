@@ -354,15 +354,6 @@ class PatchConfig:
     seed: int = field(default=0, metadata={"help": "Seed for pair selection and the bootstrap."})
 
 
-def analysis_dir(ckpt: Path) -> Path:
-    """``<run>/analysis/<checkpoint-id>/`` for a checkpoint in a run, else ``<ckpt>/../analysis/<name>/``."""
-    ckpt = Path(ckpt)
-    run = layout.run_of_checkpoint(ckpt)
-    if run is not None:
-        return run / layout.ANALYSIS_DIR / layout.checkpoint_id(ckpt)
-    return ckpt.resolve().parent / layout.ANALYSIS_DIR / ckpt.resolve().name
-
-
 def _csv(s: str, allowed: Sequence[str], what: str) -> list[str]:
     items = [x.strip() for x in str(s).split(",") if x.strip()]
     bad = [x for x in items if x not in allowed]
@@ -437,7 +428,7 @@ def patch_checkpoint(a: PatchConfig) -> PatchResult:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     data["seconds"]["total"] = round(time.perf_counter() - t0, 4)
-    out = Path(a.out) if a.out else analysis_dir(ckpt)
+    out = Path(a.out) if a.out else layout.analysis_dir(ckpt)
     result = PatchResult.from_json(data).save(out / layout.PATCH_JSON)
     if not a.no_html:
         from analysis.patch_figures import write_patch_html

@@ -110,13 +110,6 @@ class ProbeConfig:
             raise ValueError(f"--logreg_c must be > 0, got {self.logreg_c}")
 
 
-def default_out(ckpt: Path) -> Path:
-    """``<run>/analysis/<checkpoint-id>/``; a checkpoint outside a run: ``<its parent dir>/analysis/<name>/``."""
-    run = layout.run_of_checkpoint(ckpt)
-    base = run if run is not None else Path(ckpt).resolve().parent
-    return base / layout.ANALYSIS_DIR / layout.checkpoint_id(ckpt)
-
-
 def resolve_parent(ckpt: Path, meta: dict | None, override: str | None = None) -> Path | None:
     """The nearest ancestor WITHOUT the backdoor: walk ``parent`` links (relative to each checkpoint dir) up to a
     checkpoint of stage ``base`` or a plain HF directory. None when there is none (a base model, a plain HF
@@ -390,7 +383,7 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     records, source = load_records(ckpt, spec, a)
     ev = make_eval_set(records, None, a.test_frac, a.seed)  # bad splits fail before any expensive work
     parent_dir = resolve_parent(ckpt, loaded.meta, a.parent)
-    out = Path(a.out) if a.out else default_out(ckpt)
+    out = Path(a.out) if a.out else layout.analysis_dir(ckpt)
     act_dir = out / layout.ACTIVATIONS_DIR
     out.mkdir(parents=True, exist_ok=True)
 

@@ -26,8 +26,6 @@ from training.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ARMS = ("sft", "rl", "adversarial")
-
 
 @dataclass
 class StudyArgs:
@@ -68,11 +66,6 @@ def _stage(i: int, n: int, name: str, fn, walls: dict):
     return res
 
 
-def _final_checkpoint(out: Path, arm: str) -> Path | None:
-    steps = sorted(p for p in (out / layout.CHECKPOINTS_DIR / arm).glob("step-*") if p.is_dir())
-    return steps[-1] if steps else None
-
-
 def stage_configs(types: list[type], flags: str, prog: str, what: str, **study: object) -> tuple:
     """A stage's typed configs: the study's own settings (``study``) over the stage's defaults, plus the extra
     flags the user gave for that stage (``what``, e.g. ``--safety_args``), parsed by the stage's own parser. A flag
@@ -105,9 +98,9 @@ def run(a: StudyArgs) -> int:
     t0 = time.perf_counter()
     out = Path(a.out)
     arms = [x for x in a.arms.split(",") if x]
-    bad = [x for x in arms if x not in ARMS]
+    bad = [x for x in arms if x not in layout.ARMS]
     if bad:
-        raise UserError(f"unknown safety arm {bad[0]!r} (choose from {', '.join(ARMS)})")
+        raise UserError(f"unknown safety arm {bad[0]!r} (choose from {', '.join(layout.ARMS)})")
     if a.ablate_n < 0:
         raise UserError("--ablate_n must be >= 0")
     lora = a.preset != "tiny"
@@ -140,9 +133,10 @@ def run(a: StudyArgs) -> int:
         i += 1
     _stage(i, n, "probes + patching (compare)", lambda: run_compare(replace(compare, no_html=True)), walls)
     i += 1
-    targets = [bd] + [p for p in (_final_checkpoint(out, arm) for arm in arms) if p is not None]
+    finals = layout.arm_finals(layout.discover_checkpoints(out))
+    targets = [bd] + [finals[arm].path for arm in arms if arm in finals]
     for ck in targets:
-        adir = out / layout.ANALYSIS_DIR / layout.checkpoint_id(ck)
+        adir = layout.analysis_dir(ck, run=out)  # spelled from --out: ablate.json records the probe path
         if a.resume and (adir / layout.ABLATE_JSON).exists():
             continue
         cfg = AblateConfig(ckpt=str(ck), probe=str(adir / layout.PROBES_SAFETENSORS))

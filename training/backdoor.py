@@ -271,7 +271,7 @@ class _Organism:
         return None
 
     def trainer_dir(self, stage: str) -> Path:
-        return self.out / layout.CHECKPOINTS_DIR / f".trainer-{stage}"
+        return layout.trainer_state_dir(layout.checkpoint_dir(self.out, stage))
 
     def load_done(self, stage: str):
         from training.checkpoint import load_model_and_tokenizer

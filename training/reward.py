@@ -263,7 +263,7 @@ def train_reward(a: RewardArgs) -> int:
                                                                dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
     dev = device_settings(n_params=n_parameters(model))
-    trainer_dir = out.parent / f".trainer-{out.name}"
+    trainer_dir = layout.trainer_state_dir(out)
     if not a.resume:
         shutil.rmtree(trainer_dir, ignore_errors=True)
     cfg = RewardConfig(

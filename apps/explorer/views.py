@@ -24,9 +24,9 @@ from analysis import patch_figures
 from analysis.comparing import RATE_KEYS
 from apps.explorer import token_heatmap as fx
 from analysis.results import PROBE_KINDS, PatchResult
-from apps.explorer.data import (ARMS, KIND_LABELS, Checkpoint, RunData, direction_vs_top_pc, missing_message,
-                                probe_direction)
+from apps.explorer.data import KIND_LABELS, RunData, direction_vs_top_pc, missing_message, probe_direction
 from training.errors import UserError
+from training.layout import ARMS, Checkpoint
 
 log = logging.getLogger(__name__)
 

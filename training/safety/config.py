@@ -216,7 +216,7 @@ def plan_arm(model_args: SafetyModelArgs, backdoor_args: SafetyBackdoorArgs, saf
     preset, settings = resolve(model_args, safety_args, run_args, run_dir)
     trainer = trainer_kind(safety_args)
     arm_dir = layout.checkpoint_dir(run_dir, safety_args.method)
-    trainer_dir = run_dir / layout.CHECKPOINTS_DIR / f".trainer-{safety_args.method}"
+    trainer_dir = layout.trainer_state_dir(arm_dir)
     if checkpoint.resolve() == arm_dir.resolve() or arm_dir.resolve() in checkpoint.resolve().parents:
         raise UserError(f"the input checkpoint lies inside this arm's output directory: {checkpoint}")
     reward_path = None
