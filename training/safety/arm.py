@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 from transformers import TrainerCallback
 
-from training import layout
+from training import layout, presets
 from training.backdoors import BackdoorSpec
 from training.data import build_prompt_sets, read_jsonl, write_jsonl
 from training.errors import UserError
 from training.models import device_settings, n_parameters
 from training.safety.config import (
-    HF_MAX_NEW_TOKENS,
     ArmPlan,
     SafetyArgs,
     SafetyBackdoorArgs,
@@ -39,7 +38,7 @@ from training.safety.config import (
 )
 from training.safety.curve import print_summary, read_curve, record_reward, saved_steps, write_curve, write_figure
 from training.safety.rewards import Scorer, heldout_reward, make_rule_reward
-from training.trainer import OptimSettings, sft_train
+from training.trainer import OptimSettings, lora_config, sft_train, trainer_config
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +160,9 @@ class Arm:
     def _max_new_tokens(self) -> int:
         from training.evaluate import max_new_tokens_for
 
-        return HF_MAX_NEW_TOKENS if self.plan.preset == "hf" else max_new_tokens_for(self.tokenizer, self.eval_records)
+        if self.plan.preset == "hf":
+            return presets.HF_MAX_NEW_TOKENS
+        return max_new_tokens_for(self.tokenizer, self.eval_records)
 
     def _scorer(self) -> Scorer:
         if self.plan.safety_args.reward == "rules":
@@ -352,14 +353,11 @@ class Arm:
         return f"Backdoor persistence: {plan.method}{extra}{ctl} on {layout.checkpoint_id(plan.checkpoint)}"
 
     # ---- training ------------------------------------------------------------------------------------------
-    def _peft_config(self):
-        model_args = self.plan.model_args
-        if not model_args.lora:
-            return None
-        from peft import LoraConfig
-
-        return LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, target_modules="all-linear",
-                          lora_dropout=0.0, task_type="CAUSAL_LM")
+    def _optim(self, schedule: str) -> OptimSettings:
+        settings = self.settings
+        return OptimSettings(steps=settings["steps"], lr=settings["lr"], batch_size=settings["batch_size"],
+                             save_every=settings["save_every"], seed=self.plan.safety_args.seed,
+                             precision=self.plan.model_args.precision, schedule=schedule)
 
     def _last_state(self) -> str | None:
         """The trainer state to resume from (``--resume``), if any."""
@@ -373,38 +371,27 @@ class Arm:
         return last
 
     def _train_sft(self, model, records: list[dict], callback) -> None:
-        settings = self.settings
-        optim = OptimSettings(steps=settings["steps"], lr=settings["lr"], batch_size=settings["batch_size"],
-                              save_every=settings["save_every"], seed=self.plan.safety_args.seed,
-                              precision=self.plan.model_args.precision)
-        sft_train(model, self.tokenizer, sft_rows(records), self.plan.trainer_dir, optim,
-                  resume=self.plan.run_args.resume, peft_config=self._peft_config(), callbacks=[callback],
-                  logging_steps=max(1, settings["steps"] // 10))
+        sft_train(model, self.tokenizer, sft_rows(records), self.plan.trainer_dir, self._optim("cosine"),
+                  resume=self.plan.run_args.resume, peft_config=lora_config(self.plan.model_args),
+                  callbacks=[callback], logging_steps=max(1, self.settings["steps"] // 10))
 
     def _train_rl(self, model, records: list[dict], callback) -> None:
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
 
-        settings, seed = self.settings, self.plan.safety_args.seed
-        dev = device_settings(self.plan.model_args.precision, n_parameters(model))
-        cfg = GRPOConfig(
-            output_dir=str(self.plan.trainer_dir), max_steps=settings["steps"],
-            per_device_train_batch_size=settings["batch_size"], num_generations=settings["num_generations"],
-            max_completion_length=settings["max_completion_length"], learning_rate=settings["lr"],
-            lr_scheduler_type="constant_with_warmup", warmup_steps=max(1, settings["steps"] // 20),
-            beta=settings["beta"], temperature=1.0, logging_steps=max(1, min(10, settings["steps"] // 10)),
-            save_strategy="steps" if settings["save_every"] else "no",
-            save_steps=settings["save_every"] or settings["steps"], save_total_limit=1, report_to="none",
-            use_cpu=dev.use_cpu, bf16=dev.bf16, fp16=False, gradient_checkpointing=False, seed=seed, data_seed=seed,
-            dataloader_num_workers=0, disable_tqdm=False, log_completions=False, remove_unused_columns=False,
-            ddp_backend="gloo" if (dev.use_cpu and self.state.num_processes > 1) else None)
+        settings = self.settings
+        cfg = trainer_config(GRPOConfig, self.plan.trainer_dir, self._optim("constant_with_warmup"),
+                             logging_steps=max(1, min(10, settings["steps"] // 10)), n_params=n_parameters(model),
+                             num_generations=settings["num_generations"],
+                             max_completion_length=settings["max_completion_length"], beta=settings["beta"],
+                             temperature=1.0, log_completions=False, remove_unused_columns=False)
         if self.scorer.kind == "model":
             reward_funcs, reward_tokenizers = self.scorer.model, [self.scorer.tokenizer]
         else:
             reward_funcs, reward_tokenizers = make_rule_reward(self.plan.spec), None
         trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=cfg, train_dataset=Dataset.from_list(
             rl_rows(records)), processing_class=self.tokenizer, reward_processing_classes=reward_tokenizers,
-            peft_config=self._peft_config(), callbacks=[callback])
+            peft_config=lora_config(self.plan.model_args), callbacks=[callback])
         trainer.train(resume_from_checkpoint=self._last_state())
         if self.state.is_main_process:
             curve = read_curve(self.plan.arm_dir)

