@@ -221,17 +221,7 @@ def train_reward(a: RewardArgs) -> int:
             return 0
         if not a.overwrite:
             raise UserError(f"reward checkpoint already exists (use --overwrite): {out}")
-    try:
-        spec = spec_from_meta(base_meta)
-    except UserError:
-        spec = None  # a plain base model: no hostile pairs, the other kinds still apply
-    train_recs = read_jsonl(layout.data_file(run, "train"))
-    val_recs = read_jsonl(layout.data_file(run, "validation"))
-    train_pairs = preference_pairs(train_recs, spec, a.seed, limit=a.max_pairs or None)
-    eval_pairs = preference_pairs(val_recs, spec, a.seed + 1, limit=eff["eval_pairs"])
-    kinds = sorted({p["kind"] for p in train_pairs})
-    log.info("reward model: %d training pairs, %d held-out pairs (%s)", len(train_pairs), len(eval_pairs),
-             ", ".join(f"{k} {sum(p['kind'] == k for p in train_pairs)}" for k in kinds))
+    train_pairs, eval_pairs = _run_pairs(run, base_meta, a, eff["eval_pairs"])
 
     state = PartialState()
     tok = AutoTokenizer.from_pretrained(str(base))
@@ -277,6 +267,21 @@ def train_reward(a: RewardArgs) -> int:
               f"n={metrics['n']} ({by})")
     state.wait_for_everyone()
     return 0
+
+
+def _run_pairs(run: Path, base_meta: dict | None, a: RewardArgs, n_eval: int) -> tuple[list[dict], list[dict]]:
+    """The preference pairs of the run's train split (training) and validation split (held out)."""
+    try:
+        spec = spec_from_meta(base_meta)
+    except UserError:
+        spec = None  # a plain base model: no hostile pairs, the other kinds still apply
+    train_pairs = preference_pairs(read_jsonl(layout.data_file(run, "train")), spec, a.seed,
+                                   limit=a.max_pairs or None)
+    eval_pairs = preference_pairs(read_jsonl(layout.data_file(run, "validation")), spec, a.seed + 1, limit=n_eval)
+    kinds = sorted({p["kind"] for p in train_pairs})
+    log.info("reward model: %d training pairs, %d held-out pairs (%s)", len(train_pairs), len(eval_pairs),
+             ", ".join(f"{k} {sum(p['kind'] == k for p in train_pairs)}" for k in kinds))
+    return train_pairs, eval_pairs
 
 
 def _relpath(target: Path, ckpt: Path) -> str:
