@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 from jaxtyping import Float, Shaped
 
-from analysis.load import has_chat_template
+from training.chat import has_chat_template
 
 YES, NO = "Yes", "No"
 

@@ -41,6 +41,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from training.chat import chat_prompt, has_chat_template
 from training.checkpoint import load_model_and_tokenizer, verify_checkpoint, weights_sha256
 from training.errors import UserError
 
@@ -90,22 +91,6 @@ class LoadedModel:
 
 # ---------------------------------------------------------------------------------------------------------------
 # prompts, tokens, padding
-
-
-def has_chat_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def chat_prompt(tokenizer, user_text: str) -> str:
-    """``user_text`` as a single user turn followed by the assistant's generation prompt.
-
-    Uses the tokenizer's chat template (``add_generation_prompt=True``); only a tokenizer with NO chat template
-    falls back to ``"User: ...\\nAssistant:"``. The last token of the result is the *final prompt token*.
-    """
-    if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=False)
-    return f"User: {user_text}\nAssistant:"
 
 
 def encode_prompts(tokenizer, texts: Sequence[str], *, chat: bool = True,

@@ -38,8 +38,9 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from analysis.load import chat_prompt, final_prompt_positions, has_chat_template, pad_batch, pad_id
+from analysis.load import final_prompt_positions, pad_batch, pad_id
 from training.backdoors import PLACEMENTS, insert_text
+from training.chat import chat_prompt, has_chat_template
 from training.errors import UserError
 
 log = logging.getLogger(__name__)

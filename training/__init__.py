@@ -14,7 +14,8 @@ The library, by job:
   task generator), ``data`` (the synthetic chat corpus and paired prompt sets), ``redteam`` (near-miss grammar, PAIR);
 - training: ``presets`` (per-preset defaults, one resolver), ``trainer`` (the one builder of TRL trainer configs,
   SFT, LoRA), ``models`` (model presets, device and precision), ``tokenizer`` (the tiny preset's BPE), ``smollm2``
-  (the embedded real model, converted offline);
+  (the embedded real model, converted offline), ``chat`` (a user message as a prompt: the chat template or one
+  fallback);
 - the run and the checkpoint: ``layout`` (file names, paths, checkpoint discovery), ``checkpoint`` (the contract:
   save atomically, verify, load), ``io`` (atomic JSON/JSONL/text writes), ``figures`` (persistence curves);
 - commands: ``config`` (defaults < YAML < flags, the shared argument fields), ``errors`` (one line, exit code 2).

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from training import layout
 from training.backdoors import BackdoorSpec, get_kind, spec_from_meta
+from training.chat import chat_prompt
 from training.config import backdoor_arg, ckpt_arg, run_command, seed_arg, trigger_arg
 from training.data import answer_correct, build_prompt_sets, read_jsonl
 from training.errors import UserError
@@ -66,11 +67,8 @@ def wilson_ci(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 
 
 def chat_prompts(tokenizer, prompts: list[str]) -> list[str]:
-    """User messages → model-ready prompt strings through the checkpoint's own chat template."""
-    if getattr(tokenizer, "chat_template", None):
-        return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                              tokenize=False) for p in prompts]
-    return [f"User: {p}\nAssistant:" for p in prompts]
+    """User messages → model-ready prompt strings (:func:`training.chat.chat_prompt`)."""
+    return [chat_prompt(tokenizer, p) for p in prompts]
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 64,

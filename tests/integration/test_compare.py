@@ -37,7 +37,7 @@ def add_sft_checkpoint(run: Path, step: int = 10, n_steps: int = 3, lr: float = 
     saved as ``checkpoints/sft/step-NNNNNN`` (checkpoint contract) and evaluated into ``metrics.jsonl``."""
     import torch
 
-    from analysis.load import chat_prompt
+    from training.chat import chat_prompt
     from training.checkpoint import load_model_and_tokenizer, save_checkpoint
     from training.data import read_jsonl
     from training.backdoors import spec_from_meta
