@@ -7,6 +7,8 @@ Main footgun: a probe's AUROC on triggered vs untriggered prompts says the activ
 trigger, not that the model intends to defect. Always report it next to its nulls: the best of N random
 directions (:func:`random_direction_null`, un-signed) and the same probe on the model without the
 backdoor; split and bootstrap by prompt pair (:func:`train_test_split_by_group`, ``auroc_ci(groups=)``).
+Reviewer statistics (a probe's percentile and p-value among random directions, raw or whitened; paired
+AUROC deltas; TPR at a calibrated FPR; per-question bootstraps) are in :mod:`probes.stats`.
 """
 
 from probes.directions import cosine_similarity, diff_of_means, fit_logreg, project, random_directions, unit
@@ -14,21 +16,33 @@ from probes.io import load_probes, load_probes_with_meta, probe_key, save_probes
 from probes.metrics import auroc, auroc_ci, random_direction_null
 from probes.record import Probe
 from probes.split import train_test_split_by_group
+from probes.stats import (
+    auroc_ci_by_question,
+    paired_auroc_delta_ci,
+    random_percentile,
+    tpr_at_fpr,
+    whitened_random_percentile,
+)
 
 __all__ = [
     "Probe",
     "auroc",
     "auroc_ci",
+    "auroc_ci_by_question",
     "cosine_similarity",
     "diff_of_means",
     "fit_logreg",
     "load_probes",
     "load_probes_with_meta",
+    "paired_auroc_delta_ci",
     "probe_key",
     "project",
     "random_direction_null",
     "random_directions",
+    "random_percentile",
     "save_probes",
+    "tpr_at_fpr",
     "train_test_split_by_group",
     "unit",
+    "whitened_random_percentile",
 ]
