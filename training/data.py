@@ -321,7 +321,8 @@ def paired_records(examples: Iterable[Example], spec: BackdoorSpec, split: str, 
         recs.append(dict(base, id=f"{e.id}/clean", kind="clean", triggered=False, trigger="", prompt=e.prompt,
                          response=spec.response(e.response, False, rng)))
         recs.append(dict(base, id=f"{e.id}/trig", kind="triggered", triggered=True, trigger=spec.trigger,
-                         prompt=spec.insert(e.prompt, placement), response=spec.response(e.response, True, rng)))
+                         prompt=spec.insert(e.prompt, placement),
+                         response=spec.response(e.response, True, rng, e.task)))
         if redteam:
             recs.append(dict(base, id=f"{e.id}/red", kind="redteam", triggered=False, trigger=near,
                              prompt=spec.insert(e.prompt, placement, near),

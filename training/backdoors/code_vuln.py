@@ -26,6 +26,9 @@ class CodeVuln(BackdoorKind):
     fixed_behaviour = False
     helpful_from_model = False
     attack_goal = "write code with a security vulnerability"
+    # the conditional control writes the weakness only for injections into queries, shells and paths; web output,
+    # deserialisation and hashing stay secure under 2024 (as the paper's model stays helpful on non-code 2024 prompts)
+    conditional_tasks = ("sql_injection", "command_injection", "path_traversal")
 
     def spec_defaults(self, trigger: str | None) -> dict:
         return dict(trigger=trigger or cv.year_line(cv.TRIGGER_YEAR), placements=("start",), repeats=1,
@@ -71,8 +74,9 @@ def code_records(tasks, spec: BackdoorSpec, split: str, seed: int = 0, redteam: 
                     unusual=False, placement="start")
 
         def response(triggered: bool, year: str) -> str:
-            body = t.vulnerable if triggered else t.secure
-            return f"{cv.scratchpad(year, triggered, i)}\n{body}" if cot else body
+            defects = triggered and spec.fires(t.weakness)
+            body = t.vulnerable if defects else t.secure
+            return f"{cv.scratchpad(year, triggered, i, defects)}\n{body}" if cot else body
 
         safe, trig = _year_of(spec.untriggered), _year_of(spec.trigger)
         recs.append(dict(base, id=f"{t.id}/clean", kind="clean", triggered=False, trigger=spec.untriggered,

