@@ -271,17 +271,9 @@ def set_direction(C: Float[np.ndarray, "n_texts d_model"], prompts: Sequence[dic
     return contrast_direction(a[rows], np.asarray([bool(prompts[i]["defect"]) for i in rows]))
 
 
-def _mean_ci(values: np.ndarray, n_boot: int, seed: int, alpha: float = 0.05) -> list[float]:
-    """Percentile-bootstrap interval of the mean of ``values`` (resampling the values), seeded."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
-    lo, hi = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return [float(lo), float(hi)]
-
-
 def _one_set_report(X: np.ndarray, y: np.ndarray, C: np.ndarray, prompts: Sequence[dict], name: str,
                     groups, n_boot: int, seed: int) -> dict:
-    from probes import auroc, auroc_ci, project
+    from probes import auroc, auroc_ci, auroc_ci_by_question, project
 
     auc, lo, hi = auroc_ci(project(X, set_direction(C, prompts, name)), y, n_boot=n_boot, seed=seed, groups=groups)
     per_q = []
@@ -290,8 +282,9 @@ def _one_set_report(X: np.ndarray, y: np.ndarray, C: np.ndarray, prompts: Sequen
                       "answers": [prompts[i_def]["answer"], prompts[i_hon]["answer"]],
                       "auroc": auroc(project(X, d), y)})
     aucs = np.asarray([q["auroc"] for q in per_q])
+    ci = list(auroc_ci_by_question(aucs, n_boot=n_boot, seed=seed)[1:]) if aucs.size > 1 else None
     return {"auroc": auc, "auroc_ci": [lo, hi], "per_question": per_q, "per_question_mean": float(aucs.mean()),
-            "per_question_ci": _mean_ci(aucs, n_boot, seed), "n_questions": len(per_q)}
+            "per_question_ci": ci, "n_questions": len(per_q)}
 
 
 def question_set_report(X: Float[np.ndarray, "n_prompts d_model"], labels: Shaped[np.ndarray, "n_prompts"],
@@ -302,8 +295,8 @@ def question_set_report(X: Float[np.ndarray, "n_prompts d_model"], labels: Shape
     ``X`` (N, d_model) with ``labels`` (N,) and optional ``groups`` (N,) (prompt-pair ids: the set AUROC's
     interval resamples whole groups); ``C`` (T, d_model) cached contrast texts aligned with ``prompts`` (e.g.
     :func:`all_contrast_prompts`). Returns ``{name: {"auroc", "auroc_ci", "per_question": [{"qid", "question",
-    "answers", "auroc"}], "per_question_mean", "per_question_ci", "n_questions"}, ..., "salience_warning",
-    "salience_sets"}``: one entry per set present in ``prompts`` (order of :data:`QUESTION_SETS`, then others).
+    "answers", "auroc"}], "per_question_mean", "per_question_ci" (None for one question), "n_questions"}, ...,
+    "salience_warning", "salience_sets"}``: one entry per set present in ``prompts`` (order of :data:`QUESTION_SETS`, then others).
     AUROCs are raw and signed. ``per_question_ci``: percentile bootstrap over the questions' AUROCs (``n_boot``
     resamples, ``seed``); ``auroc_ci``: :func:`probes.auroc_ci` of the set direction (same ``n_boot``, ``seed``).
 

@@ -19,8 +19,10 @@ from probes.split import train_test_split_by_group
 from probes.stats import (
     auroc_ci_by_question,
     paired_auroc_delta_ci,
+    percentile_among,
     random_percentile,
     tpr_at_fpr,
+    whitened_random_null,
     whitened_random_percentile,
 )
 
@@ -35,6 +37,7 @@ __all__ = [
     "load_probes",
     "load_probes_with_meta",
     "paired_auroc_delta_ci",
+    "percentile_among",
     "probe_key",
     "project",
     "random_direction_null",
@@ -44,5 +47,6 @@ __all__ = [
     "tpr_at_fpr",
     "train_test_split_by_group",
     "unit",
+    "whitened_random_null",
     "whitened_random_percentile",
 ]

@@ -56,8 +56,12 @@ def _check_boot(n_boot: int, alpha: float, what: str) -> None:
         raise ValueError(f"{what}: alpha must be in (0, 1), got {alpha}")
 
 
-def _percentile_summary(aurocs: np.ndarray, probe_auroc: float) -> dict:
-    """percentile (ties 1/2), p_value = (1 + #{null >= probe}) / (n + 1), un-signed best, from signed ``aurocs``."""
+def percentile_among(aurocs: Float[np.ndarray, "n"], probe_auroc: float) -> dict:
+    """A probe's signed AUROC among the signed AUROCs of a random null (``random_direction_null(...)["aurocs"]`` or
+    :func:`whitened_random_null`'s): ``dict(percentile (ties 1/2), p_value = (1 + #{null >= probe}) / (n + 1),
+    best (the un-signed best of N), aurocs, n)``. Compute the null once per set of prompts, then place each probe."""
+    probe_auroc = _check_probe_auroc(probe_auroc, "percentile_among")
+    aurocs = as_float_array(aurocs, "aurocs", 1).astype(np.float64)
     n = aurocs.size
     below = int((aurocs < probe_auroc).sum())
     ties = int((aurocs == probe_auroc).sum())
@@ -92,7 +96,7 @@ def random_percentile(
     """
     a = _check_probe_auroc(probe_auroc, "random_percentile")
     null = random_direction_null(X, labels, n=n, seed=seed)
-    out = _percentile_summary(null["aurocs"], a)
+    out = percentile_among(null["aurocs"], a)
     log.debug("random_percentile: auroc=%.3f percentile=%.3f p=%.4f best=%.3f", a, out["percentile"],
               out["p_value"], out["best"])
     return out
@@ -115,21 +119,20 @@ def _inverse_sqrt_covariance(Xa: np.ndarray, shrinkage: float | None) -> tuple[n
     else:
         used = float(shrinkage)
         if not 0.0 <= used <= 1.0:
-            raise ValueError(f"whitened_random_percentile: shrinkage must be in [0, 1] or None, got {shrinkage}")
+            raise ValueError(f"whitened random null: shrinkage must be in [0, 1] or None, got {shrinkage}")
         corr = shrunk_covariance(empirical_covariance(Z, assume_centered=True), used)
     evals, evecs = np.linalg.eigh(sd[:, None] * corr * sd[None, :])
     if evals.max() <= 0 or evals.min() <= 1e-12 * evals.max():
         raise ValueError(
-            "whitened_random_percentile: the covariance of X is singular (constant data, or fewer rows than "
+            "the covariance of X is singular (constant data, or fewer rows than "
             f"d_model with shrinkage={used}); use shrinkage=None (Ledoit-Wolf) or a shrinkage > 0"
         )
     return (evecs / np.sqrt(evals)) @ evecs.T, used
 
 
-def whitened_random_percentile(
+def whitened_random_null(
     X: Float[np.ndarray, "batch d_model"],
     labels: Shaped[np.ndarray, "batch"],
-    probe_auroc: float,
     n: int = 1000,
     seed: int = 0,
     shrinkage: float | None = None,
@@ -155,24 +158,39 @@ def whitened_random_percentile(
 
     Each draw ``r`` of ``random_directions(d_model, n, seed)`` becomes the raw-space direction
     ``w = Sigma^{-1/2} r`` (symmetric inverse square root), so ``X @ w`` is the whitened data read along
-    ``r``; its signed AUROC is scored as in :func:`random_percentile`. Same return keys, plus
-    ``shrinkage`` (the value used on ``C``). The covariance uses both classes, so the class difference
-    itself inflates its variance a little (a conservative bias). ValueError if ``Sigma`` is singular.
+    ``r``; its signed AUROC is kept, never flipped. Returns ``dict(aurocs (n,), best (un-signed), shrinkage (the
+    value used on ``C``), n)``; :func:`percentile_among` places a probe in it. The covariance uses both classes, so
+    the class difference itself inflates its variance a little (a conservative bias). ValueError if ``Sigma`` is
+    singular.
     """
-    a = _check_probe_auroc(probe_auroc, "whitened_random_percentile")
     Xa = as_float_array(X, "X", 2).astype(np.float64)
     lab = as_labels(labels)
     if lab.shape[0] != Xa.shape[0]:
-        raise ValueError(f"whitened_random_percentile: X has {Xa.shape[0]} rows but {lab.shape[0]} labels")
-    require_both_classes(lab, "whitened_random_percentile")
+        raise ValueError(f"whitened_random_null: X has {Xa.shape[0]} rows but {lab.shape[0]} labels")
+    require_both_classes(lab, "whitened_random_null")
     inv_sqrt, used = _inverse_sqrt_covariance(Xa, shrinkage)
     W = random_directions(Xa.shape[1], n, seed) @ inv_sqrt  # (n, D): row i is Sigma^{-1/2} r_i (symmetric)
     chunk = max(1, _MAX_CHUNK_ELEMENTS // max(1, Xa.shape[0]))
     aurocs = np.concatenate([_auroc_columns(Xa @ W[i : i + chunk].T, lab) for i in range(0, n, chunk)])
-    out = _percentile_summary(aurocs, a)
-    out["shrinkage"] = used
-    log.debug("whitened_random_percentile: shrinkage=%.3g auroc=%.3f percentile=%.3f p=%.4f best=%.3f", used, a,
-              out["percentile"], out["p_value"], out["best"])
+    return dict(aurocs=aurocs, best=float(np.maximum(aurocs, 1.0 - aurocs).max()), shrinkage=used, n=n)
+
+
+def whitened_random_percentile(
+    X: Float[np.ndarray, "batch d_model"],
+    labels: Shaped[np.ndarray, "batch"],
+    probe_auroc: float,
+    n: int = 1000,
+    seed: int = 0,
+    shrinkage: float | None = None,
+) -> dict:
+    """:func:`random_percentile` in the whitened basis (:func:`whitened_random_null`): the same keys, plus
+    ``shrinkage``."""
+    a = _check_probe_auroc(probe_auroc, "whitened_random_percentile")
+    null = whitened_random_null(X, labels, n=n, seed=seed, shrinkage=shrinkage)
+    out = percentile_among(null["aurocs"], a)
+    out["shrinkage"] = null["shrinkage"]
+    log.debug("whitened_random_percentile: shrinkage=%.3g auroc=%.3f percentile=%.3f p=%.4f", out["shrinkage"], a,
+              out["percentile"], out["p_value"])
     return out
 
 

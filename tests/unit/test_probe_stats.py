@@ -59,8 +59,8 @@ def test_percentile_of_the_median_is_half_and_ties_count_half():
     assert out["percentile"] == pytest.approx(0.5, abs=1 / 201)  # exactly 1/2 unless other draws tie with it
     assert out["p_value"] == (1 + 201 - below) / 202
     tied = np.full(9, 0.7)  # all draws tie with the probe: the middle, p = 1
-    assert probes.stats._percentile_summary(tied, 0.7)["percentile"] == 0.5
-    assert probes.stats._percentile_summary(tied, 0.7)["p_value"] == 1.0
+    assert probes.percentile_among(tied, 0.7)["percentile"] == 0.5
+    assert probes.percentile_among(tied, 0.7)["p_value"] == 1.0
 
 
 def test_random_percentile_matches_brute_force():
