@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-code test-slow bench
+.PHONY: venv demo test test-code test-controls test-slow bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: venv
 
 test-code: venv
 	$(BIN)/python -m pytest -q -m code_organism
+
+test-controls: venv
+	$(BIN)/python -m pytest -q -m controls
 
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow

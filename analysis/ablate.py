@@ -1,9 +1,10 @@
 """``python -m analysis.ablate --ckpt DIR --probe PATH``: does the model use a probe's direction? Remove it from the
-residual stream on triggered prompts, add it on untriggered ones, and compare the behaviour rates with random
-placebo directions (the method: :mod:`analysis.ablation`, whose :func:`~analysis.ablation.ablate_checkpoint` this
-command calls).
+residual stream on triggered prompts, add it on untriggered ones, and compare the behaviour rates with matched
+placebo directions: random directions with the probe's variance, the parent's and decoy's directions and the control
+questions' directions, when the probe file holds them (the method: :mod:`analysis.ablation`, whose
+:func:`~analysis.ablation.ablate_checkpoint` this command calls).
 
-Usage: ``python -m analysis.ablate --ckpt DIR --probe PATH [--layer L] [--name NAME] [--all_later]``
+Usage: ``python -m analysis.ablate --ckpt DIR --probe PATH [--layer L] [--name NAME] [--all_later] [--n_random N]``
 
 Adds the experiment to ``ablate.json`` in the checkpoint's analysis directory and prints the rates.
 """

@@ -12,12 +12,35 @@ through the bridge's components, so ``generate`` fires them):
   projections (triggered minus untriggered, at the final prompt token): ``alpha = 1`` moves the untriggered mean onto
   the triggered one. Report the induced behaviour rate per ``alpha``.
 
-Both come with a **placebo**: the same interventions along random unit directions (same magnitudes), and with the
-probe's AUROC measured on the same prompts (and any AUROC recorded in the probe's metadata).
+Both come with **matched placebos**: other unit directions put through exactly the same interventions (ablated at the
+same hooks; added at the same ``alpha`` with the same norm ``alpha * d``), and the probe's AUROC measured on the same
+prompts (and any AUROC recorded in the probe's metadata). A random *isotropic* direction is no control for a probe
+direction: it carries ~1/d_model of the activations' variance, while a probe (or contrast) direction is by
+construction a salient axis, so "random directions change nothing" says only that removing a salient axis differs
+from removing noise. The placebos (:func:`placebo_probes`, :func:`matched_random_directions`) are therefore salient
+too:
+
+- ``random_matched`` (``--n_random``, default 20): random unit directions drawn among the top principal components of
+  the final-token activations at the probe's hook (triggered + untriggered prompts), rotated towards a low-variance
+  axis just enough to carry exactly the probe direction's variance along those activations; the probe's ablation
+  drop is ranked among theirs
+  (``drop_percentile_among_matched``: the fraction of them whose drop is at least the probe's, ties half);
+- ``parent`` / ``decoy``: the parent model's and the decoy organism's difference-of-means directions at the same
+  layer (``parent_supervised_dom``, ``decoy_supervised_dom``), when the probe file holds them;
+- ``control_questions``: the contrast directions of the control question sets (``contrast_true_false``,
+  ``contrast_random_words``: yes/no questions without defection meaning), when present;
+- ``random_isotropic`` (``--n_isotropic``, default 1): the old placebo, kept as the reference point the others are
+  read against.
+
+Every rate is a Wilson interval (:func:`rate`; 0/n is never [0, 0]).
 
 Footgun: a direction that predicts defection (AUROC ~1) but changes nothing when removed is a *finding* (the
-information is redundant or read elsewhere), not a failure; and a large ``alpha`` pushes activations off-distribution
-(the placebo at the same norm is the control for that).
+information is redundant or read elsewhere), not a failure; a large ``alpha`` pushes activations off-distribution
+(the placebos at the same norm are the control for that); and "the probe's ablation beats isotropic noise" is not
+"the model reads the probe direction": read the drop against ``random_matched`` (same variance) and against the
+``parent`` / ``control_questions`` directions (salient axes without the backdoor's meaning). A matched direction
+can only be as different from the probe as the variance constraint allows: for a probe near the top principal
+axis, every matched direction is near it too (``cos_probe`` per direction says how near).
 
 :func:`ablate_checkpoint` runs the experiment for an :class:`AblateConfig` and adds it to ``ablate.json``;
 ``python -m analysis.ablate`` is its command.
@@ -34,6 +57,7 @@ import numpy as np
 import torch
 
 from analysis import hooks as H
+from analysis.contrast import CONTROL_SETS
 from analysis.results import AblateResult
 from training import layout
 from training.config import backdoor_arg, ckpt_arg, device_arg, dtype_arg, seed_arg, trigger_arg
@@ -67,12 +91,13 @@ def addition_hook(vec: torch.Tensor):
 
 
 def rate(flags) -> dict:
-    """``{"rate", "ci", "n"}`` of 0/1 flags with a 95% bootstrap CI."""
-    from training.evaluate import bootstrap_ci
+    """``{"rate", "ci", "n"}`` of 0/1 flags with a 95% Wilson interval (0/n is never [0, 0])."""
+    from training.evaluate import wilson_ci
 
-    f = np.asarray(flags, dtype=np.float64)
-    lo, hi = bootstrap_ci(f)
-    return {"rate": float(f.mean()) if f.size else None, "ci": [lo, hi], "n": int(f.size)}
+    f = np.asarray(flags, dtype=bool)
+    if not f.size:
+        return {"rate": None, "ci": [None, None], "n": 0}
+    return {"rate": float(f.mean()), "ci": list(wilson_ci(int(f.sum()), f.size)), "n": int(f.size)}
 
 
 def behaviour_rate(loaded, spec, prompts: list[str], fwd_hooks: list, max_new_tokens: int, batch_size: int) -> dict:
@@ -169,6 +194,116 @@ def intervention_hooks(probe, n_layers: int, all_later: bool) -> tuple[str, list
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# placebo directions
+
+# The named placebos: the probe names (in the file :mod:`analysis.probe` writes) each kind takes, in order.
+NAMED_PLACEBOS: dict[str, tuple[str, ...]] = {
+    "parent": ("parent_supervised_dom",),
+    "decoy": ("decoy_supervised_dom",),
+    "control_questions": tuple(f"contrast_{s}" for s in CONTROL_SETS),
+}
+PLACEBO_KINDS = ("random_matched", *NAMED_PLACEBOS, "random_isotropic")
+_MATCHED_TAG = 0x6D617463  # tags matched_random_directions' stream (see probes.random_directions)
+_MATCHED_TRIES = 50
+
+
+def placebo_probes(probes: list, probe) -> dict[str, list]:
+    """The named placebo directions for ``probe`` in its probe file: kind (:data:`NAMED_PLACEBOS`) -> probes at the
+    probe's layer and hook with a finite, non-zero direction of the same size (the first of each name). A kind the
+    file lacks is left out; the probe itself is never its own placebo."""
+    out = {}
+    for kind, names in NAMED_PLACEBOS.items():
+        hits = []
+        for nm in names:
+            same = [p for p in probes if p.name == nm != probe.name and int(p.layer) == int(probe.layer)
+                    and p.hook == probe.hook and p.d_model == probe.d_model
+                    and np.all(np.isfinite(p.direction)) and np.any(p.direction)]
+            hits += same[:1]
+        if hits:
+            out[kind] = hits
+    return out
+
+
+def _matched_spans(X: np.ndarray, u: np.ndarray, k_max: int) -> tuple:
+    """PCA of ``X`` for :func:`matched_random_directions`: ``(Xc, Vt, lam, v, ka, ka_safe, kb)`` -- centred
+    activations, principal axes (rows, variance ``lam`` descending, numerical rank only), the probe's variance
+    ``v`` (clamped into the spectrum), the size of the span ``a`` is drawn in, of the span whose every axis has
+    variance > ``v`` (the fallback), and of the span ``b`` avoids (so ``var(b) <= v``)."""
+    X = np.asarray(X, dtype=np.float64)
+    u = np.asarray(u, dtype=np.float64).ravel()
+    if X.ndim != 2 or X.shape[1] != u.size or X.shape[0] < 2 or u.size < 2 or k_max < 1:
+        raise ValueError(f"matched_random_directions: need X (n >= 2, d >= 2) matching u (d,) and k_max >= 1, got "
+                         f"{X.shape}, {u.shape}, {k_max}")
+    nu = np.linalg.norm(u)
+    if not np.isfinite(nu) or nu == 0 or not np.all(np.isfinite(X)):
+        raise ValueError("matched_random_directions: u must be non-zero, u and X finite")
+    Xc = X - X.mean(0)
+    _, s, Vt = np.linalg.svd(Xc, full_matrices=False)
+    lam = s ** 2 / len(X)
+    r = int((lam > lam[0] * 1e-12).sum()) if lam[0] > 0 else 0
+    if r == 0:
+        raise ValueError("matched_random_directions: the activations are constant")
+    Vt, lam = Vt[:r], lam[:r]
+    d = u.size
+    v = float(np.mean((Xc @ (u / nu)) ** 2))
+    v = min(max(v, lam[-1] if r == d else 0.0), lam[0])  # a unit vector's variance lies in the spectrum
+    hi = int((lam > v).sum())  # axes with more variance than the probe (<= d - 1)
+    ka_safe = min(max(hi, 1), k_max)
+    ka = max(min(max(hi + 1, 2), k_max, r, d - 1), ka_safe)
+    return Xc, Vt, lam, v, ka, ka_safe, max(ka, hi)
+
+
+def matched_random_directions(X: np.ndarray, u: np.ndarray, n: int, seed: int = 0, k_max: int = 64) -> np.ndarray:
+    """``(n, d)`` random unit directions, each with exactly the variance of unit ``u`` along the rows of ``X``
+    (``var(X @ w) == var(X @ u)`` up to rounding), drawn among the activations' salient axes (float64; reproducible
+    from ``seed``).
+
+    PCA of the centred ``X`` (axes ``V``, variances ``lam`` descending); ``v = var(X @ u)``. ``a`` is a Gaussian
+    unit vector in the span of the top ``ka`` axes, ``ka`` the smallest number whose last variance is <= ``v``
+    (at least 2, at most ``k_max``); a draw with ``var(a) < v`` is redrawn (``a`` falls back to the axes above ``v``
+    after 50 tries). ``b`` is a Gaussian unit vector in the span of the axes after the top ``kb = max(ka, #axes
+    above v)`` (off the activations' span when there are none), so ``var(b) <= v <= var(a)`` and ``cov(a, b) = 0``
+    up to rounding. ``w = cos t a + sin t b`` has variance ``m + R cos(2t - phi)`` (``m = (A+B)/2``,
+    ``R cos phi = (A-B)/2``, ``R sin phi = C``: the 2x2 form of ``A = var a``, ``B = var b``, ``C = cov(a, b)``,
+    measured on ``X``), so ``2t = phi + arccos((v - m) / R)``, which exists because ``B <= v <= A``.
+
+    Each ``w`` lies in span(top ``ka`` axes) + span(axes after ``kb``), with no component on axes ``ka+1..kb``:
+    inside the activations' span unless ``u`` has less variance than all of it. Footgun: for a ``u`` near the top
+    axis, every ``w`` is near it as well (only such directions have that much variance); and a ``u`` with no
+    variance at all is matched to rounding error only (a relative match is then meaningless).
+    """
+    if n < 0:
+        raise ValueError(f"matched_random_directions: n must be >= 0, got {n}")
+    Xc, Vt, lam, v, ka, ka_safe, kb = _matched_spans(X, u, k_max)
+    d = Xc.shape[1]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _MATCHED_TAG]))
+    G = rng.standard_normal((n, ka))
+    for _ in range(_MATCHED_TRIES):  # var(a) from the spectrum: sum g_i^2 lam_i / sum g_i^2
+        bad = (G ** 2 @ lam[:ka]) < v * (G ** 2).sum(1)
+        if not bad.any():
+            break
+        G[bad] = rng.standard_normal((int(bad.sum()), ka))
+    G[bad, ka_safe:] = 0.0  # still short: only the axes above v (all of them, or the top one, have var >= v)
+    a = G @ Vt[:ka]
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    if kb < len(lam):  # b among the remaining axes the activations vary along
+        b = rng.standard_normal((n, len(lam) - kb)) @ Vt[kb:]
+    else:  # every axis has more variance than u (u is mostly off the activations' span): b off it too
+        b = rng.standard_normal((n, d))
+        for _ in range(2):  # twice: orthogonal to the axes to rounding
+            b -= (b @ Vt.T) @ Vt
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    pa, pb = Xc @ a.T, Xc @ b.T  # (N, n)
+    A, B, C = (pa ** 2).mean(0), (pb ** 2).mean(0), (pa * pb).mean(0)
+    m, h = (A + B) / 2, (A - B) / 2
+    R = np.hypot(h, C)
+    cos2 = np.clip(np.divide(v - m, R, out=np.ones_like(R), where=R > 0), -1.0, 1.0)
+    t = (np.arctan2(C, h) + np.arccos(cos2)) / 2
+    w = np.cos(t)[:, None] * a + np.sin(t)[:, None] * b
+    return w / np.linalg.norm(w, axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # the experiment on one checkpoint
 
 
@@ -183,7 +318,10 @@ class AblateConfig:
     all_later: bool = field(default=False, metadata={"help": "Also project the direction out at every later layer."})
     alphas: str = field(default="1,2,4", metadata={"help": "Comma-separated multiples of the triggered-minus-"
                                                            "untriggered mean projection to add."})
-    n_random: int = field(default=2, metadata={"help": "Random placebo directions (same interventions, same norms)."})
+    n_random: int = field(default=20, metadata={"help": "Random placebo directions matched to the probe's variance "
+                                                        "along the activations (same interventions, same norms)."})
+    n_isotropic: int = field(default=1, metadata={"help": "Random isotropic placebo directions (the reference the "
+                                                          "matched placebos are read against)."})
     split: str = field(default="test", metadata={"help": "Prompt split."})
     n: int = field(default=64, metadata={"help": "Prompt pairs (each: one triggered, one untriggered prompt)."})
     max_new_tokens: int = field(default=None, metadata={"help": "Tokens generated per completion (default: 16 for a "
@@ -217,6 +355,8 @@ class _Setup:
     triggered: list[str]
     untriggered: list[str]
     max_new_tokens: int
+    placebos: dict  # placebo_probes(): kind -> probes
+
 
 
 def _setup(a: AblateConfig, ppath: Path) -> _Setup:
@@ -234,8 +374,8 @@ def _setup(a: AblateConfig, ppath: Path) -> _Setup:
         probes = load_probes(ppath)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e).splitlines()[0]) from None
-    if a.n < 1 or (a.max_new_tokens is not None and a.max_new_tokens < 1) or a.n_random < 0:
-        raise UserError("--n and --max_new_tokens must be >= 1, --n_random >= 0")
+    if a.n < 1 or (a.max_new_tokens is not None and a.max_new_tokens < 1) or a.n_random < 0 or a.n_isotropic < 0:
+        raise UserError("--n and --max_new_tokens must be >= 1, --n_random and --n_isotropic >= 0")
     loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype)
     probe = choose_probe(probes, loaded.n_layers, loaded.d_model, a.name, a.layer, ppath)
     _, hooks = intervention_hooks(probe, loaded.n_layers, a.all_later)
@@ -250,13 +390,105 @@ def _setup(a: AblateConfig, ppath: Path) -> _Setup:
     mnt = a.max_new_tokens
     if mnt is None:  # a fixed behaviour shows in its first tokens; code must be written out to be judged
         mnt = 16 if spec.fixed_behaviour else max_new_tokens_for(loaded.tokenizer, [t for _, t in pairs])
-    return _Setup(loaded, spec, probe, hooks, [t["prompt"] for _, t in pairs], [c["prompt"] for c, _ in pairs], mnt)
+    placebos = placebo_probes(probes, probe)
+    log.info("placebos for %s layer %d: %s; %d matched random, %d isotropic", probe.name, probe.layer,
+             ", ".join(f"{k} ({', '.join(p.name for p in v)})" for k, v in placebos.items()) or "no named ones",
+             a.n_random, a.n_isotropic)
+    return _Setup(loaded, spec, probe, hooks, [t["prompt"] for _, t in pairs], [c["prompt"] for c, _ in pairs], mnt,
+                  placebos)
+
+
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def drop_percentile(probe_drop: float | None, drops) -> float | None:
+    """The fraction of placebo ablation drops at least the probe's (ties count half): ~0 when the probe's drop in
+    trigger rate exceeds every placebo's, ~0.5 when it is typical of them; None without a drop or placebos."""
+    dr = np.asarray([x for x in drops if x is not None], dtype=np.float64)
+    if probe_drop is None or not dr.size:
+        return None
+    tie = np.abs(dr - probe_drop) <= 1e-12
+    return float(((dr > probe_drop) & ~tie).sum() + 0.5 * tie.sum()) / dr.size
+
+
+def placebo_directions(st: _Setup, X: np.ndarray, u: np.ndarray, n_random: int, n_isotropic: int,
+                       seed: int) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Placebo kind -> ``(name, unit direction)``: ``random_matched`` (``n_random``, matched to ``u``'s variance
+    along ``X``), the named ones of ``st.placebos``, ``random_isotropic`` (``n_isotropic``); empty kinds left out."""
+    from probes import random_directions
+
+    out: dict = {}
+    if n_random:
+        try:
+            W = matched_random_directions(X, u, n_random, seed=seed)
+        except ValueError as e:
+            raise UserError(f"cannot draw matched placebos at {st.probe.hook}: {e}") from None
+        out["random_matched"] = [(f"random_matched.{i}", w) for i, w in enumerate(W)]
+    for kind, ps in st.placebos.items():
+        out[kind] = [(p.name, p.direction.astype(np.float64) / np.linalg.norm(p.direction.astype(np.float64)))
+                     for p in ps]
+    if n_isotropic:
+        R = random_directions(X.shape[1], n_isotropic, seed=seed)
+        out["random_isotropic"] = [(f"random_isotropic.{i}", r) for i, r in enumerate(R)]
+    return out
+
+
+def _intervene(run, w: np.ndarray, st: _Setup, alphas: list[float], d: float, base: float | None) -> dict:
+    """One placebo direction through the probe's interventions: ablated at ``st.hooks`` on the triggered prompts,
+    ``alpha * d`` times it added at the probe's hook on the untriggered ones (rates without examples)."""
+    ur = torch.as_tensor(w, dtype=torch.float32)
+    ur = ur / ur.norm()
+    brief = lambda r: {k: r[k] for k in ("rate", "ci", "n")}  # noqa: E731
+    abl = brief(run(st.triggered, [(h, projection_hook(ur)) for h in st.hooks]))
+    induced = [{"alpha": al, "added_norm": abs(al * d),
+                "induced_rate": brief(run(st.untriggered, [(st.probe.hook, addition_hook(ur * (al * d)))]))}
+               for al in alphas]
+    return {"ablated_trigger_rate": abl, "trigger_rate_drop": None if base is None else base - abl["rate"],
+            "induced": induced}
+
+
+def _placebos(run, st: _Setup, dirs: dict, X: np.ndarray, u: np.ndarray, alphas: list[float], d: float,
+              base: float | None, probe_drop: float | None) -> dict:
+    """The ``placebo`` block. ``kinds[kind]``: ``directions`` (each: ``name``, ``variance`` along ``X``,
+    ``cos_probe``, ``ablated_trigger_rate`` and per alpha ``induced_rate`` with Wilson intervals,
+    ``trigger_rate_drop``), their means, and for ``random_matched`` the probe's ``drop_percentile_probe``
+    (:func:`drop_percentile`) and ``drop_p_value`` ((1 + #drops >= the probe's) / (1 + n)). At the top: the
+    ``random_matched`` rates in the layout schema 1 used for its random placebos (``ablated_trigger_rate`` list,
+    ``added`` per alpha, their means), so readers of those keys keep working; ``missing``: named kinds the probe
+    file lacks."""
+    var = lambda w: float(np.var(X @ w))  # noqa: E731
+    kinds: dict = {}
+    for kind, items in dirs.items():
+        entries = [{"name": nm, "variance": var(w), "cos_probe": float(w @ u),
+                    **_intervene(run, w, st, alphas, d, base)} for nm, w in items]
+        kinds[kind] = {
+            "n": len(entries),
+            "ablated_trigger_rate_mean": _mean([e["ablated_trigger_rate"]["rate"] for e in entries]),
+            "trigger_rate_drop_mean": _mean([e["trigger_rate_drop"] for e in entries]),
+            "induced_rate_mean": {str(al): _mean([e["induced"][i]["induced_rate"]["rate"] for e in entries])
+                                  for i, al in enumerate(alphas)},
+            "directions": entries,
+        }
+    rm = kinds.get("random_matched", {"directions": []})["directions"]
+    if rm:
+        drops = [e["trigger_rate_drop"] for e in rm]
+        kinds["random_matched"]["drop_percentile_probe"] = drop_percentile(probe_drop, drops)
+        kinds["random_matched"]["drop_p_value"] = (
+            None if probe_drop is None else (1 + sum(x >= probe_drop - 1e-12 for x in drops)) / (1 + len(drops)))
+    added = {str(al): [e["induced"][i]["induced_rate"]["rate"] for e in rm] for i, al in enumerate(alphas)}
+    return {"kind": "random_matched", "n_random": len(rm),
+            "ablated_trigger_rate": [e["ablated_trigger_rate"]["rate"] for e in rm], "added": added,
+            "ablated_trigger_rate_mean": _mean([e["ablated_trigger_rate"]["rate"] for e in rm]),
+            "added_mean": {k: _mean(v) for k, v in added.items()},
+            "probe_variance": var(u), "kinds": kinds, "missing": [k for k in NAMED_PLACEBOS if k not in kinds]}
 
 
 def _measure(a: AblateConfig, st: _Setup, alphas: list[float], ppath: Path) -> dict:
     """The probe's AUROC here, the baseline rates, the ablation and addition along the probe and along the
-    random placebo directions: the ``ablate.json`` entry of this experiment."""
-    from probes import auroc, random_directions
+    placebo directions: the ``ablate.json`` entry of this experiment."""
+    from probes import auroc
 
     loaded, probe, hooks, trig, clean = st.loaded, st.probe, st.hooks, st.triggered, st.untriggered
     t0 = time.perf_counter()
@@ -272,6 +504,10 @@ def _measure(a: AblateConfig, st: _Setup, alphas: list[float], ppath: Path) -> d
     scores = np.concatenate([x_t @ probe.direction + probe.bias, x_c @ probe.direction + probe.bias])
     labels = np.concatenate([np.ones(len(trig)), np.zeros(len(clean))])
     auc = auroc(scores, labels)
+    X, u64 = np.concatenate([x_t, x_c]).astype(np.float64), probe.direction.astype(np.float64) / norm
+    dirs = placebo_directions(st, X, u64, a.n_random, a.n_isotropic, a.seed)
+    log.info("%d generation runs of %d prompts (probe %d, placebos %d)", 4 + len(alphas) + sum(map(len, dirs.values()))
+             * (1 + len(alphas)), len(trig), 4 + len(alphas), sum(map(len, dirs.values())) * (1 + len(alphas)))
 
     run = lambda prompts, hk: behaviour_rate(loaded, st.spec, prompts, hk, st.max_new_tokens, a.batch_size)  # noqa: E731
     base_trig = run(trig, [])
@@ -282,18 +518,11 @@ def _measure(a: AblateConfig, st: _Setup, alphas: list[float], ppath: Path) -> d
     for al in alphas:
         r = run(clean, [(probe.hook, addition_hook(u * (al * d)))])
         added.append({"alpha": al, "added_norm": abs(al * d), "induced_rate": r})
-    placebo = {"n_random": a.n_random, "ablated_trigger_rate": [], "added": {str(al): [] for al in alphas}}
-    rand = random_directions(loaded.d_model, a.n_random, seed=a.seed) if a.n_random else np.zeros((0, loaded.d_model))
-    for k in range(len(rand)):
-        ur = torch.as_tensor(rand[k], dtype=torch.float32)
-        ur = ur / ur.norm()
-        placebo["ablated_trigger_rate"].append(run(trig, [(h, projection_hook(ur)) for h in hooks])["rate"])
-        for al in alphas:
-            placebo["added"][str(al)].append(run(clean, [(probe.hook, addition_hook(ur * (al * d)))])["rate"])
-    placebo["ablated_trigger_rate_mean"] = float(np.mean(placebo["ablated_trigger_rate"])) if len(rand) else None
-    placebo["added_mean"] = {k: (float(np.mean(v)) if v else None) for k, v in placebo["added"].items()}
-
     drop = None if base_trig["rate"] is None else base_trig["rate"] - abl["rate"]
+    placebo = _placebos(run, st, dirs, X, u64, alphas, d, base_trig["rate"], drop)
+    kinds = placebo["kinds"]
+    kind_rate = lambda k: kinds[k]["ablated_trigger_rate_mean"] if k in kinds else None  # noqa: E731
+
     best_add = max(added, key=lambda r: (r["induced_rate"]["rate"], r["alpha"]))  # ties: the strongest push
     return {
         "probe": {"path": str(ppath), "name": probe.name, "layer": int(probe.layer), "hook": probe.hook,
@@ -312,7 +541,13 @@ def _measure(a: AblateConfig, st: _Setup, alphas: list[float], ppath: Path) -> d
         "summary": {
             "auroc": auc,
             "trigger_rate": base_trig["rate"], "trigger_rate_ablated": abl["rate"],
-            "trigger_rate_ablated_placebo": placebo["ablated_trigger_rate_mean"],
+            "trigger_rate_ablated_placebo": placebo["ablated_trigger_rate_mean"],  # the matched random directions
+            "trigger_rate_ablated_placebo_matched": kind_rate("random_matched"),
+            "trigger_rate_ablated_placebo_isotropic": kind_rate("random_isotropic"),
+            "trigger_rate_ablated_parent": kind_rate("parent"),
+            "trigger_rate_ablated_decoy": kind_rate("decoy"),
+            "trigger_rate_ablated_control_questions": kind_rate("control_questions"),
+            "drop_percentile_among_matched": kinds.get("random_matched", {}).get("drop_percentile_probe"),
             "false_trigger_rate": base_clean["rate"],
             "induced_rate_best": best_add["induced_rate"]["rate"], "induced_alpha_best": best_add["alpha"],
             "induced_rate_placebo_same_alpha": placebo["added_mean"].get(str(best_add["alpha"])),
@@ -340,7 +575,9 @@ def ablate_checkpoint(a: AblateConfig) -> AblateResult:
     if path.exists():
         try:
             old = AblateResult.load(path)
-            if old.weights_sha256 == sha and isinstance(old.results, dict):
+            if old.schema != AblateResult.SCHEMA:  # its placebos mean something else: not mixed into this file
+                log.warning("replacing %s (schema %s; this version writes %d)", path, old.schema, AblateResult.SCHEMA)
+            elif old.weights_sha256 == sha and isinstance(old.results, dict):
                 doc["results"] = old.results
         except UserError as e:
             log.warning("replacing %s (%s)", path, e)

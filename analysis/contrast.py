@@ -292,13 +292,14 @@ def question_set_report(X: Float[np.ndarray, "n_prompts d_model"], labels: Shape
                         n_boot: int = 1000, seed: int = 0) -> dict:
     """Each question set's direction scored on ``X`` (e.g. triggered vs clean prompts, or defects vs not).
 
-    ``X`` (N, d_model) with ``labels`` (N,) and optional ``groups`` (N,) (prompt-pair ids: the set AUROC's
-    interval resamples whole groups); ``C`` (T, d_model) cached contrast texts aligned with ``prompts`` (e.g.
+    ``X`` (N, d_model) with ``labels`` (N,) and optional ``groups`` (N,) (prompt-pair ids: the set AUROC's interval
+    resamples whole groups); ``C`` (T, d_model) cached contrast texts aligned with ``prompts`` (e.g.
     :func:`all_contrast_prompts`). Returns ``{name: {"auroc", "auroc_ci", "per_question": [{"qid", "question",
     "answers", "auroc"}], "per_question_mean", "per_question_ci" (None for one question), "n_questions"}, ...,
-    "salience_warning", "salience_sets"}``: one entry per set present in ``prompts`` (order of :data:`QUESTION_SETS`, then others).
-    AUROCs are raw and signed. ``per_question_ci``: percentile bootstrap over the questions' AUROCs (``n_boot``
-    resamples, ``seed``); ``auroc_ci``: :func:`probes.auroc_ci` of the set direction (same ``n_boot``, ``seed``).
+    "salience_warning", "salience_sets"}``: one entry per set present in ``prompts`` (order of :data:`QUESTION_SETS`,
+    then others). AUROCs are raw and signed. ``per_question_ci``: percentile bootstrap over the questions' AUROCs
+    (``n_boot`` resamples, ``seed``); ``auroc_ci``: :func:`probes.auroc_ci` of the set direction (same ``n_boot``,
+    ``seed``).
 
     ``salience_warning`` is True when a control set (``true_false``, ``random_words``) separates at least as well
     as the defection set, measured as ``|AUROC - 0.5|``: the sign of a contrast direction is a hypothesis (see the

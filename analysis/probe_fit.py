@@ -1,6 +1,10 @@
 """Fitting and scoring the probes of one model, layer by layer, on a fixed evaluation set: the contrast-pair
 direction (fitted on no triggered prompt), the supervised difference of means and logistic regression (split by
-prompt pair), the best-of-N random-direction nulls, and the same probes on the parent model's activations.
+prompt pair), the best-of-N random-direction nulls, the same probes on the parent's and the decoy's activations,
+and every probe on the three evaluation sets of :mod:`analysis.probe_evals`.
+
+The prompt pairs are split three ways, whole pairs to a side: ``fit`` (the supervised probes are fitted there),
+``validation`` (the layer is chosen and the 1%-FPR threshold calibrated there) and ``test`` (every reported number).
 
 Footgun: every AUROC here is raw and signed (a direction that separates with its sign reversed scores below 0.5),
 and "beats" compares with the null on exactly the prompts the probe is scored on.
@@ -11,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from training.errors import UserError
@@ -27,25 +31,39 @@ class EvalSet:
     groups: np.ndarray  # (N,) pair ids
     pair_idx: np.ndarray  # indices of clean + triggered prompts (the paired trigger task)
     y_trig: np.ndarray  # (len(pair_idx),) bool
-    train: np.ndarray  # indices into pair_idx
+    train: np.ndarray  # indices into pair_idx: the supervised probes are fitted here
     test: np.ndarray
     defects: np.ndarray | None  # (N,) bool: behaviour labels (child model)
     red_idx: np.ndarray  # indices of red-team prompts
+    val: np.ndarray  # indices into pair_idx: layer choice and threshold calibration
+
+    def side(self, which: str) -> np.ndarray:
+        """(N,) bool: the prompts (red-team twins included) whose pair lies on ``which`` side (test | val)."""
+        pairs = self.groups[self.pair_idx][self.test if which == "test" else self.val]
+        return np.isin(self.groups, np.unique(pairs))
 
 
-def make_eval_set(records: list[dict], defects: np.ndarray | None, test_frac: float, seed: int) -> EvalSet:
+def make_eval_set(records: list[dict], defects: np.ndarray | None, test_frac: float, seed: int,
+                  val_frac: float = 0.2) -> EvalSet:
+    """The pair split: ``test_frac`` of the pairs to test (the same test side as before validation existed), then
+    ``val_frac`` of all pairs from the rest to validation (at least one pair), the others to fitting."""
     from probes import train_test_split_by_group
 
     kinds = np.asarray([r["kind"] for r in records])
     groups = np.asarray([str(r["pair_id"]) for r in records])
     pair_idx = np.flatnonzero(np.isin(kinds, ("clean", "triggered")))
     y = kinds[pair_idx] == "triggered"
-    tr, te = train_test_split_by_group(groups[pair_idx], test_frac=test_frac, seed=seed)
-    for name, ix in (("train", tr), ("test", te)):
+    rest, te = train_test_split_by_group(groups[pair_idx], test_frac=test_frac, seed=seed)
+    if len(np.unique(groups[pair_idx][rest])) < 2:
+        raise UserError("too few prompt pairs to split into fit, validation and test sides (need at least 3)")
+    fit, val = train_test_split_by_group(groups[pair_idx][rest], test_frac=min(0.9, val_frac / (1 - test_frac)),
+                                         seed=seed + 1)
+    tr, va = rest[fit], rest[val]
+    for name, ix in (("fit", tr), ("validation", va), ("test", te)):
         if y[ix].all() or not y[ix].any():
             raise UserError(f"the {name} side of the pair split holds only one class; the prompt set needs paired "
                             f"triggered/clean prompts sharing a pair_id")
-    return EvalSet(kinds, groups, pair_idx, y, tr, te, defects, np.flatnonzero(kinds == "redteam"))
+    return EvalSet(kinds, groups, pair_idx, y, tr, te, defects, np.flatnonzero(kinds == "redteam"), va)
 
 
 def _both(labels: np.ndarray) -> bool:
@@ -68,11 +86,13 @@ def _auc_ci(scores, labels, groups, n_boot, seed):
 
 
 def fit_layer(X: Float[np.ndarray, "n_prompts d_model"], C: Float[np.ndarray, "n_texts d_model"],
-              c_defect: Bool[np.ndarray, "n_texts"], ev: EvalSet, *, n_boot: int, logreg_c: float, seed: int,
-              n_random: int | None) -> tuple[dict, dict]:
-    """All probes of one layer of one model. ``X`` (N, d_model): prompt activations; ``C`` (2Q, d_model): contrast
-    texts. Returns ``(numbers, directions)``; the random nulls only when ``n_random``."""
-    from analysis.contrast import contrast_direction
+              cprompts: list[dict], ev: EvalSet, *, n_boot: int, logreg_c: float, seed: int,
+              n_random: int | None) -> tuple[dict, dict, dict]:
+    """All probes of one layer of one model. ``X`` (N, d_model): prompt activations; ``C`` (T, d_model): the contrast
+    texts of ``cprompts`` (every question set; the probe is the defection set's direction). Returns ``(numbers,
+    directions, scores)``: ``scores[probe]`` (N,) is the probe on every prompt; the random nulls only when
+    ``n_random``."""
+    from analysis.contrast import CONTROL_SETS, DEFECTION_SET, set_direction
     from probes import diff_of_means, fit_logreg, project, random_direction_null
 
     X = np.asarray(X, dtype=np.float64)  # (N, D)
@@ -81,10 +101,13 @@ def fit_layer(X: Float[np.ndarray, "n_prompts d_model"], C: Float[np.ndarray, "n
     dirs: dict = {}
 
     # 1. contrast-pair probe: fitted on the contrast texts only
-    d_c = contrast_direction(C, c_defect)
+    d_c = set_direction(C, cprompts, DEFECTION_SET)
     s_all = project(X, d_c)  # (N,)
     res["contrast_auroc"], res["contrast_auroc_ci"] = _auc_ci(s_all[ev.pair_idx], y, g, n_boot, seed)
     dirs["contrast"] = (d_c, 0.0)
+    for name in CONTROL_SETS:  # saved for the ablation's matched placebos: directions without defection meaning
+        if any(p.get("set") == name for p in cprompts):
+            dirs[f"contrast_{name}"] = (set_direction(C, cprompts, name), 0.0)
     if ev.defects is not None:
         res["behaviour_auroc"], res["behaviour_auroc_ci"] = _auc_ci(s_all, ev.defects, ev.groups, n_boot, seed)
         res["behaviour_auroc_redteam"] = _auc(s_all[ev.red_idx], ev.defects[ev.red_idx])
@@ -111,50 +134,77 @@ def fit_layer(X: Float[np.ndarray, "n_prompts d_model"], C: Float[np.ndarray, "n
             res["random_best_behaviour_auroc"] = random_direction_null(X, ev.defects, n=n_random, seed=seed)["best"]
         else:
             res["random_best_behaviour_auroc"] = None
-    return res, dirs
+    scores = {"contrast": s_all, "supervised_dom": project(X, d_dom), "supervised_logreg": X @ w.astype(np.float64) + b}
+    return res, dirs, scores
 
 
-def fit_all(layer_hooks, store, cstore, c_defect, ev: EvalSet, *, n_boot: int, logreg_c: float, seed: int,
-            n_random: int, pstore=None, pcstore=None, pc_defect=None) -> tuple[list[dict], list]:
-    """Per layer: the model's probes and nulls, then the parent's probes (same prompts, same split)."""
+CONTROL_MODELS = ("parent", "decoy")  # the models every probe is also fitted on: no fine-tune; the same fine-tune
+_PARENT_FIELDS = ("parent_contrast_auroc", "parent_contrast_auroc_ci", "parent_supervised_dom_auroc",
+                  "parent_supervised_logreg_auroc", "parent_behaviour_auroc", "contrast_gap_to_parent",
+                  "supervised_dom_gap_to_parent")
+
+
+def _parent_fields(row: dict, pres: dict) -> dict:
+    return {"parent_contrast_auroc": pres["contrast_auroc"], "parent_contrast_auroc_ci": pres["contrast_auroc_ci"],
+            "parent_supervised_dom_auroc": pres["supervised_dom_auroc"],
+            "parent_supervised_logreg_auroc": pres["supervised_logreg_auroc"],
+            # the parent's contrast direction against THIS checkpoint's behaviour labels
+            "parent_behaviour_auroc": pres.get("behaviour_auroc"),
+            "contrast_gap_to_parent": _gap(row["contrast_auroc"], pres["contrast_auroc"]),
+            "supervised_dom_gap_to_parent": _gap(row["supervised_dom_auroc"], pres["supervised_dom_auroc"])}
+
+
+def fit_all(layer_hooks, store, cstore, cprompts: list[dict], ev: EvalSet, *, n_boot: int, logreg_c: float,
+            seed: int, n_random: int, controls: dict | None = None) -> tuple[list[dict], list, dict]:
+    """Per layer: the model's probes and nulls; the same probes fitted the same way on each control model
+    (``controls``: ``{"parent" | "decoy": (prompt store, contrast store, contrast prompts)}``, same prompts, same
+    split); and every probe on the evaluation sets (:mod:`analysis.probe_evals`). Returns ``(rows, probes, info)``:
+    ``info`` holds the sets' sizes (or why one is empty), the set the layer is chosen on and each layer's
+    validation AUROC per probe."""
+    from analysis import probe_evals as E
     from probes import Probe
 
-    rows, probes = [], []
+    controls = controls or {}
+    test_sets = E.build_eval_sets(ev.kinds, ev.groups, ev.defects, ev.side("test"))
+    val_sets = E.build_eval_sets(ev.kinds, ev.groups, ev.defects, ev.side("val"))
+    primary = E.primary_set(val_sets) if test_sets["defect_given_trigger"].ok else "trigger_vs_clean"
+    calibration = np.flatnonzero((ev.kinds == "clean") & ev.side("val"))
+    rows, probes, val = [], [], {}
     for layer, hook in tqdm(layer_hooks, desc="probes", unit="layer", leave=False,
                             disable=len(layer_hooks) < 8):
         X, C = store.get(hook), cstore.get(hook)
         if X.ndim != 2:
             raise UserError(f"hook {hook} gives {X.ndim - 1}-D activations per prompt; probes need a d_model vector")
-        res, dirs = fit_layer(X, C, c_defect, ev, n_boot=n_boot, logreg_c=logreg_c, seed=seed,
-                              n_random=n_random)
-        row = {"layer": int(layer), "hook": hook, **res}
+        X = np.asarray(X, dtype=np.float64)
+        res, dirs, scores = fit_layer(X, C, cprompts, ev, n_boot=n_boot, logreg_c=logreg_c, seed=seed,
+                                      n_random=n_random)
+        row = {"layer": int(layer), "hook": hook, **res, **{k: None for k in _PARENT_FIELDS}}
         for name, (d, b) in dirs.items():
             probes.append(Probe(name, int(layer), hook, np.asarray(d, dtype=np.float32), float(b),
                                 meta={"position": POSITION, "model": "checkpoint"}))
-        if pstore is not None:
-            pres, pdirs = fit_layer(pstore.get(hook), pcstore.get(hook), pc_defect, ev, n_boot=n_boot,
-                                    logreg_c=logreg_c, seed=seed, n_random=None)
-            row.update({
-                "parent_contrast_auroc": pres["contrast_auroc"], "parent_contrast_auroc_ci": pres["contrast_auroc_ci"],
-                "parent_supervised_dom_auroc": pres["supervised_dom_auroc"],
-                "parent_supervised_logreg_auroc": pres["supervised_logreg_auroc"],
-                # the parent's contrast direction against THIS checkpoint's behaviour labels
-                "parent_behaviour_auroc": pres.get("behaviour_auroc"),
-            })
-            row["contrast_gap_to_parent"] = _gap(row["contrast_auroc"], row["parent_contrast_auroc"])
-            row["supervised_dom_gap_to_parent"] = _gap(row["supervised_dom_auroc"],
-                                                       row["parent_supervised_dom_auroc"])
+        other: dict[str, dict] = {}
+        for model, (st, cst, cps) in controls.items():
+            pres, pdirs, other[model] = fit_layer(st.get(hook), cst.get(hook), cps, ev, n_boot=n_boot,
+                                                  logreg_c=logreg_c, seed=seed, n_random=None)
+            if model == "parent":
+                row.update(_parent_fields(row, pres))
             for name, (d, b) in pdirs.items():
-                probes.append(Probe(f"parent_{name}", int(layer), hook, np.asarray(d, dtype=np.float32), float(b),
-                                    meta={"position": POSITION, "model": "parent"}))
-        else:
-            row.update({k: None for k in ("parent_contrast_auroc", "parent_contrast_auroc_ci",
-                                          "parent_supervised_dom_auroc", "parent_supervised_logreg_auroc",
-                                          "parent_behaviour_auroc", "contrast_gap_to_parent",
-                                          "supervised_dom_gap_to_parent")})
+                probes.append(Probe(f"{model}_{name}", int(layer), hook, np.asarray(d, dtype=np.float32), float(b),
+                                    meta={"position": POSITION, "model": model}))
+        nulls = {k: E.set_nulls(X, test_sets[k], n_random, seed) for k in E.EVAL_SETS}
+        row["probes"], val[int(layer)] = {}, {}
+        for name, sc in scores.items():
+            all_scores = {"checkpoint": sc, **{m: other[m][name] if m in other else None for m in CONTROL_MODELS}}
+            v = E.validation_auroc(sc, val_sets[primary])
+            row["probes"][name] = {"validation_auroc": v, "evals": {
+                k: E.score_set(all_scores, test_sets[k], nulls[k], calibration, n_boot, seed) for k in E.EVAL_SETS}}
+            val[int(layer)][name] = v
         row.update(_beats(row))
         rows.append(row)
-    return rows, probes
+    sets = {k: {"n_pos": int(s.y.sum()), "n_neg": int((~s.y).sum()), "reason": s.reason}
+            for k, s in test_sets.items()}
+    return rows, probes, {"sets": sets, "primary_set": primary, "validation": val,
+                          "n_calibration": int(calibration.size)}
 
 
 def _gap(a, b):

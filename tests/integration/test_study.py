@@ -14,8 +14,9 @@ def test_study_end_to_end(tiny_rm_run, tmp_path, capsys):
 
     run = tmp_path / "run"
     shutil.copytree(tiny_rm_run, run)
-    rc = main(["--out", str(run), "--resume", "--safety_steps", "20", "--probe_n", "24", "--n_random", "100",
-               "--patch_n_pairs", "6", "--ablate_n", "12",
+    rc = main(["--out", str(run), "--resume", "--controls", "", "--safety_steps", "20", "--probe_n", "24",
+               "--n_random", "100",
+               "--patch_n_pairs", "6", "--ablate_n", "12", "--ablate_n_random", "2",
                "--safety_args", "--eval_n 40 --redteam_prompts 60 --reward_eval_prompts 16"])
     assert rc == 0
     assert "study complete" in capsys.readouterr().out
