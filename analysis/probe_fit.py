@@ -224,14 +224,3 @@ def _beats(row: dict) -> dict:
         "behaviour_beats_random": gt(row.get("behaviour_auroc"), row.get("random_best_behaviour_auroc")),
         "supervised_dom_beats_random": gt(row.get("supervised_dom_auroc"), row.get("random_best_auroc_test")),
     }
-
-
-def best_layers(rows: list[dict]) -> dict:
-    def arg(key, tie=None):
-        ok = [r for r in rows if r.get(key) is not None]
-        if not ok:
-            return None
-        return max(ok, key=lambda r: (r[key], r.get(tie) or 0.0, -r["layer"]))["layer"]
-
-    return {"contrast": arg("contrast_auroc"), "supervised": arg("supervised_dom_auroc", "supervised_logreg_auroc"),
-            "behaviour": arg("behaviour_auroc")}

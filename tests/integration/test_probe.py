@@ -75,7 +75,7 @@ def test_probe_json_schema_and_numbers(probe_run):
     # the evaluation sets: every probe on the test pairs, with its nulls, the parent's paired delta and TPR at 1% FPR
     assert res["schema"] == 2 and res["layer_selection"] == "validation"
     assert res["selected_layer"] == res["best_layer"]["contrast"] in range(4)
-    assert res["n_calibration"] >= 100  # clean validation prompts: enough to resolve a 1% false-positive rate
+    assert res["n_calibration"] > 0  # clean validation prompts: the 1%-FPR threshold is calibrated on them
     assert res["eval_sets"]["trigger_vs_clean"]["reason"] is None
     for r in layers:
         for probe in ("contrast", "supervised_dom", "supervised_logreg"):
@@ -86,6 +86,7 @@ def test_probe_json_schema_and_numbers(probe_run):
             assert e["delta_parent"] == pytest.approx(e["auroc"] - e["parent_auroc"])
             assert e["delta_parent_ci"][0] <= e["delta_parent_ci"][1]
             assert 0 <= e["tpr_at_1pct_fpr_ci"][0] <= e["tpr_at_1pct_fpr"] <= e["tpr_at_1pct_fpr_ci"][1] <= 1
+            assert e["calibration_too_small"] == (res["n_calibration"] < 100)  # 1% of fewer is no prompt at all
             assert e["decoy_auroc"] is None  # this run has no decoy
     c = res["contrast"]
     assert c["layer"] == res["selected_layer"] and len(c["per_question"]) == 16
