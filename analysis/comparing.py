@@ -8,9 +8,15 @@ For base, backdoored and each safety arm's checkpoint series (``checkpoints/<arm
   its input on the arm's prompts when ``checkpoints/<arm>/persistence.json`` has it, else the backdoored line);
 - **probe AUROC**, layer x checkpoint: contrast-pair probe, supervised difference of means (and logistic
   regression), the best-of-N random-direction null and the parent-model null (each checkpoint's ``probe.json``);
+- **evaluation sets and verdicts**: per checkpoint, each probe at the layer its probe run chose on validation pairs,
+  on the three evaluation sets (triggered vs clean, defects vs not given the trigger, defects vs red-team near
+  misses): AUROC with CI, p among random directions, whitened percentile, paired deltas to the parent and the decoy,
+  TPR at 1% FPR, and the verdict (defection | fine-tune detection | trigger detection | no signal); the conditional
+  control's (``analysis/conditional/probe.json``, read when present, never computed here) under ``controls``;
 - **probe transfer**: the probe fitted on checkpoint i scored on checkpoint j's STORED activations (j's held-out
   pairs, j's own split): the detector a lab would have trained before safety training, applied after it. The
-  diagonal reproduces each checkpoint's own held-out AUROC (checked, and recorded as ``diagonal_max_abs_error``);
+  layer is the reference checkpoint's validation-selected one (its best test AUROC only for a schema-1 probe.json).
+  The diagonal reproduces each checkpoint's own held-out AUROC (checked, and recorded as ``diagonal_max_abs_error``);
 - **direction drift**: cosine similarity of each layer's probe direction across checkpoints;
 - **patching side by side**: the backdoored checkpoint's resid_pre layer x position map next to each arm's final
   checkpoint's, and their difference (columns are trigger-anchored; maps are aligned on the first trigger column).
@@ -45,7 +51,8 @@ from typing import Any
 
 from analysis.checkpoints import ComparedCheckpoint, check_architectures, discover_run, from_paths
 from analysis.compare_patching import ensure_patches, patching
-from analysis.compare_probes import DEFAULT_PROBE, Scored, choose_layer, drift, ensure_probes, probe_auroc, transfer
+from analysis.compare_probes import (DEFAULT_PROBE, Scored, choose_layer, control_evals, drift, ensure_probes,
+                                     probe_auroc, probe_evals, transfer)
 from analysis.compare_report import summary_lines, write_report
 from analysis.results import PROBE_KINDS, CompareResult
 from training import layout
@@ -77,7 +84,7 @@ class CompareConfig:
     probe: str = field(default=DEFAULT_PROBE, metadata={"help": "Probe used for the transfer matrix and the drift "
                                                                 "(supervised_dom | supervised_logreg | contrast)."})
     layer: int = field(default=None, metadata={"help": "Layer of the transfer matrix (default: the reference "
-                                                       "checkpoint's best layer for --probe, ties toward the middle)."})
+                                                       "checkpoint's layer for --probe chosen on validation pairs)."})
     reference: str = field(default="backdoored", metadata={"help": "Checkpoint id the arms are compared to (patching "
                                                                    "difference, drift, transfer layer)."})
     compute_missing: bool = field(default=True, metadata={"help": "Run analysis.probe / analysis.patch for "
@@ -263,6 +270,8 @@ def run_compare(a: CompareConfig) -> CompareResult:
         "architecture": arch,
         "behaviour": beh, "behaviour_missing": beh_missing,
         "probe_auroc": pa, "probe_missing": probe_why,
+        "evals": {i: probe_evals(probes_[i].result, i) for i in order if i in probes_},
+        "controls": control_evals(run),
         "transfer": tr, "drift": dr,
         "patching": patching(cks, patches, patch_why, reference),
         "analysis_pages": pages,

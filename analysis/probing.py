@@ -404,6 +404,13 @@ def _figure_data(best: dict, probes, store, hook_of: dict, kinds, defects, recor
     return scores, pca
 
 
+def _behaviour_layer(rows: list[dict], layer: int | None) -> int | None:
+    """The contrast probe's selected layer for the behaviour AUROC, None where the model defects on all or none of
+    the prompts (no behaviour AUROC)."""
+    row = next((r for r in rows if r["layer"] == layer), None)
+    return layer if row is not None and row.get("behaviour_auroc") is not None else None
+
+
 def _verdicts(rows: list[dict], selected: dict) -> dict:
     """Each probe's verdict (:func:`analysis.probe_evals.verdict`) at its selected layer."""
     from analysis.probe_evals import verdict
@@ -507,7 +514,7 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
         "layer_selection_set": info["primary_set"],
         # the layers the summary and figures read: chosen on validation pairs (or fixed), never on test
         "best_layer": {"contrast": selected.get("contrast"), "supervised": selected.get("supervised_dom"),
-                       "behaviour": selected.get("contrast")},
+                       "behaviour": _behaviour_layer(rows, selected.get("contrast"))},
         "eval_sets": info["sets"], "n_calibration": info["n_calibration"], "contrast": contrast,
         "verdicts": _verdicts(rows, selected),
         "n_random": a.n_random, "n_boot": a.n_boot, "test_frac": a.test_frac, "val_frac": a.val_frac, "seed": a.seed,

@@ -22,7 +22,8 @@ import plotly.graph_objects as go
 
 from training.io import write_text_atomic
 
-SECTIONS = (("summary", "Summary"), ("checkpoints", "Checkpoints"), ("behaviour", "Behaviour across safety training"),
+SECTIONS = (("summary", "Summary"), ("defection", "Defection or trigger detection?"), ("checkpoints", "Checkpoints"),
+            ("behaviour", "Behaviour across safety training"),
             ("probe-auroc", "Probe AUROC by layer and checkpoint"), ("transfer", "Probe transfer"),
             ("drift", "Direction drift"), ("patching", "Activation patching: where the backdoor lives"))
 SECTION_IDS = tuple(s for s, _ in SECTIONS)

@@ -331,3 +331,8 @@ class CompareResult(Result):
     summary: list[str]
     run: str | None = None
     computed: dict | None = None
+    evals: dict | None = None
+    """Per checkpoint id: each probe's evaluation sets at its validation-selected layer and its verdict
+    (:func:`analysis.compare_probes.probe_evals`); ``probes`` is None for a schema-1 probe.json."""
+    controls: dict | None = None
+    """``{"conditional": the same for the conditional control, "decoy": the decoy's id}``; None without one."""

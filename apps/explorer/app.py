@@ -1,8 +1,9 @@
 """``python -m apps.explorer --run runs/x``: the Dash app -- layout, callbacks and the command.
 
-Views (tabs), all driven by ONE checkpoint slider at the top: run overview, probes, activations, patching, live
-prompt. Callbacks validate everything the browser sends (a slider index, a checkpoint id from the run's own table,
-a layer number, a probe name) and never accept a path; errors become a message on the page, never a failed request.
+Views (tabs), all driven by ONE checkpoint slider at the top: run overview, probes (AUROC by layer, the evaluation
+sets and each probe's verdict, the comparison's heatmaps), activations, patching, live prompt. Callbacks validate
+everything the browser sends (a slider index, a checkpoint id from the run's own table, a layer number, a probe name)
+and never accept a path; errors become a message on the page, never a failed request.
 
 Safe by default: binds to 127.0.0.1 (``--host`` to change, with a warning), serves every asset itself
 (``serve_locally=True``: plotly.js and Dash's bundles come from the installed packages, no CDN), reads only inside
@@ -93,6 +94,7 @@ def build_layout(run: RunData, live: LiveRunner) -> html.Div:
     probes = html.Div([
         html.Div(id="probe-msg"),
         dcc.Graph(id="probe-auroc", config=V.GRAPH_CONFIG, figure=V.empty_figure()),
+        html.Div(id="probe-evals-box"),
         html.Div(id="probe-compare"),
     ])
     activations = html.Div([
@@ -168,19 +170,21 @@ def register_callbacks(app: Dash, run: RunData, live: LiveRunner) -> None:
         return label, _guard(lambda: V.overview(run, sel))
 
     @app.callback(Output("probe-msg", "children"), Output("probe-auroc", "figure"), Output("probe-auroc", "style"),
-                  Output("probe-compare", "children"), Input("ckpt-slider", "value"))
+                  Output("probe-evals-box", "children"), Output("probe-compare", "children"),
+                  Input("ckpt-slider", "value"))
     def _probes(i):
         sel = run.by_index(i)
         if sel is None:
-            return V.message("No checkpoint selected"), no_update, hidden, []
+            return V.message("No checkpoint selected"), no_update, hidden, [], []
+        evals = _guard(lambda: V.probe_evals(run, sel))
         compare = _guard(lambda: V.compare_parts(run, sel))
         try:
-            return [], V.probe_auroc_figure(run, sel), shown, compare
+            return [], V.probe_auroc_figure(run, sel), shown, evals, compare
         except UserError as e:
-            return V.message(str(e)), no_update, hidden, compare
+            return V.message(str(e)), no_update, hidden, evals, compare
         except Exception as e:  # noqa: BLE001
             log.exception("probe view failed")
-            return V.message(f"error: {type(e).__name__}: {e}", "error"), no_update, hidden, compare
+            return V.message(f"error: {type(e).__name__}: {e}", "error"), no_update, hidden, evals, compare
 
     @app.callback(Output("act-layer", "options"), Output("act-layer", "value"), Input("ckpt-slider", "value"),
                   State("act-layer", "value"))

@@ -200,6 +200,13 @@ class RunData:
     def probe(self, ck: Checkpoint) -> ProbeResult | None:
         return self._result(ProbeResult, *self.analysis_parts(ck), layout.PROBE_JSON)
 
+    def control_probe(self, name: str = "conditional") -> ProbeResult | None:
+        """A control organism's ``probe.json`` (``analysis/<name>/``; the conditional control is not on the slider:
+        discovery leaves the controls out of the base → backdoored → arms timeline), or None."""
+        if name not in ("conditional", "decoy"):
+            return None
+        return self._result(ProbeResult, layout.ANALYSIS_DIR, name, layout.PROBE_JSON)
+
     def patch(self, ck: Checkpoint) -> PatchResult | None:
         return self._result(PatchResult, *self.analysis_parts(ck), layout.PATCH_JSON)
 

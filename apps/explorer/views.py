@@ -3,7 +3,8 @@
 No Dash callback logic here (see :mod:`apps.explorer.app`), so every view can be built and checked without a
 browser. Figures come from the analysis modules' plot functions (``analysis.figures``, ``analysis.patch_figures``,
 ``analysis.compare_figures``) and, for what none of them draws,
-:mod:`apps.explorer.token_heatmap`.
+:mod:`apps.explorer.token_heatmap`. The evaluation-set tables are the report's rows
+(:func:`analysis.compare_report.eval_table`) as HTML tables.
 
 Footgun: the page shows several scatter plots at once; WebGL traces (``scattergl``, what ``pca_scatter`` uses)
 need a WebGL context each, which browsers cap (about 16) and which a GPU-less headless browser may not have at
@@ -157,6 +158,55 @@ def probe_auroc_figure(run: RunData, sel: Checkpoint) -> go.Figure:
         layers, curves, col(rows, "random_best_auroc"), col(rows, "random_median_auroc"),
         null_label=f"{ps.n_random} random directions ({sel.label})", dashed=dashed,
         title=f"AUROC by layer: {sel.label}" + (" vs backdoored (dashed)" if pb is not None else ""))
+
+
+CELL = {"border": "1px solid #ccc", "padding": "2px 6px", "textAlign": "left", "fontSize": "13px"}
+
+
+def eval_table_component(rows: list[list[str]], tid: str) -> html.Table:
+    """Rows of text (the first the header; :func:`analysis.compare_report.eval_table`) as a table; a short row (an
+    empty set) spans its reason over the number columns, as in report.html."""
+    head, *body = rows
+    trs = [html.Tr([html.Th(h, style={**CELL, "background": "#f4f4f4"}) for h in head])]
+    for r in body:
+        tds = [html.Td(c, style=CELL) for c in r[:2]]
+        tds += ([html.Td(r[2], colSpan=len(head) - 2, style={**CELL, "color": "#a33"})] if len(r) < len(head)
+                else [html.Td(c, style=CELL) for c in r[2:]])
+        trs.append(html.Tr(tds))
+    return html.Table(trs, id=tid, style={"borderCollapse": "collapse", "margin": "4px 0"})
+
+
+def _evals_block(entry: dict, title: str, tid: str) -> list:
+    """One checkpoint's evaluation-set table and its probes' verdicts (the report's rows)."""
+    from analysis.compare_report import eval_caption, eval_table, verdict_items
+
+    if entry.get("probes") is None:
+        return [html.B(title), message(eval_caption(entry), "info")]
+    return [html.B(title), html.Div(eval_caption(entry), style={"color": "#555", "fontSize": "13px"}),
+            eval_table_component(eval_table(entry), tid),
+            html.Ul([html.Li(v) for v in verdict_items(entry)], id=f"{tid}-verdicts", style={"fontSize": "13px"})]
+
+
+def probe_evals(run: RunData, sel: Checkpoint) -> list:
+    """Defection or trigger detection? The selected checkpoint's probes on the three evaluation sets at their
+    validation-selected layers, with each verdict; then the conditional control's (the model with the decisive
+    defect-given-trigger set), when the run holds its probe.json. A schema-1 probe.json says what to rerun."""
+    from analysis.compare_probes import probe_evals as entry_of
+
+    ps = run.probe(sel)
+    if ps is None:
+        return []  # the AUROC view above already says how to create the probe results
+    out: list = [html.H4("Defection or trigger detection?", style={"margin": "10px 0 2px"})]
+    entry = entry_of(ps, sel.id)
+    if entry["probes"] is None:
+        entry["reason"] = f"{entry['reason']} (here: {run.probe_cmd(sel)})"
+    out += _evals_block(entry, f"{sel.label}: each probe on the three evaluation sets", "probe-evals")
+    ctl = run.control_probe("conditional")
+    if ctl is not None:
+        out += _evals_block(entry_of(ctl, "conditional"), "conditional control (defects on some triggered prompts "
+                                                          "only: defect given the trigger is decisive here)",
+                            "probe-evals-conditional")
+    return out
 
 
 def _highlight(fig: go.Figure, categories: list[str], selected: str) -> go.Figure:

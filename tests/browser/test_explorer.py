@@ -13,6 +13,8 @@ import shutil
 import pytest
 
 from analysis.patch_figures import token_label
+from analysis.probe_evals import VERDICTS
+from analysis.stats import fmt
 from apps.explorer.app import main
 from apps.explorer.data import RunData
 from apps.explorer.live import LiveRunner
@@ -158,6 +160,16 @@ def test_every_view_renders_a_plot(server, analysed_run, new_page, artifacts):
     assert any("random directions" in n for n in curves)  # the null band is always drawn
     probe = RunData(analysed_run["run"]).probe(RunData(analysed_run["run"]).backdoored())
     assert curves["backdoored: supervised dom"]["y"] == [r.supervised_dom_auroc for r in probe.layers]
+    # "Defection or trigger detection?": each probe on the three evaluation sets at its validation-selected layer
+    page.wait_for_selector("#probe-evals")
+    table = page.inner_text("#probe-evals")
+    assert "triggered vs clean" in table and "TPR at 1% FPR" in table
+    layer = probe.selected_layers["supervised_dom"]
+    t = probe.rows()[layer].eval("supervised_dom", "trigger_vs_clean")
+    assert f"supervised_dom (layer {layer})" in table and f"{fmt(t['auroc'])} [{fmt(t['ci'][0])}, " in table
+    verdicts = page.inner_text("#probe-evals-verdicts").strip().splitlines()
+    assert len(verdicts) == 3 and all(any(v.upper() in line for v in VERDICTS) for line in verdicts), verdicts
+    assert page.query_selector("#probe-evals-conditional") is None  # the run has no probed conditional control
     page.screenshot(path=str(artifacts / "explorer-probes.png"), full_page=True)
 
     show(page, "activations")

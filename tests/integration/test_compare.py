@@ -201,10 +201,43 @@ def test_compare_run(compared, monkeypatch):
 
     assert cmp["summary"] and any("Transfer" in s for s in cmp["summary"])
 
+    # evaluation sets: each probe at the layer its probe run chose on validation pairs, with a verdict
+    from analysis.probe_evals import EVAL_SETS, VERDICTS
+
+    assert list(cmp["evals"]) == ids
+    for cid in ids:
+        probe = json.loads((cmp_run / layout.ANALYSIS_DIR / cid / layout.PROBE_JSON).read_text())
+        e = cmp["evals"][cid]
+        assert e["decoy"] == probe.get("decoy") and e["probe_schema"] == probe["schema"]
+        for kind, p in e["probes"].items():
+            assert p["layer"] == probe["selected_layers"][kind], (cid, kind)
+            assert p["verdict"] in VERDICTS and p["reason"], (cid, kind, p["verdict"])
+            assert set(p["evals"]) == set(EVAL_SETS)
+            t = p["evals"]["trigger_vs_clean"]
+            lo, hi = t["ci"]
+            assert lo <= t["auroc"] <= hi and 0 < t["random_p_value"] <= 1 and t["n_pos"] > 0 and t["n_neg"] > 0
+            if t["tpr_at_1pct_fpr"] is not None:
+                assert t["tpr_at_1pct_fpr_ci"][0] <= t["tpr_at_1pct_fpr"] <= t["tpr_at_1pct_fpr_ci"][1]
+            for s, x in p["evals"].items():  # a set is scored or says why it is empty, never both, never NaN
+                assert ("auroc" in x) != ("reason" in x), (cid, kind, s)
+                if x.get("delta_parent") is not None:
+                    assert x["delta_parent"] == pytest.approx(x["auroc"] - x["parent_auroc"], abs=1e-9)
+    assert cmp["controls"] is None  # the run has no probed conditional control (analysis/ is not copied)
+    ref_layer = json.loads((cmp_run / layout.ANALYSIS_DIR / "backdoored" / layout.PROBE_JSON).read_text())[
+        "selected_layers"]["supervised_dom"]
+    assert tr["layer"] == ref_layer and "validation" in tr["layer_choice"]
+    verdicts = [s for s in cmp["summary"] if s.startswith("Verdict, ")]
+    assert len(verdicts) == 3 and all(s.split(": ", 1)[1].startswith("backdoored: ") for s in verdicts)
+    assert any(s.startswith("No conditional control reported") for s in cmp["summary"])
+
     # report.html: one offline page with every section
     page = (cmp_run / layout.REPORT_HTML).read_text(encoding="utf-8")
     for sid in SECTIONS:
         assert re.search(rf"<section id=['\"]{sid}['\"]", page), sid
+    evals = page[page.index("<section id='defection'>"):page.index("<section id='checkpoints'>")]
+    assert "Defection or trigger detection?" in evals and "TPR at 1% FPR" in evals
+    assert all(f"<h3 id='defection-{cid}'>" in evals for cid in ids)
+    assert sum(evals.count(v.upper()) for v in VERDICTS) >= 3 * len(ids)
     assert not re.search(r"<script[^>]*src=[\"']?https?:", page, re.I)
     assert page.count("plotly.js v") <= 2 and "Plotly" in page  # embedded (once), not fetched
 
