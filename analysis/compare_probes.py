@@ -84,10 +84,13 @@ def _probe_args(c: ComparedCheckpoint, a: CompareConfig):
 
 def ensure_probes(cks: list[ComparedCheckpoint], a: CompareConfig, computed: dict
                   ) -> tuple[dict[str, StoredProbes], dict[str, str]]:
-    """Stored probe results per checkpoint; what is missing or stale is computed with analysis.probe."""
+    """Stored probe results per checkpoint; what is missing, stale or of an older layout is computed with
+    analysis.probe (without ``compute_missing``, older layouts are reported as they are)."""
     out, why = {}, {}
     for c in cks:
         res, status = _read_probe(c)
+        if res is not None and a.compute_missing and (res.result.schema or 1) < ProbeResult.SCHEMA:
+            res, status = None, f"written in schema {res.result.schema or 1} (no evaluation sets)"
         if res is None and a.compute_missing:
             from analysis.probing import run_probe
 

@@ -129,17 +129,21 @@ class ProbeConfig:
             raise ValueError(f"unknown evaluation set {bad[0]!r} (choose from {', '.join(EVAL_SETS)})")
 
 
+def _given_dir(value: str, flag: str) -> Path | None:
+    """A control model given by flag: a directory, or none ('none')."""
+    if value.strip().lower() in ("none", "null", ""):
+        return None
+    if not Path(value).is_dir():
+        raise UserError(f"{flag} is not a directory: {value}")
+    return Path(value)
+
+
 def resolve_parent(ckpt: Path, meta: dict | None, override: str | None = None) -> Path | None:
     """The nearest ancestor WITHOUT the backdoor: walk ``parent`` links (relative to each checkpoint dir) up to a
     checkpoint of stage ``base`` or a plain HF directory. None when there is none (a base model, a plain HF
     checkpoint, a hub id that is not available locally)."""
     if override is not None:
-        if override.strip().lower() in ("none", "null", ""):
-            return None
-        p = Path(override)
-        if not p.is_dir():
-            raise UserError(f"--parent is not a directory: {p}")
-        return p
+        return _given_dir(override, "--parent")
     from training.checkpoint import read_meta
 
     cur, m, seen = Path(ckpt).resolve(), meta, set()
@@ -168,12 +172,7 @@ def resolve_decoy(ckpt: Path, override: str | None = None) -> Path | None:
     """The decoy control organism of the checkpoint's run (``checkpoints/decoy``, trained by ``training.backdoor
     --controls decoy``), or ``--decoy DIR``; None when there is none, when asked for none, or for the decoy itself."""
     if override is not None:
-        if override.strip().lower() in ("none", "null", ""):
-            return None
-        p = Path(override)
-        if not p.is_dir():
-            raise UserError(f"--decoy is not a directory: {p}")
-        return p
+        return _given_dir(override, "--decoy")
     run = layout.run_of_checkpoint(ckpt)
     if run is None:
         return None
