@@ -11,7 +11,7 @@ import pytest
 
 from training import layout
 
-SECTIONS = ("summary", "behaviour", "probe-auroc", "transfer", "drift", "patching")
+SECTIONS = ("summary", "defection", "behaviour", "probe-auroc", "transfer", "drift", "patching")
 # small settings: the test must stay well under 90 s on 2 shared CPU cores
 FAST = ["--n_random", "50", "--n_boot", "50", "--patch_n_pairs", "4", "--patch_grids", "resid_pre",
         "--patch_methods", "exact"]
@@ -378,4 +378,6 @@ def test_figures_from_plain_data():
     np.testing.assert_allclose(B - A, [[np.nan, 0.2, -0.1, -0.1]])
     fig = F.patching_comparison(A, B, B - A, tokens, names=("backdoored", "sft"), trigger_columns=trig)
     page = build_html("t", ["one"], {"patching": [fig], "drift": figs[3:]})
-    assert page.count("<section id=") == 7 and page.count("plotly.js v") == 1
+    from analysis.report_page import SECTIONS as PAGE_SECTIONS
+
+    assert page.count("<section id=") == len(PAGE_SECTIONS) == 8 and page.count("plotly.js v") == 1
