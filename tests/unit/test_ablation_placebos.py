@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from analysis import hooks as H
-from analysis.ablation import (NAMED_PLACEBOS, _matched_spans, _placebos, _Setup, drop_percentile,
-                               matched_random_directions, placebo_directions, placebo_probes, rate)
+from analysis.ablation import _placebos, _Setup, placebo_directions, rate
+from analysis.placebos import (NAMED_PLACEBOS, _matched_spans, drop_percentile, matched_random_directions,
+                               placebo_probes)
 from analysis.results import AblateResult
 from probes.record import Probe
 
