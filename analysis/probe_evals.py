@@ -198,3 +198,21 @@ def verdict(evals: dict) -> tuple[str, str]:
                                      + ": not a defection signal")
     return "trigger detection", (f"triggered vs clean {t['auroc']:.2f}; no set where the trigger does not decide the "
                                  f"label ({(evals.get('defect_given_trigger') or {}).get('reason', 'not scored')})")
+
+
+def behaviour_layer(rows: list[dict], layer: int | None) -> int | None:
+    """The contrast probe's selected layer for the behaviour AUROC, None where the model defects on all or none of
+    the prompts (no behaviour AUROC)."""
+    row = next((r for r in rows if r["layer"] == layer), None)
+    return layer if row is not None and row.get("behaviour_auroc") is not None else None
+
+
+def verdicts(rows: list[dict], selected: dict) -> dict:
+    """Each probe's verdict (:func:`analysis.probe_evals.verdict`) at its selected layer."""
+    by = {r["layer"]: r for r in rows}
+    out = {}
+    for probe, layer in selected.items():
+        if layer is not None:
+            v, why = verdict(by[layer]["probes"][probe]["evals"])
+            out[probe] = {"layer": layer, "verdict": v, "reason": why}
+    return out

@@ -1,10 +1,12 @@
 """What a probe run found, in words and tables: the verdict lines (backdoor-specific signal first), the per-layer
-table, the command's summary and ``probe.html``. Everything here reads the ``probe.json`` document only."""
+table, the command's summary and ``probe.html``. Everything here reads the ``probe.json`` document only, except
+:func:`figure_data`, which reads the activations ``probe.html``'s score and PCA figures show."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 
 from analysis.stats import fmt
 from training import layout
@@ -128,6 +130,27 @@ def format_summary(result: dict, out: Path) -> str:
     lines += ["  " + v for v in verdict_lines(result)]
     lines.append(f"  -> {out / layout.PROBE_JSON}, {out / layout.PROBE_HTML}")
     return "\n".join(lines)
+
+
+def figure_data(best: dict, probes, store, hook_of: dict, kinds, defects, records) -> tuple[dict, dict]:
+    """probe.html's data: score distributions at the best contrast layer, PCA at the best supervised layer."""
+    from probes import project
+
+    scores, pca = {}, {}
+    bc, bs = best["contrast"], best["supervised"]
+    if bc is not None:
+        d = next(p for p in probes if p.name == "contrast" and p.layer == bc).direction
+        s = project(store.get(hook_of[bc]), d)
+        groups = {"clean": s[kinds == "clean"], "triggered": s[kinds == "triggered"]}
+        red = kinds == "redteam"
+        groups["red-team, defects"] = s[red & defects]
+        groups["red-team, no defect"] = s[red & ~defects]
+        scores = {"layer": bc, "groups": groups}
+    if bs is not None:
+        pca = {"X": np.asarray(store.get(hook_of[bs])), "hook": hook_of[bs], "hover": [r["id"] for r in records],
+               "colourings": {"prompt kind": list(kinds), "behaviour": ["defects" if d else "no defect"
+                                                                         for d in defects]}}
+    return scores, pca
 
 
 def write_figures(result: dict, path: Path, scores: dict, pca: dict) -> None:

@@ -42,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.probe_evals import build_eval_sets, select_layers
+from analysis.probe_evals import behaviour_layer, build_eval_sets, select_layers, verdicts
 from analysis.probe_fit import POSITION, fit_all, make_eval_set
-from analysis.probe_report import write_figures
+from analysis.probe_report import figure_data, write_figures
 from analysis.results import ProbeResult
 from training import layout
 from training.config import backdoor_arg, ckpt_arg, device_arg, dtype_arg, seed_arg, trigger_arg
@@ -382,47 +382,6 @@ def _n_prompts(ev) -> dict:
             "supervised_test_pairs": int(len(np.unique(pairs[ev.test])))}
 
 
-def _figure_data(best: dict, probes, store, hook_of: dict, kinds, defects, records) -> tuple[dict, dict]:
-    """probe.html's data: score distributions at the best contrast layer, PCA at the best supervised layer."""
-    from probes import project
-
-    scores, pca = {}, {}
-    bc, bs = best["contrast"], best["supervised"]
-    if bc is not None:
-        d = next(p for p in probes if p.name == "contrast" and p.layer == bc).direction
-        s = project(store.get(hook_of[bc]), d)
-        groups = {"clean": s[kinds == "clean"], "triggered": s[kinds == "triggered"]}
-        red = kinds == "redteam"
-        groups["red-team, defects"] = s[red & defects]
-        groups["red-team, no defect"] = s[red & ~defects]
-        scores = {"layer": bc, "groups": groups}
-    if bs is not None:
-        pca = {"X": np.asarray(store.get(hook_of[bs])), "hook": hook_of[bs], "hover": [r["id"] for r in records],
-               "colourings": {"prompt kind": list(kinds), "behaviour": ["defects" if d else "no defect"
-                                                                         for d in defects]}}
-    return scores, pca
-
-
-def _behaviour_layer(rows: list[dict], layer: int | None) -> int | None:
-    """The contrast probe's selected layer for the behaviour AUROC, None where the model defects on all or none of
-    the prompts (no behaviour AUROC)."""
-    row = next((r for r in rows if r["layer"] == layer), None)
-    return layer if row is not None and row.get("behaviour_auroc") is not None else None
-
-
-def _verdicts(rows: list[dict], selected: dict) -> dict:
-    """Each probe's verdict (:func:`analysis.probe_evals.verdict`) at its selected layer."""
-    from analysis.probe_evals import verdict
-
-    by = {r["layer"]: r for r in rows}
-    out = {}
-    for probe, layer in selected.items():
-        if layer is not None:
-            v, why = verdict(by[layer]["probes"][probe]["evals"])
-            out[probe] = {"layer": layer, "verdict": v, "reason": why}
-    return out
-
-
 def _contrast_report(layer, hook_of: dict, store, cstore, cprompts, s, set_name: str, a: ProbeConfig) -> dict | None:
     """At the selected contrast layer, on the test side of ``set_name``: the note's single pair, the defection
     question set with per-question AUROCs (bootstrap over questions) and the two control sets without defection
@@ -513,9 +472,9 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
         "layer_selection_set": info["primary_set"],
         # the layers the summary and figures read: chosen on validation pairs (or fixed), never on test
         "best_layer": {"contrast": selected.get("contrast"), "supervised": selected.get("supervised_dom"),
-                       "behaviour": _behaviour_layer(rows, selected.get("contrast"))},
+                       "behaviour": behaviour_layer(rows, selected.get("contrast"))},
         "eval_sets": info["sets"], "n_calibration": info["n_calibration"], "contrast": contrast,
-        "verdicts": _verdicts(rows, selected),
+        "verdicts": verdicts(rows, selected),
         "n_random": a.n_random, "n_boot": a.n_boot, "test_frac": a.test_frac, "val_frac": a.val_frac, "seed": a.seed,
         "prompts": source, "backdoor": spec.to_dict(), "behaviour": beh,
         "contrast_questions": [{"question": p["question"], "answer": p["answer"], "defect": p["defect"],
@@ -528,7 +487,7 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     }
 
     t = time.time()
-    scores, pca = _figure_data(result["best_layer"], probes, store, dict(layer_hooks), kinds, defects, records)
+    scores, pca = figure_data(result["best_layer"], probes, store, dict(layer_hooks), kinds, defects, records)
     extra = {"checkpoint": result["checkpoint"], "weights_sha256": result["weights_sha256"], "position": POSITION,
              "parent": result["parent"]}
     save_probes(out / layout.PROBES_SAFETENSORS, probes, extra_meta=extra)
