@@ -129,7 +129,6 @@ def fit_layer(X: Float[np.ndarray, "n_prompts d_model"], C: Float[np.ndarray, "n
         null = random_direction_null(Xp, y, n=n_random, seed=seed)
         res["random_best_auroc"], res["random_median_auroc"] = null["best"], null["median"]
         res["random_p95_auroc"] = null["p95"]
-        res["random_best_auroc_test"] = random_direction_null(Xp[te], y[te], n=n_random, seed=seed)["best"]
         if ev.defects is not None and _both(ev.defects):
             res["random_best_behaviour_auroc"] = random_direction_null(X, ev.defects, n=n_random, seed=seed)["best"]
         else:
@@ -192,6 +191,8 @@ def fit_all(layer_hooks, store, cstore, cprompts: list[dict], ev: EvalSet, *, n_
                 probes.append(Probe(f"{model}_{name}", int(layer), hook, np.asarray(d, dtype=np.float32), float(b),
                                     meta={"position": POSITION, "model": model}))
         nulls = {k: E.set_nulls(X, test_sets[k], n_random, seed) for k in E.EVAL_SETS}
+        tvc = nulls["trigger_vs_clean"]  # the supervised probes' test prompts: their null is this set's
+        row["random_best_auroc_test"] = tvc.raw["best"] if tvc is not None else None
         row["probes"], val[int(layer)] = {}, {}
         for name, sc in scores.items():
             all_scores = {"checkpoint": sc, **{m: other[m][name] if m in other else None for m in CONTROL_MODELS}}
