@@ -63,14 +63,12 @@ def _auroc_columns(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
-def _weighted_auroc_rows(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUROC of one score vector (N,) under each row of example ``weights`` (B, N) (resample counts).
-
-    The weighted Mann-Whitney statistic: sum over (pos i, neg j) of ``w_i w_j [s_i > s_j]`` (ties 1/2)
-    over ``W_pos W_neg``. Scores are sorted once; per row, weights are summed within tie blocks and a
-    cumulative sum gives each block the negative weight below it. A row with no positive or no negative
-    weight gives NaN.
-    """
+def _weighted_mann_whitney(scores: np.ndarray, labels: np.ndarray,
+                           weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(num, den)`` (B,) of the weighted Mann-Whitney statistic of one score vector (N,) under each row of example
+    ``weights`` (B, N): ``num = sum over (pos i, neg j) of w_i w_j [s_i > s_j]`` (ties 1/2), ``den = W_pos W_neg``.
+    Scores are sorted once; per row, weights are summed within tie blocks and a cumulative sum gives each block the
+    negative weight below it."""
     order = np.argsort(scores, kind="stable")
     s = scores[order]
     block_start = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))
@@ -79,10 +77,49 @@ def _weighted_auroc_rows(scores: np.ndarray, labels: np.ndarray, weights: np.nda
     w_pos = np.add.reduceat(np.where(lab, w, 0.0), block_start, axis=1)  # (B, K) per tie block
     w_neg = np.add.reduceat(np.where(lab, 0.0, w), block_start, axis=1)
     neg_below = np.cumsum(w_neg, axis=1) - w_neg
-    num = (w_pos * (neg_below + 0.5 * w_neg)).sum(axis=1)
-    den = w_pos.sum(axis=1) * w_neg.sum(axis=1)
+    return (w_pos * (neg_below + 0.5 * w_neg)).sum(axis=1), w_pos.sum(axis=1) * w_neg.sum(axis=1)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _weighted_auroc_rows(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC of one score vector (N,) under each row of example ``weights`` (B, N) (resample counts): the weighted
+    Mann-Whitney statistic over ``W_pos W_neg``. A row with no positive or no negative weight gives NaN."""
+    return _ratio(*_weighted_mann_whitney(scores, labels, weights))
+
+
+def _group_auroc_rows(scores: np.ndarray, labels: np.ndarray, inverse: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """AUROC of one score vector (N,) under each row of group resample ``counts`` (B, G) (``inverse`` (N,): each
+    example's group), with the design held fixed as the stratified bootstrap holds the class counts fixed.
+
+    The sample's AUROC mixes two kinds of comparison: a group's positives against its own negatives (a prompt pair's
+    triggered vs clean prompt), a share ``w = sum_g pos_g neg_g / (N_pos N_neg)`` of them (1/n for n pairs), and
+    positives against other groups' negatives. Weighting each example by its group's count would give a group drawn
+    ``c`` times ``c**2`` copies of its own comparisons and drop the comparisons between distinct groups it would have
+    had: the within-group share roughly doubles (2/n), and on a few pairs whose own order is right while the
+    cross-pair order is chance, every resample lands above the point estimate and the interval misses it. So each
+    resample scores the two kinds apart (within: its groups' own comparisons, weighted by ``c``; across: comparisons
+    between distinct groups, weighted ``c_g c_h``) and mixes them with the sample's ``w``: every count 1 gives the
+    sample's AUROC exactly. NaN when a resample lacks a kind the sample has."""
+    num, den = _weighted_mann_whitney(scores, labels, counts[:, inverse])
+    n_groups = counts.shape[1]
+    own_num, own_den = np.zeros(n_groups), np.zeros(n_groups)  # each group's comparisons among its members
+    for g in range(n_groups):
+        members = inverse == g
+        sp, sn = scores[members & labels], scores[members & ~labels]
+        if sp.size and sn.size:
+            diff = sp[:, None] - sn[None, :]
+            own_num[g], own_den[g] = (diff > 0).sum() + 0.5 * (diff == 0).sum(), diff.size
+    share = own_den.sum() / (labels.sum() * (~labels).sum())
+    sq = counts * counts  # the weight the count-weighted statistic gives each group's own comparisons
+    across = _ratio(num - sq @ own_num, den - sq @ own_den)
+    if share == 0:
+        return across
+    within = _ratio(counts @ own_num, counts @ own_den)
+    return share * within + (1 - share) * across if share < 1 else within
 
 
 def _resample_counts(rng: np.random.Generator, n_boot: int, n: int) -> np.ndarray:
@@ -90,6 +127,25 @@ def _resample_counts(rng: np.random.Generator, n_boot: int, n: int) -> np.ndarra
     draws = rng.integers(0, n, size=(n_boot, n))
     flat = (draws + n * np.arange(n_boot)[:, None]).ravel()
     return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+
+
+def _bootstrap_auroc_rows(score_vectors: list[np.ndarray], lab: np.ndarray, groups: object | None, n_boot: int,
+                          rng: np.random.Generator, what: str) -> list[np.ndarray]:
+    """(n_boot,) bootstrap AUROCs of each score vector (N,) under the SAME resamples: stratified within class, or by
+    whole groups (:func:`_group_auroc_rows`). NaN where a group resample holds one class only."""
+    if groups is None:
+        weights = np.zeros((n_boot, lab.shape[0]))
+        pos_idx, neg_idx = np.flatnonzero(lab), np.flatnonzero(~lab)
+        weights[:, pos_idx] = _resample_counts(rng, n_boot, pos_idx.size)
+        weights[:, neg_idx] = _resample_counts(rng, n_boot, neg_idx.size)
+        return [_weighted_auroc_rows(s, lab, weights) for s in score_vectors]
+    g = as_groups(groups, lab.shape[0])
+    _, inverse = np.unique(g, return_inverse=True)
+    n_groups = int(inverse.max()) + 1
+    if n_groups < 2:
+        raise ValueError(f"{what}: groups has a single group; a group bootstrap needs at least 2")
+    counts = _resample_counts(rng, n_boot, n_groups)
+    return [_group_auroc_rows(s, lab, inverse, counts) for s in score_vectors]
 
 
 def auroc(scores: Float[np.ndarray, "batch"], labels: Shaped[np.ndarray, "batch"]) -> float:
@@ -118,9 +174,11 @@ def auroc_ci(
 
     Without ``groups``, examples are resampled with replacement *within each class* (stratified: every
     resample keeps the observed ``n_pos`` and ``n_neg``). With ``groups`` (e.g. prompt-pair ids, any
-    values), whole groups are resampled, so the two members of a pair always travel together; the class
-    counts then vary between resamples, and a resample that happens to hold one class only is dropped
-    (logged). All resamples are scored at once from a (n_boot, batch) matrix of resample counts.
+    values), whole groups are resampled, so the two members of a pair always travel together; each resample
+    scores a group's own comparisons and those between distinct groups apart and mixes them in the sample's
+    proportion (:func:`_group_auroc_rows`: a pair drawn twice must not count its own comparison four times);
+    a resample lacking one class (or one kind of comparison) is dropped (logged). All resamples are scored at
+    once from a (n_boot, batch) matrix of resample counts.
     Deterministic for a fixed ``seed``.
     """
     s = as_float_array(scores, "scores", 1).astype(np.float64)
@@ -133,23 +191,11 @@ def auroc_ci(
     if not 0 < alpha < 1:
         raise ValueError(f"auroc_ci: alpha must be in (0, 1), got {alpha}")
     auc = float(_auroc_columns(s[:, None], lab)[0])
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        weights = np.zeros((n_boot, s.shape[0]))
-        pos_idx, neg_idx = np.flatnonzero(lab), np.flatnonzero(~lab)
-        weights[:, pos_idx] = _resample_counts(rng, n_boot, n_pos)
-        weights[:, neg_idx] = _resample_counts(rng, n_boot, n_neg)
-    else:
-        g = as_groups(groups, s.shape[0])
-        _, inverse = np.unique(g, return_inverse=True)
-        n_groups = int(inverse.max()) + 1
-        if n_groups < 2:
-            raise ValueError("auroc_ci: groups has a single group; a group bootstrap needs at least 2")
-        weights = _resample_counts(rng, n_boot, n_groups)[:, inverse]  # (B, N): an example gets its group's count
-    boot = _weighted_auroc_rows(s, lab, weights)
+    (boot,) = _bootstrap_auroc_rows([s], lab, groups, n_boot, np.random.default_rng(seed), "auroc_ci")
     ok = np.isfinite(boot)
     if not ok.all():
-        log.info("auroc_ci: %d of %d group resamples held one class only; dropped", int((~ok).sum()), n_boot)
+        log.info("auroc_ci: %d of %d group resamples held one class (or one kind of comparison) only; dropped",
+                 int((~ok).sum()), n_boot)
     if not ok.any():
         raise ValueError("auroc_ci: every bootstrap resample held one class only; check labels and groups")
     lo, hi = np.percentile(boot[ok], [100 * alpha / 2, 100 * (1 - alpha / 2)])

@@ -27,13 +27,13 @@ import logging
 import numpy as np
 from jaxtyping import Float, Shaped
 
-from probes._arrays import as_float_array, as_groups, as_labels, require_both_classes
+from probes._arrays import as_float_array, as_labels, require_both_classes
 from probes.directions import random_directions
 from probes.metrics import (
     _MAX_CHUNK_ELEMENTS,
     _auroc_columns,
+    _bootstrap_auroc_rows,
     _resample_counts,
-    _weighted_auroc_rows,
     random_direction_null,
 )
 
@@ -194,24 +194,6 @@ def whitened_random_percentile(
     return out
 
 
-def _bootstrap_weights(
-    rng: np.random.Generator, n_boot: int, lab: np.ndarray, groups: object | None, what: str
-) -> np.ndarray:
-    """(n_boot, batch) resample counts: stratified within class, or whole groups (as :func:`auroc_ci`)."""
-    if groups is None:
-        weights = np.zeros((n_boot, lab.shape[0]))
-        pos_idx, neg_idx = np.flatnonzero(lab), np.flatnonzero(~lab)
-        weights[:, pos_idx] = _resample_counts(rng, n_boot, pos_idx.size)
-        weights[:, neg_idx] = _resample_counts(rng, n_boot, neg_idx.size)
-        return weights
-    g = as_groups(groups, lab.shape[0])
-    _, inverse = np.unique(g, return_inverse=True)
-    n_groups = int(inverse.max()) + 1
-    if n_groups < 2:
-        raise ValueError(f"{what}: groups has a single group; a group bootstrap needs at least 2")
-    return _resample_counts(rng, n_boot, n_groups)[:, inverse]  # an example gets its group's count
-
-
 def paired_auroc_delta_ci(
     scores_a: Float[np.ndarray, "batch"],
     scores_b: Float[np.ndarray, "batch"],
@@ -239,8 +221,8 @@ def paired_auroc_delta_ci(
     require_both_classes(lab, what)
     _check_boot(n_boot, alpha, what)
     auc_a, auc_b = _auroc_columns(np.column_stack([sa, sb]), lab)
-    weights = _bootstrap_weights(np.random.default_rng(seed), n_boot, lab, groups, what)
-    boot = _weighted_auroc_rows(sa, lab, weights) - _weighted_auroc_rows(sb, lab, weights)
+    boot_a, boot_b = _bootstrap_auroc_rows([sa, sb], lab, groups, n_boot, np.random.default_rng(seed), what)
+    boot = boot_a - boot_b
     ok = np.isfinite(boot)
     if not ok.all():
         log.info("%s: %d of %d group resamples held one class only; dropped", what, int((~ok).sum()), n_boot)

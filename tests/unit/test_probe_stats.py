@@ -9,7 +9,8 @@ from scipy.linalg import fractional_matrix_power
 from sklearn.covariance import LedoitWolf
 
 import probes
-from probes.stats import _bootstrap_weights, _wilson
+from probes.metrics import _group_auroc_rows, _weighted_auroc_rows
+from probes.stats import _wilson
 
 D, N = 32, 200
 
@@ -147,8 +148,6 @@ def test_paired_delta_excludes_zero_for_perfect_vs_noise():
 def test_paired_delta_groups_keep_pairs_together_and_are_deterministic():
     X, y, u, pairs = _planted(strength=1.0)
     a, b = probes.project(X, u), probes.project(X, u + 0.8 * np.eye(D)[0])
-    w = _bootstrap_weights(np.random.default_rng(0), 50, y.astype(bool), pairs, "t")
-    np.testing.assert_array_equal(w[:, 0::2], w[:, 1::2])  # both members of a pair get the same count
     g1 = probes.paired_auroc_delta_ci(a, b, y, groups=pairs, n_boot=400, seed=1)
     assert g1 == probes.paired_auroc_delta_ci(a, b, y, groups=pairs, n_boot=400, seed=1)
     plain = probes.paired_auroc_delta_ci(a, b, y, n_boot=400, seed=1)
@@ -156,6 +155,9 @@ def test_paired_delta_groups_keep_pairs_together_and_are_deterministic():
     # the stratified resample uses auroc_ci's draws: with b constant the interval is auroc_ci's, shifted by 1/2
     _, lo_a, hi_a = probes.auroc_ci(a, y, n_boot=400, seed=1)
     _, lo, hi = probes.paired_auroc_delta_ci(a, np.zeros_like(a), y, n_boot=400, seed=1)
+    assert (lo, hi) == (pytest.approx(lo_a - 0.5), pytest.approx(hi_a - 0.5))
+    _, lo_a, hi_a = probes.auroc_ci(a, y, groups=pairs, n_boot=400, seed=1)  # the same by pairs
+    _, lo, hi = probes.paired_auroc_delta_ci(a, np.zeros_like(a), y, groups=pairs, n_boot=400, seed=1)
     assert (lo, hi) == (pytest.approx(lo_a - 0.5), pytest.approx(hi_a - 0.5))
 
 
@@ -250,3 +252,47 @@ def test_bad_probe_auroc_and_mismatch_raise():
         probes.whitened_random_percentile(X, np.zeros(40), 0.5, n=5)
     with pytest.raises(ValueError, match="rows"):
         probes.random_percentile(X[:-1], y, 0.5, n=5)
+
+
+def _within_pair_only(n_pairs: int, seed: int):
+    """Scores whose pairs' levels differ far more than a pair's own two prompts (triggered mostly above clean): the
+    AUROC's cross-pair comparisons are exactly half right, its within-pair ones mostly right."""
+    rng = np.random.default_rng(seed)
+    level = np.repeat(rng.standard_normal(n_pairs) * 10, 2)
+    y = np.tile([False, True], n_pairs)
+    return level + 0.1 * y + 0.08 * rng.standard_normal(2 * n_pairs), y, np.arange(2 * n_pairs) // 2
+
+
+def test_group_bootstrap_scores_within_and_across_pairs_apart():
+    s, y, pairs = _within_pair_only(7, seed=3)
+    counts = np.random.default_rng(0).integers(0, 3, size=(20, 7)).astype(float)
+    got = _group_auroc_rows(s, y, pairs, counts)
+    def k(i, j):
+        return 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
+    share = 7 / 49  # the sample's within-pair share of the comparisons
+    for b in range(20):  # brute force on the resample written out copy by copy
+        c = counts[b].astype(int)
+        own = [(c[g], k(2 * g + 1, 2 * g)) for g in range(7)]
+        cross = [(c[g] * c[h], k(2 * g + 1, 2 * h)) for g in range(7) for h in range(7) if g != h]
+        w_den, x_den = sum(n for n, _ in own), sum(n for n, _ in cross)
+        if not w_den or not x_den:
+            assert np.isnan(got[b])
+            continue
+        want = share * sum(n * v for n, v in own) / w_den + (1 - share) * sum(n * v for n, v in cross) / x_den
+        assert got[b] == pytest.approx(want)
+    ones = np.ones((1, 7))  # every pair once: the sample's AUROC exactly
+    assert _group_auroc_rows(s, y, pairs, ones)[0] == pytest.approx(probes.auroc(s, y))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_group_bootstrap_is_centred_on_the_sample_with_few_pairs(seed):
+    """Weighting each prompt by its pair's count would count a twice-drawn pair's own comparison four times, pulling
+    the bootstrap towards the within-pair comparisons (here: mostly right) and off the point estimate."""
+    s, y, pairs = _within_pair_only(6, seed)
+    auc, lo, hi = probes.auroc_ci(s, y, groups=pairs, n_boot=2000, seed=seed)
+    assert lo <= auc <= hi
+    counts = np.random.default_rng(seed).multinomial(6, np.full(6, 1 / 6), size=4000).astype(float)
+    fixed, naive = _group_auroc_rows(s, y, pairs, counts), _weighted_auroc_rows(s, y, counts[:, pairs])
+    assert abs(np.nanmean(fixed) - auc) < 0.02  # centred on the sample's AUROC
+    within = np.mean(s[1::2] > s[0::2])
+    assert np.nanmean(naive) - auc > 0.3 * (within - 0.5) / 6  # the count-squared weighting leans to the pairs' order
