@@ -185,7 +185,7 @@ def auroc_ci(
     lab = as_labels(labels)
     if lab.shape[0] != s.shape[0]:
         raise ValueError(f"auroc_ci: {s.shape[0]} scores but {lab.shape[0]} labels")
-    n_pos, n_neg = require_both_classes(lab, "auroc_ci")
+    require_both_classes(lab, "auroc_ci")
     if n_boot < 1:
         raise ValueError(f"auroc_ci: n_boot must be >= 1, got {n_boot}")
     if not 0 < alpha < 1:
