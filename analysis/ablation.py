@@ -2,8 +2,8 @@
 
 A probe that separates triggered from untriggered prompts says the direction *holds* the trigger; whether the model
 *uses* it is a causal question. Two interventions on the probe's hook (e.g. ``resid_post`` of layer ``L``), at
-every position, during generation through the bridge's hooks (``bridge.hooks``; the HF model the bridge wraps runs
-through the bridge's components, so ``generate`` fires them):
+every position, during cached generation on a plain HF copy with the hooks at the points the hook names denote
+(:mod:`analysis.intervene`):
 
 - **ablate** (triggered prompts): ``x <- x - (x . u) u`` with ``u`` the unit direction, at layer ``L`` and, with
   ``--all_later``, at every later layer of the same hook kind; report the trigger rate (completions showing the
@@ -101,14 +101,12 @@ def rate(flags) -> dict:
 
 
 def behaviour_rate(loaded, spec, prompts: list[str], fwd_hooks: list, max_new_tokens: int, batch_size: int) -> dict:
-    """Greedy completions with ``fwd_hooks`` active; the rate of completions showing the backdoor behaviour."""
-    from training.evaluate import generate
+    """Greedy completions with ``fwd_hooks`` active (:func:`analysis.intervene.generate`: a plain HF copy with its
+    KV cache, the hooks at the same points); the rate of completions showing the backdoor behaviour."""
+    from analysis.intervene import generate
 
-    # The hooks live in the bridge, so generation must run through the wrapped HF model; its KV cache is broken
-    # there (see analysis.load), so generate without it: slower, but the same tokens as a plain HF model.
-    with loaded.bridge.hooks(fwd_hooks=fwd_hooks):
-        outs = generate(loaded.hf_model, loaded.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, desc="ablate", use_cache=False)
+    outs = generate(loaded, prompts, fwd_hooks, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                    desc="ablate")
     r = rate([spec.shows_behaviour(o[0]) for o in outs])
     r["examples"] = [o[0] for o in outs[:3]]
     return r

@@ -21,8 +21,8 @@ Footguns this module handles, so callers don't have to:
   index per row, NOT at ``-1``; always locate it with :func:`final_prompt_positions`. Left padding (what
   generation uses) puts it at ``-1`` but shifts absolute positions unless ``position_ids`` come from the mask.
 - Do not generate through the bridge or the HF model it wraps: with a KV cache both give garbage after the first
-  token (measured: 0 of 1,611 tiny-model completions matched a plain HF model). Generate with a separately loaded
-  plain HF copy (:func:`training.checkpoint.load_model_and_tokenizer`), as ``analysis.probe`` and the explorer do.
+  token (measured: 0 of 1,611 tiny-model completions matched a plain HF model). Generate with
+  :func:`analysis.intervene.generate`: a separately loaded plain HF copy, with any intervention as HF hooks.
 - A PEFT model cannot be bridged: merge the adapter first (``merge_and_unload``), as the checkpoint contract does.
 - ``enable_compatibility_mode()`` folds layer norms and centres weights: the residual stream changes (so cached
   activations of the two modes are not interchangeable) and logits shift by a per-position constant (centred
@@ -335,4 +335,4 @@ def load_bridge(ckpt: Path | str, device: str | None = None, dtype: torch.dtype 
     return LoadedModel(
         bridge=bridge, tokenizer=tok, meta=meta, ckpt=ckpt, weights_sha256=sha, parity=parity,
         n_layers=n_layers, d_model=int(bridge.cfg.d_model), n_heads=int(bridge.cfg.n_heads),
-        device=device, dtype=dtype, extra={"architecture": arch})
+        device=device, dtype=dtype, extra={"architecture": arch, "trust_remote_code": trust_remote_code})

@@ -94,6 +94,10 @@ class LogitDiffMetric:
         at = at.to(torch.promote_types(at.dtype, torch.float32))
         return at[rows, beh] - at[rows, ans]
 
+    def at_final(self) -> "LogitDiffMetric":
+        """The same metric on logits gathered at the final positions already (``(row, 1, vocab)``)."""
+        return LogitDiffMetric(self.behaviour_token, self.answer_tokens, torch.zeros_like(self.final))
+
     def subset(self, idx: Tensor) -> "LogitDiffMetric":
         beh = self.behaviour_token
         if torch.as_tensor(beh).ndim:
@@ -250,19 +254,47 @@ def rows_per_forward(n_pos: int, d_vocab: int, device: str, batch_rows: int = 0)
     return int(max(1, min(_MAX_ROWS, budget // max(1, n_pos * d_vocab * 4))))
 
 
+def _resume_rows(resume, n_pos: int, device: str, batch_rows: int = 0) -> int:
+    """How many sequences one resumed forward may hold (bounded by its widest activation; logits are one row each)."""
+    if batch_rows:
+        return int(batch_rows)
+    cfg = resume.loaded.bridge.cfg
+    width = max(4 * int(cfg.d_model), int(getattr(cfg, "d_mlp", 0) or 0), int(cfg.n_heads) * n_pos)
+    budget = _LOGIT_BUDGET_BYTES["cuda" if str(device).startswith("cuda") else "cpu"]
+    return int(max(1, min(_MAX_ROWS, budget // max(1, n_pos * width * 4))))
+
+
+def _site_layer(site: Site) -> int:
+    parsed = H.parse_hook(site.hook)
+    if parsed is None:
+        raise UserError(f"cannot resume a forward at {site.hook!r}: not a per-layer hook of analysis.hooks")
+    return parsed[1]
+
+
 @torch.no_grad()
 def exact_patch(model, batch: PairBatch, metric: LogitDiffMetric, sites: Sequence[Site], *, direction: str = "denoise",
                 source_acts: dict[str, Tensor] | None = None, target_acts: dict[str, Tensor] | None = None,
                 batch_rows: int = 0, d_vocab: int | None = None, device: str = "cpu", progress: bool = False,
-                skip_noop: bool = True) -> tuple[Float[Tensor, "site pair"], dict]:
+                skip_noop: bool = True, resume=None) -> tuple[Float[Tensor, "site pair"], dict]:
     """The metric (raw logit difference, not normalised) of every site patched, per pair.
 
-    Sites are packed ``K`` per forward (``K * n_pairs`` rows). Returns ``(values, info)`` with ``values[s, i]`` the
-    metric of pair ``i`` with site ``s`` patched, and ``info`` counting forwards and no-op sites.
+    Sites are packed ``K`` per forward (``K * n_pairs`` rows). With ``resume`` (an
+    :class:`analysis.patch_resume.Resumer`) each forward holds sites of one layer and starts there, its logits
+    read at the final positions only; if the resumed forwards do not reproduce the full one on these pairs (checked
+    first), or ``resume`` is None, every forward runs ``model`` whole. Returns ``(values, info)`` with
+    ``values[s, i]`` the metric of pair ``i`` with site ``s`` patched, and ``info`` counting forwards, no-op sites
+    and whether the forwards were resumed.
     """
     src_ids, tgt_ids = _direction_ids(batch, direction)
     mask = batch.mask.to(device)
     hooks = list(dict.fromkeys(s.hook for s in sites))
+    if resume is not None:
+        source_acts = resume.cache(src_ids, mask, hooks) if source_acts is None else source_acts
+        target_acts = resume.cache(tgt_ids, mask, hooks)
+        if resume.verified is None:
+            resume.verify(metric, tgt_ids, mask, target_acts, sorted({_site_layer(s) for s in sites}))
+        if not resume.verified:
+            resume, source_acts, target_acts = None, None, None
     if source_acts is None:
         source_acts, _ = cache_hooks(model, src_ids.to(device), mask, hooks)
     if target_acts is None and skip_noop:
@@ -277,23 +309,48 @@ def exact_patch(model, batch: PairBatch, metric: LogitDiffMetric, sites: Sequenc
         else:
             todo.append(i)
     if n_noop:  # a no-op patch IS the unpatched target run
-        base = metric(_forward(model, tgt_ids.to(device), mask, [])).cpu().double()
+        base = metric((resume or model)(tgt_ids.to(device), attention_mask=mask)).cpu().double()
         noop = sorted(set(range(len(sites))) - set(todo))
         values[noop] = base[None, :]
-    V = d_vocab or int(getattr(model.cfg, "d_vocab", 0) or 50000)
-    k_max = max(1, rows_per_forward(batch.mask.shape[1], V, device, batch_rows) // B)
-    n_fwd = 0
+    if resume is not None:
+        k_max = max(1, _resume_rows(resume, batch.mask.shape[1], device, batch_rows) // B)
+        by_layer: dict[int, list[int]] = {}
+        for i in todo:
+            by_layer.setdefault(_site_layer(sites[i]), []).append(i)
+        chunks = [(layer, idx[c:c + k_max]) for layer, idx in sorted(by_layer.items())
+                  for c in range(0, len(idx), k_max)]
+    else:
+        V = d_vocab or int(getattr(model.cfg, "d_vocab", 0) or 50000)
+        k_max = max(1, rows_per_forward(batch.mask.shape[1], V, device, batch_rows) // B)
+        chunks = [(None, todo[c:c + k_max]) for c in range(0, len(todo), k_max)]
     bar = tqdm(total=len(todo), desc="exact patching", unit="site", disable=not progress, leave=False)
-    for c in range(0, len(todo), k_max):
-        chunk = todo[c:c + k_max]
-        logits = patched_forward(model, tgt_ids.to(device), mask, source_acts, [sites[i] for i in chunk])
-        vals = metric(logits).view(len(chunk), B).cpu().double()
-        del logits
-        values[chunk] = vals
-        n_fwd += 1
+    for layer, chunk in chunks:
+        chunk_sites = [sites[i] for i in chunk]
+        if resume is None:
+            vals = metric(patched_forward(model, tgt_ids.to(device), mask, source_acts, chunk_sites))
+        else:
+            vals = metric.at_final()(resumed_patched_forward(resume, layer, tgt_ids, mask, source_acts, target_acts,
+                                                             chunk_sites, batch.final))
+        values[chunk] = vals.view(len(chunk), B).cpu().double()
         bar.update(len(chunk))
     bar.close()
-    return values, {"forwards": n_fwd, "sites": len(sites), "noop_sites": n_noop, "sites_per_forward": k_max}
+    return values, {"forwards": len(chunks), "sites": len(sites), "noop_sites": n_noop, "sites_per_forward": k_max,
+                    "resumed": resume is not None}
+
+
+def resumed_patched_forward(resume, layer: int, target_ids: Tensor, mask: Tensor, source_acts: dict[str, Tensor],
+                            target_acts: dict[str, Tensor], sites: Sequence[Site], final: Tensor
+                            ) -> Float[Tensor, "row 1 vocab"]:
+    """:func:`patched_forward` for sites of one ``layer``, resumed there from the target's cached activations;
+    logits at ``final`` only."""
+    k = len(sites)
+    by_hook: dict[str, list[tuple[int, Site]]] = {}
+    for j, s in enumerate(sites):
+        by_hook.setdefault(s.hook, []).append((j, s))
+    B = target_ids.shape[0]
+    fwd = [(h, _patch_hook(items, source_acts[h], B, k)) for h, items in by_hook.items()]
+    start = target_acts[H.resid_pre(layer)].repeat(k, 1, 1)
+    return resume.forward(layer, target_ids.repeat(k, 1), mask.repeat(k, 1), start, final.repeat(k), fwd)
 
 
 def _direction_ids(batch: PairBatch, direction: str) -> tuple[Tensor, Tensor]:

@@ -158,14 +158,17 @@ def run_patching(model, batch: PairBatch, tokenizer, behaviour_token: int | Tens
                  grids: Sequence[str] = GRIDS, methods: Sequence[str] = METHODS, direction: str = "denoise",
                  min_gap: float = 1.0, n_boot: int = 1000, seed: int = 0, device: str = "cpu", batch_rows: int = 0,
                  d_vocab: int | None = None, progress: bool = True,
-                 answer_tokens: Tensor | None = None) -> PatchMeasurement:
+                 answer_tokens: Tensor | None = None, resume=None) -> PatchMeasurement:
     """Baselines, pair filtering, exact and attribution patching over ``grids``; returns the ``patch.json`` data.
+
+    ``resume``: an :class:`analysis.patch_resume.Resumer` of the same checkpoint, for exact patching that starts
+    each forward at the patched layer (see :func:`analysis.patch_engine.exact_patch`).
 
     ``behaviour_token``: one id, or one per pair with ``answer_tokens`` (see :func:`analysis.pairs.teacher_force`).
     """
     _check_choices(grids, methods, direction)
     t0 = time.perf_counter()
-    base = baseline_metrics(model, batch, behaviour_token, device, answer_tokens)
+    base = baseline_metrics(resume or model, batch, behaviour_token, device, answer_tokens)  # the patched runs' model
     keep, dropped = _separating_pairs(batch, base, min_gap)
     full = batch
     batch = subset_batch(batch, keep)
@@ -181,7 +184,7 @@ def run_patching(model, batch: PairBatch, tokenizer, behaviour_token: int | Tens
     if "exact" in methods:
         t = time.perf_counter()
         vals, info = exact_patch(model, batch, metric, flat, direction=direction, batch_rows=batch_rows,
-                                 d_vocab=d_vocab, device=device, progress=progress)
+                                 d_vocab=d_vocab, device=device, progress=progress, resume=resume)
         seconds["exact"] = time.perf_counter() - t
         eff = normalise(vals, m_clean, m_trig)
         _split(res.exact, eff, grids, all_sites)
@@ -397,6 +400,7 @@ def patch_checkpoint(a: PatchConfig) -> PatchResult:
     """Patch one checkpoint as ``a`` says; writes ``patch.json`` (and ``patch.html``) to ``a.out`` (default: the
     checkpoint's analysis directory) and returns it. Bad input raises :class:`UserError`."""
     from analysis.load import load_bridge
+    from analysis.patch_resume import Resumer
     from training.backdoors import spec_from_meta
     from training.checkpoint import versions
 
@@ -419,7 +423,8 @@ def patch_checkpoint(a: PatchConfig) -> PatchResult:
     res = run_patching(loaded.bridge, batch, loaded.tokenizer, btok, n_layers=loaded.n_layers, n_heads=loaded.n_heads,
                        grids=grids, methods=methods, direction=a.direction, min_gap=a.min_gap, n_boot=a.n_boot,
                        seed=a.seed, device=loaded.device, batch_rows=a.batch_rows,
-                       d_vocab=int(loaded.bridge.cfg.d_vocab), answer_tokens=answers)
+                       d_vocab=int(loaded.bridge.cfg.d_vocab), answer_tokens=answers,
+                       resume=Resumer(loaded) if "exact" in methods else None)
     data = {
         "checkpoint": layout.checkpoint_id(ckpt), "ckpt": str(ckpt), "weights_sha256": loaded.weights_sha256,
         "stage": (loaded.meta or {}).get("stage"), "step": (loaded.meta or {}).get("step"),

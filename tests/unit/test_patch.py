@@ -151,6 +151,14 @@ def test_resid_pre_layer0_everywhere_reproduces_triggered_run(loaded, batch):
         vals, _ = exact_patch(loaded.bridge, batch, base["metric"], [full_layer_site(batch, layer)], skip_noop=False)
         eff = normalise(vals, base["m_untriggered"], base["m_triggered"])
         assert (eff == 1.0).all(), (layer, eff)
+    from analysis.patch_resume import Resumer
+
+    resume = Resumer(loaded)  # resumed at the patched layer on the plain HF copy: the same up to float rounding
+    for layer in range(loaded.n_layers):
+        vals, info = exact_patch(loaded.bridge, batch, base["metric"], [full_layer_site(batch, layer)],
+                                 skip_noop=False, resume=resume)
+        assert info["resumed"]
+        torch.testing.assert_close(vals[0], base["m_triggered"].double(), rtol=0, atol=1e-4)  # logits
     # and the reverse direction: untriggered activations everywhere give the untriggered run
     vals, _ = exact_patch(loaded.bridge, batch, base["metric"], [full_layer_site(batch, 0)], direction="noise",
                           skip_noop=False)
@@ -173,21 +181,29 @@ def test_hook_free_run_reproduces_untriggered_run(loaded, batch):
     assert info["noop_sites"] == 1
 
 
-def test_site_batching_matches_transformer_lens_patching(loaded, batch):
-    """Our many-sites-per-forward engine vs the library's one-site-per-forward functions, pair by pair."""
+@pytest.mark.parametrize("resumed", [False, True], ids=["full", "resumed"])
+def test_site_batching_matches_transformer_lens_patching(loaded, batch, resumed):
+    """Our many-sites-per-forward engine (whole forwards through the bridge, or resumed at the patched layer on the
+    plain HF copy) vs the library's one-site-per-forward functions, pair by pair."""
     from transformer_lens.patching import (
         generic_activation_patch,
         get_act_patch_attn_head_out_all_pos,
         get_act_patch_resid_pre,
     )
 
+    from analysis.patch_resume import Resumer
+
     base = _metric(loaded, batch)
     L, Hn = loaded.n_layers, loaded.n_heads
-    ours = {g: exact_patch(loaded.bridge, batch, base["metric"], make_sites(g, batch, L, Hn), skip_noop=False)[0]
-            for g in ("resid_pre", "attn_out", "mlp_out", "heads")}
+    resume = Resumer(loaded) if resumed else None
+    ours, infos = {}, {}
+    for g in ("resid_pre", "attn_out", "mlp_out", "heads"):
+        ours[g], infos[g] = exact_patch(loaded.bridge, batch, base["metric"], make_sites(g, batch, L, Hn),
+                                        skip_noop=False, resume=resume)
+    assert all(info["resumed"] == resumed for info in infos.values())
     one_site = exact_patch(loaded.bridge, batch, base["metric"], make_sites("heads", batch, L, Hn), batch_rows=1,
-                           skip_noop=False)[0]
-    assert torch.equal(one_site, ours["heads"])  # packing K sites per forward changes nothing
+                           skip_noop=False, resume=resume)[0]
+    torch.testing.assert_close(one_site, ours["heads"], rtol=0, atol=1e-6)  # packing K sites per forward
     for i in (0, len(batch) - 1):  # a start- and an end-placed pair (the library runs one forward per site)
         one = subset_batch(batch, torch.tensor([i]))
         mt = base["metric"].subset(torch.tensor([i]))

@@ -1,0 +1,128 @@
+"""Exact patching that computes only what a patch changes: resume the target's forward at the patched layer and
+project to logits only where the metric reads them.
+
+A forward patched at layer ``l`` (``resid_pre(l)``, or ``attn_out`` / ``mlp_out`` / a head inside block ``l``) is,
+below block ``l``, exactly the unpatched target run; and the metric reads one position per row. So a
+:class:`Resumer` caches the target's ``resid_pre`` at every layer once, and each patched forward
+
+- swaps blocks ``0 .. l-1`` for pass-throughs and hands block ``l`` the cached ``resid_pre(l)`` (a pre-hook; the
+  site's own patch hook runs after it, on the same points :mod:`analysis.intervene` maps hook names to);
+- gathers each row's final position before the unembedding (a pre-hook on it), so the vocabulary projection costs
+  one position per row instead of every position.
+
+It runs on the plain HF copy of the checkpoint (:func:`analysis.intervene.generator`), whose activations equal the
+bridge's (tested at every hook kind). Everything the model's own forward does around the blocks (embedding,
+rotary tables, the attention mask, the final norm) still runs, so the shortcut holds for any architecture whose
+blocks only pass the residual stream from one to the next; :meth:`Resumer.verify` proves it on the pairs at hand
+(the unpatched target resumed at every start layer gives the full forward's metric) before any grid is computed,
+and :func:`analysis.patch_engine.exact_patch` falls back to full forwards (logged) where it does not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from analysis import hooks as H
+from analysis.intervene import generator, hf_hooks, hook_activations
+from analysis.load import hf_forward_kwargs
+
+log = logging.getLogger(__name__)
+
+VERIFY_ATOL = 1e-4  # |metric| difference, in logits, relative to max(1, |metric|)
+
+
+class _PassThrough(nn.Module):
+    """A block that returns its input unchanged (in the block's output structure)."""
+
+    def __init__(self, as_tuple: bool):
+        super().__init__()
+        self.as_tuple = as_tuple
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return (hidden_states,) if self.as_tuple else hidden_states
+
+
+class Resumer:
+    """Patched forwards of one checkpoint that start at the patched layer (see the module docstring)."""
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+        self.model = generator(loaded)
+        adapter = loaded.bridge.adapter.component_mapping
+        self.blocks: nn.ModuleList = self.model.get_submodule(adapter["blocks"].name)
+        self.unembed: nn.Module = self.model.get_submodule(adapter["unembed"].name)
+        self._tuple_blocks: bool | None = None
+        self.verified: bool | None = None
+
+    @torch.no_grad()
+    def __call__(self, ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Logits of a whole unpatched forward on the same copy (the baselines patched runs are normalised by)."""
+        dev = self.loaded.device
+        return self.model(**hf_forward_kwargs(self.model, ids.to(dev), attention_mask.to(dev))).logits
+
+    def cache(self, ids: Tensor, mask: Tensor, hooks: Sequence[str]) -> dict[str, Tensor]:
+        """Activations at ``hooks`` plus ``resid_pre`` of every layer (what a resumed forward starts from)."""
+        names = list(dict.fromkeys([*hooks, *H.hooks_for("resid_pre", range(self.loaded.n_layers))]))
+        if self._tuple_blocks is None:
+            seen = []
+            h = self.blocks[0].register_forward_hook(lambda m, a, out: seen.append(isinstance(out, tuple)))
+            try:
+                acts = hook_activations(self.loaded, ids, mask, names)
+            finally:
+                h.remove()
+            self._tuple_blocks = bool(seen and seen[0])
+            return acts
+        return hook_activations(self.loaded, ids, mask, names)
+
+    @contextlib.contextmanager
+    def _resumed(self, layer: int, start: Tensor, final: Tensor):
+        """Blocks below ``layer`` pass through; block ``layer`` reads ``start``; the unembedding reads ``final``."""
+        saved = [self.blocks[i] for i in range(layer)]
+        handles = []
+        try:
+            for i in range(layer):
+                self.blocks[i] = _PassThrough(bool(self._tuple_blocks))
+            rows = torch.arange(start.shape[0], device=start.device)
+
+            def gather(module, args):
+                return (args[0][rows, final.to(args[0].device)][:, None],)
+
+            handles.append(self.unembed.register_forward_pre_hook(gather))
+            with hf_hooks(self.model, self.loaded.bridge, [(H.resid_pre(layer), lambda act, hook: start)]):
+                yield
+        finally:
+            for h in handles:
+                h.remove()
+            for i, block in enumerate(saved):
+                self.blocks[i] = block
+
+    @torch.no_grad()
+    def forward(self, layer: int, ids: Tensor, mask: Tensor, start: Tensor, final: Tensor,
+                fwd_hooks: Sequence = ()) -> Tensor:
+        """Logits ``(rows, 1, vocab)`` at ``final`` of the forward resumed at ``layer`` from ``start`` (the
+        ``resid_pre(layer)`` activations of the rows), with ``fwd_hooks`` (bridge hook names) applied after it."""
+        if self._tuple_blocks is None:
+            raise RuntimeError("call cache() before forward(): it learns the blocks' output structure")
+        dev = self.loaded.device
+        with self._resumed(layer, start.to(dev), final), hf_hooks(self.model, self.loaded.bridge, fwd_hooks):
+            return self.model(**hf_forward_kwargs(self.model, ids.to(dev), mask.to(dev))).logits
+
+    def verify(self, metric, ids: Tensor, mask: Tensor, acts: dict[str, Tensor], layers: Sequence[int]) -> bool:
+        """Does resuming the unpatched run at each of ``layers`` give the full forward's metric? (Logged; kept in
+        :attr:`verified`.)"""
+        full = metric(self(ids, mask)).double()
+        at_final = metric.at_final()
+        worst = 0.0
+        for layer in sorted(set(int(x) for x in layers)):
+            got = at_final(self.forward(layer, ids, mask, acts[H.resid_pre(layer)], metric.final)).double()
+            worst = max(worst, float(((got - full).abs() / full.abs().clamp(min=1.0)).max()))
+        self.verified = worst <= VERIFY_ATOL
+        log.log(logging.INFO if self.verified else logging.WARNING,
+                "resumed forwards %s the full forward (max relative metric difference %.2g over %d start layers)",
+                "reproduce" if self.verified else "do NOT reproduce", worst, len(set(layers)))
+        return self.verified
