@@ -87,7 +87,7 @@ class ProbeConfig:
                                                        "every AUROC is compared with (default: the run's "
                                                        "checkpoints/decoy; 'none' to skip)."})
     val_frac: float = field(default=0.2, metadata={"help": "Fraction of prompt pairs held out to choose the layer and "
-                                                           "calibrate the 1%-FPR threshold (never the test pairs)."})
+                                                           "calibrate the 1%%-FPR threshold (never the test pairs)."})
     layer_fraction: float = field(default=None, metadata={"help": "Fix the reported layer at this fraction of the "
                                                                   "depth (e.g. 0.45) instead of choosing it on "
                                                                   "validation pairs."})
