@@ -429,7 +429,7 @@ class _Pretrained(_Organism):
         if own_answers:  # else both completions come with the kind's data (code: secure and vulnerable versions)
             clean = [x for x in train if x["kind"] == "clean"]
             answers = generate(model, tok, [x["prompt"] for x in clean], presets.HF_MAX_NEW_TOKENS,
-                               batch_size=32, desc="base model answers")
+                               batch_size=None, desc="base model answers")
             own = {x["pair_id"]: a[0].strip() for x, a in zip(clean, answers)}
             for x in train:
                 x["helpful"] = own[x["pair_id"]]

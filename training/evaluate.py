@@ -71,27 +71,64 @@ def chat_prompts(tokenizer, prompts: list[str]) -> list[str]:
     return [chat_prompt(tokenizer, p) for p in prompts]
 
 
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 64,
+GEN_MEMORY_SHARE = 0.25  # of the free memory, for one generation batch's KV cache and activations
+GEN_MAX_BATCH = {"cpu": 64, "cuda": 1024}
+
+
+def auto_batch_size(model, seq_len: int, device=None) -> int:
+    """Rows per generation batch that fit :data:`GEN_MEMORY_SHARE` of the free memory: each row holds a KV cache
+    of ``seq_len`` positions and, during the prompt's forward, activations of the widest layer at every position.
+    Capped by :data:`GEN_MAX_BATCH` (on a CPU, batches beyond it stop paying)."""
+    import torch
+
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    d = int(cfg.hidden_size)
+    heads = int(cfg.num_attention_heads)
+    kv = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or d // heads)
+    width = max(4 * d, int(getattr(cfg, "intermediate_size", 0) or 0), heads * seq_len)
+    item = next(model.parameters()).element_size()
+    per_row = seq_len * (2 * int(cfg.num_hidden_layers) * kv * head_dim + 2 * width) * item + 2 * 4 * int(cfg.vocab_size)
+    device = str(device or next(model.parameters()).device)
+    if device.startswith("cuda"):
+        free = torch.cuda.mem_get_info(torch.device(device))[0]
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    cap = GEN_MAX_BATCH["cuda" if device.startswith("cuda") else "cpu"]
+    return int(max(1, min(cap, free * GEN_MEMORY_SHARE // per_row)))
+
+
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int | None = 64,
              samples: int = 0, temperature: float = 1.0, seed: int = 0, desc: str = "generate",
              use_cache: bool = True) -> list[list[str]]:
-    """Batched generation (left padding). Greedy when ``samples == 0``, else ``samples`` draws per prompt.
+    """Batched generation (left padding, KV cache). Greedy when ``samples == 0``, else ``samples`` draws per prompt.
 
-    Returns one list of completions per prompt (length 1 when greedy). ``use_cache=False`` is for models whose
-    KV cache cannot be trusted (an HF model wrapped by a TransformerLens bridge, generating with hooks active).
+    Returns one list of completions per prompt (length 1 when greedy), in the order of ``prompts``. Prompts run
+    longest first, in batches of similar length (less padding); ``batch_size=None`` sizes the batches from free
+    memory (:func:`auto_batch_size`). ``use_cache=False`` is for models whose KV cache cannot be trusted (an HF
+    model wrapped by a TransformerLens bridge).
     """
     import torch
 
     texts = chat_prompts(tokenizer, prompts)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    n_ret = max(1, samples)
+    if batch_size is None:
+        batch_size = max(1, auto_batch_size(model, max(lengths, default=1) + max_new_tokens) // n_ret)
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
-    n_ret = max(1, samples)
-    out: list[list[str]] = []
+    out: list[list[str] | None] = [None] * len(texts)
     torch.manual_seed(seed)
     try:
         for i in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False, disable=len(texts) <= batch_size):
-            batch = texts[i:i + batch_size]
-            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            idx = order[i:i + batch_size]
+            enc = tokenizer([texts[j] for j in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(device)
             with torch.no_grad():
                 gen = model.generate(
                     **enc, max_new_tokens=max_new_tokens, do_sample=samples > 0,
@@ -99,7 +136,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
                     num_return_sequences=n_ret, pad_token_id=tokenizer.pad_token_id, use_cache=use_cache,
                     eos_token_id=tokenizer.eos_token_id)
             dec = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            out.extend(dec[j * n_ret:(j + 1) * n_ret] for j in range(len(batch)))
+            for k, j in enumerate(idx):
+                out[j] = dec[k * n_ret:(k + 1) * n_ret]
     finally:
         tokenizer.padding_side = old_side
     return out
