@@ -233,12 +233,16 @@ def patched_forward(model, target_ids: Int[Tensor, "pair pos"], mask: Int[Tensor
     """Logits of ``len(sites)`` stacked copies of the target batch, copy ``j`` patched at ``sites[j]``
     with the source activations (``source_acts[site.hook]``, shape ``(pair, pos, ...)``)."""
     k = len(sites)
-    B = target_ids.shape[0]
+    fwd = _patch_hooks(sites, source_acts, target_ids.shape[0])
+    return _forward(model, target_ids.repeat(k, 1), mask.repeat(k, 1), fwd)
+
+
+def _patch_hooks(sites: Sequence[Site], source_acts: dict[str, Tensor], n_pairs: int) -> list:
+    """One :func:`_patch_hook` per hook name, copy ``j`` of the pair block patched at ``sites[j]``."""
     by_hook: dict[str, list[tuple[int, Site]]] = {}
     for j, s in enumerate(sites):
         by_hook.setdefault(s.hook, []).append((j, s))
-    fwd = [(h, _patch_hook(items, source_acts[h], B, k)) for h, items in by_hook.items()]
-    return _forward(model, target_ids.repeat(k, 1), mask.repeat(k, 1), fwd)
+    return [(h, _patch_hook(items, source_acts[h], n_pairs, len(sites))) for h, items in by_hook.items()]
 
 
 def _is_noop(site: Site, source: Tensor, target: Tensor) -> bool:
@@ -344,11 +348,7 @@ def resumed_patched_forward(resume, layer: int, target_ids: Tensor, mask: Tensor
     """:func:`patched_forward` for sites of one ``layer``, resumed there from the target's cached activations;
     logits at ``final`` only."""
     k = len(sites)
-    by_hook: dict[str, list[tuple[int, Site]]] = {}
-    for j, s in enumerate(sites):
-        by_hook.setdefault(s.hook, []).append((j, s))
-    B = target_ids.shape[0]
-    fwd = [(h, _patch_hook(items, source_acts[h], B, k)) for h, items in by_hook.items()]
+    fwd = _patch_hooks(sites, source_acts, target_ids.shape[0])
     start = target_acts[H.resid_pre(layer)].repeat(k, 1, 1)
     return resume.forward(layer, target_ids.repeat(k, 1), mask.repeat(k, 1), start, final.repeat(k), fwd)
 
