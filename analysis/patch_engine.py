@@ -214,15 +214,16 @@ def _bind(fn, **kw):
     return hook
 
 
-def _patch_hook(rows_sites: list[tuple[int, Site]], source: Tensor, n_pairs: int, reps: int):
-    """A forward hook patching, for each (block j, site), rows ``j*B .. (j+1)*B`` at the site's entries."""
+def _patch_hook(rows_sites: list[tuple[int, Site]], source: Tensor, n_pairs: int, reps: int, pos: int = 0):
+    """A forward hook patching, for each (block j, site), rows ``j*B .. (j+1)*B`` at the site's entries (the hook
+    sees positions ``pos`` onwards)."""
 
     def hook(act, hook):
         B = n_pairs
-        src = source.to(act.device, act.dtype).repeat(reps, *([1] * (source.dim() - 1)))  # (R, T, ...)
+        src = source[:, pos:].to(act.device, act.dtype).repeat(reps, *([1] * (source.dim() - 1)))  # (R, T, ...)
         full = torch.zeros(act.shape[:-1], dtype=torch.bool, device=act.device)  # (R, T[, H])
         for j, site in rows_sites:
-            full[j * B:(j + 1) * B] = _entry_mask(site, source.shape, act.device)
+            full[j * B:(j + 1) * B] = _entry_mask(site, source.shape, act.device)[:, pos:]
         return torch.where(full[..., None], src, act)
 
     return hook
@@ -237,12 +238,20 @@ def patched_forward(model, target_ids: Int[Tensor, "pair pos"], mask: Int[Tensor
     return _forward(model, target_ids.repeat(k, 1), mask.repeat(k, 1), fwd)
 
 
-def _patch_hooks(sites: Sequence[Site], source_acts: dict[str, Tensor], n_pairs: int) -> list:
+def _patch_hooks(sites: Sequence[Site], source_acts: dict[str, Tensor], n_pairs: int, pos: int = 0) -> list:
     """One :func:`_patch_hook` per hook name, copy ``j`` of the pair block patched at ``sites[j]``."""
     by_hook: dict[str, list[tuple[int, Site]]] = {}
     for j, s in enumerate(sites):
         by_hook.setdefault(s.hook, []).append((j, s))
-    return [(h, _patch_hook(items, source_acts[h], n_pairs, len(sites))) for h, items in by_hook.items()]
+    return [(h, _patch_hook(items, source_acts[h], n_pairs, len(sites), pos)) for h, items in by_hook.items()]
+
+
+def _first_change(site: Site, source: Tensor, target: Tensor) -> int:
+    """The first position at which patching ``site`` changes any entry of any pair (the model is causal: nothing
+    before it differs from the unpatched run). Only for sites that change something."""
+    m = _entry_mask(site, source.shape, source.device) & (source != target).any(-1)  # (B, T[, H])
+    cols = m.flatten(2).any(-1).any(0) if m.dim() == 3 else m.any(0)
+    return int(cols.nonzero()[0, 0]) if cols.any() else 0
 
 
 def _is_noop(site: Site, source: Tensor, target: Tensor) -> bool:
@@ -295,8 +304,13 @@ def exact_patch(model, batch: PairBatch, metric: LogitDiffMetric, sites: Sequenc
     if resume is not None:
         source_acts = resume.cache(src_ids, mask, hooks) if source_acts is None else source_acts
         target_acts = resume.cache(tgt_ids, mask, hooks)
+        resume.keep_prefix(tgt_ids, mask)
+        first = {i: _first_change(s, source_acts[s.hook], target_acts[s.hook]) for i, s in enumerate(sites)}
+        starts: dict[int, int] = {}
+        for i, s in enumerate(sites):
+            starts[_site_layer(s)] = min(starts.get(_site_layer(s), first[i]), first[i])
         if resume.verified is None:
-            resume.verify(metric, tgt_ids, mask, target_acts, sorted({_site_layer(s) for s in sites}))
+            resume.verify(metric, tgt_ids, mask, target_acts, starts)
         if not resume.verified:
             resume, source_acts, target_acts = None, None, None
     if source_acts is None:
@@ -319,7 +333,7 @@ def exact_patch(model, batch: PairBatch, metric: LogitDiffMetric, sites: Sequenc
     if resume is not None:
         k_max = max(1, _resume_rows(resume, batch.mask.shape[1], device, batch_rows) // B)
         by_layer: dict[int, list[int]] = {}
-        for i in todo:
+        for i in sorted(todo, key=lambda i: first[i]):  # similar first changes share a forward
             by_layer.setdefault(_site_layer(sites[i]), []).append(i)
         chunks = [(layer, idx[c:c + k_max]) for layer, idx in sorted(by_layer.items())
                   for c in range(0, len(idx), k_max)]
@@ -334,7 +348,7 @@ def exact_patch(model, batch: PairBatch, metric: LogitDiffMetric, sites: Sequenc
             vals = metric(patched_forward(model, tgt_ids.to(device), mask, source_acts, chunk_sites))
         else:
             vals = metric.at_final()(resumed_patched_forward(resume, layer, tgt_ids, mask, source_acts, target_acts,
-                                                             chunk_sites, batch.final))
+                                                             chunk_sites, batch.final, min(first[i] for i in chunk)))
         values[chunk] = vals.view(len(chunk), B).cpu().double()
         bar.update(len(chunk))
     bar.close()
@@ -343,14 +357,14 @@ def exact_patch(model, batch: PairBatch, metric: LogitDiffMetric, sites: Sequenc
 
 
 def resumed_patched_forward(resume, layer: int, target_ids: Tensor, mask: Tensor, source_acts: dict[str, Tensor],
-                            target_acts: dict[str, Tensor], sites: Sequence[Site], final: Tensor
+                            target_acts: dict[str, Tensor], sites: Sequence[Site], final: Tensor, pos: int = 0
                             ) -> Float[Tensor, "row 1 vocab"]:
-    """:func:`patched_forward` for sites of one ``layer``, resumed there from the target's cached activations;
-    logits at ``final`` only."""
+    """:func:`patched_forward` for sites of one ``layer``, resumed there (and at position ``pos``, before which
+    none of them changes anything) from the target's cached activations; logits at ``final`` only."""
     k = len(sites)
-    fwd = _patch_hooks(sites, source_acts, target_ids.shape[0])
+    fwd = _patch_hooks(sites, source_acts, target_ids.shape[0], pos)
     start = target_acts[H.resid_pre(layer)].repeat(k, 1, 1)
-    return resume.forward(layer, target_ids.repeat(k, 1), mask.repeat(k, 1), start, final.repeat(k), fwd)
+    return resume.forward(layer, target_ids.repeat(k, 1), mask.repeat(k, 1), start, final.repeat(k), fwd, pos)
 
 
 def _direction_ids(batch: PairBatch, direction: str) -> tuple[Tensor, Tensor]:

@@ -2,11 +2,15 @@
 project to logits only where the metric reads them.
 
 A forward patched at layer ``l`` (``resid_pre(l)``, or ``attn_out`` / ``mlp_out`` / a head inside block ``l``) is,
-below block ``l``, exactly the unpatched target run; and the metric reads one position per row. So a
-:class:`Resumer` caches the target's ``resid_pre`` at every layer once, and each patched forward
+below block ``l``, exactly the unpatched target run; so is every position before the first entry the patch changes
+(the model is causal); and the metric reads one position per row. So a :class:`Resumer` caches the target's
+``resid_pre`` at every layer and its KV cache once, and each patched forward
 
 - swaps blocks ``0 .. l-1`` for pass-throughs and hands block ``l`` the cached ``resid_pre(l)`` (a pre-hook; the
   site's own patch hook runs after it, on the same points :mod:`analysis.intervene` maps hook names to);
+- computes only the positions from the first changed one ``p`` on, reading the keys and values of the positions
+  before ``p`` from the target's KV cache (``p`` is the earliest over the forward's sites and pairs; with the
+  trigger at the end of the prompt that skips most of the prompt);
 - gathers each row's final position before the unembedding (a pre-hook on it), so the vocabulary projection costs
   one position per row instead of every position.
 
@@ -57,6 +61,7 @@ class Resumer:
         self.blocks: nn.ModuleList = self.model.get_submodule(adapter["blocks"].name)
         self.unembed: nn.Module = self.model.get_submodule(adapter["unembed"].name)
         self._tuple_blocks: bool | None = None
+        self._prefix = None  # keep_prefix()'s KV cache
         self.verified: bool | None = None
 
     @torch.no_grad()
@@ -78,6 +83,24 @@ class Resumer:
             self._tuple_blocks = bool(seen and seen[0])
             return acts
         return hook_activations(self.loaded, ids, mask, names)
+
+    @torch.no_grad()
+    def keep_prefix(self, ids: Tensor, mask: Tensor) -> None:
+        """Keep the KV cache of an unpatched forward on ``ids`` (the target): a forward resumed at position ``pos``
+        reads the positions before it from there."""
+        dev = self.loaded.device
+        kw = hf_forward_kwargs(self.model, ids.to(dev), mask.to(dev))
+        self._prefix = self.model(**kw, use_cache=True).past_key_values
+
+    def _prefix_cache(self, pos: int, reps: int):
+        """The kept cache's first ``pos`` positions, the pair block repeated ``reps`` times (rows as ``ids.repeat``)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i, layer in enumerate(self._prefix.layers):
+            cache.update(layer.keys[..., :pos, :].repeat(reps, 1, 1, 1),
+                         layer.values[..., :pos, :].repeat(reps, 1, 1, 1), i)
+        return cache
 
     @contextlib.contextmanager
     def _resumed(self, layer: int, start: Tensor, final: Tensor):
@@ -103,26 +126,38 @@ class Resumer:
 
     @torch.no_grad()
     def forward(self, layer: int, ids: Tensor, mask: Tensor, start: Tensor, final: Tensor,
-                fwd_hooks: Sequence = ()) -> Tensor:
+                fwd_hooks: Sequence = (), pos: int = 0) -> Tensor:
         """Logits ``(rows, 1, vocab)`` at ``final`` of the forward resumed at ``layer`` from ``start`` (the
-        ``resid_pre(layer)`` activations of the rows), with ``fwd_hooks`` (bridge hook names) applied after it."""
+        ``resid_pre(layer)`` activations of the rows), with ``fwd_hooks`` (bridge hook names, shown positions
+        ``pos`` onwards) applied after it. ``pos > 0`` computes positions ``pos`` onwards only, the earlier ones read
+        from :meth:`keep_prefix`'s cache (``ids`` must be that batch repeated): right where no entry before ``pos``
+        is patched."""
         if self._tuple_blocks is None:
             raise RuntimeError("call cache() before forward(): it learns the blocks' output structure")
         dev = self.loaded.device
-        with self._resumed(layer, start.to(dev), final), hf_hooks(self.model, self.loaded.bridge, fwd_hooks):
-            return self.model(**hf_forward_kwargs(self.model, ids.to(dev), mask.to(dev))).logits
+        ids, mask = ids.to(dev), mask.to(dev)
+        kw = hf_forward_kwargs(self.model, ids, mask)
+        if pos:
+            reps = ids.shape[0] // self._prefix.layers[0].keys.shape[0]
+            kw["input_ids"] = ids[:, pos:]
+            if "position_ids" in kw:
+                kw["position_ids"] = kw["position_ids"][:, pos:]
+            kw.update(past_key_values=self._prefix_cache(pos, reps), use_cache=True)
+        with self._resumed(layer, start[:, pos:].to(dev), final - pos), \
+                hf_hooks(self.model, self.loaded.bridge, fwd_hooks):
+            return self.model(**kw).logits
 
-    def verify(self, metric, ids: Tensor, mask: Tensor, acts: dict[str, Tensor], layers: Sequence[int]) -> bool:
-        """Does resuming the unpatched run at each of ``layers`` give the full forward's metric? (Logged; kept in
-        :attr:`verified`.)"""
+    def verify(self, metric, ids: Tensor, mask: Tensor, acts: dict[str, Tensor], starts: dict[int, int]) -> bool:
+        """Does resuming the unpatched run at each ``(layer, position)`` of ``starts`` give the full forward's
+        metric? (Logged; kept in :attr:`verified`.)"""
         full = metric(self(ids, mask)).double()
         at_final = metric.at_final()
         worst = 0.0
-        for layer in sorted(set(int(x) for x in layers)):
-            got = at_final(self.forward(layer, ids, mask, acts[H.resid_pre(layer)], metric.final)).double()
+        for layer, pos in sorted(starts.items()):
+            got = at_final(self.forward(layer, ids, mask, acts[H.resid_pre(layer)], metric.final, pos=pos)).double()
             worst = max(worst, float(((got - full).abs() / full.abs().clamp(min=1.0)).max()))
         self.verified = worst <= VERIFY_ATOL
         log.log(logging.INFO if self.verified else logging.WARNING,
                 "resumed forwards %s the full forward (max relative metric difference %.2g over %d start layers)",
-                "reproduce" if self.verified else "do NOT reproduce", worst, len(set(layers)))
+                "reproduce" if self.verified else "do NOT reproduce", worst, len(starts))
         return self.verified

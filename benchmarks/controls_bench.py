@@ -254,8 +254,8 @@ def write_contrast_table() -> str:
     bootstrap over questions) and the two control sets without defection meaning, on the decisive set where the
     organism has one."""
     cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
-    rows = ["| kind | seed (kernel) | organism | layer | scored on | single pair | defection questions | per question: mean "
-            "[CI] | true/false facts | random words | salience |", "|" + "---|" * 11]
+    rows = ["| kind | seed (kernel) | organism | layer | scored on | single pair | defection questions | "
+            "per question: mean [CI] | true/false facts | random words | salience |", "|" + "---|" * 11]
     for c in (c for c in cells if c.get("contrast")):
         for stage, r in c["contrast"].items():
             if r is None:
