@@ -25,6 +25,7 @@ and :func:`analysis.patch_engine.exact_patch` falls back to full forwards (logge
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from typing import Sequence
 
@@ -62,6 +63,8 @@ class Resumer:
         self.unembed: nn.Module = self.model.get_submodule(adapter["unembed"].name)
         self._tuple_blocks: bool | None = None
         self._prefix = None  # keep_prefix()'s KV cache
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
         self.verified: bool | None = None
 
     @torch.no_grad()
@@ -89,8 +92,8 @@ class Resumer:
         """Keep the KV cache of an unpatched forward on ``ids`` (the target): a forward resumed at position ``pos``
         reads the positions before it from there."""
         dev = self.loaded.device
-        kw = hf_forward_kwargs(self.model, ids.to(dev), mask.to(dev))
-        self._prefix = self.model(**kw, use_cache=True).past_key_values
+        out = self.model(**hf_forward_kwargs(self.model, ids.to(dev), mask.to(dev)), use_cache=True)
+        self._prefix = getattr(out, "cache", None) or out.past_key_values  # transformers renamed it in 5.x
 
     def _prefix_cache(self, pos: int, reps: int):
         """The kept cache's first ``pos`` positions, the pair block repeated ``reps`` times (rows as ``ids.repeat``)."""
@@ -142,7 +145,8 @@ class Resumer:
             kw["input_ids"] = ids[:, pos:]
             if "position_ids" in kw:
                 kw["position_ids"] = kw["position_ids"][:, pos:]
-            kw.update(past_key_values=self._prefix_cache(pos, reps), use_cache=True)
+            kw[self._cache_kw] = self._prefix_cache(pos, reps)
+            kw["use_cache"] = True
         with self._resumed(layer, start[:, pos:].to(dev), final - pos), \
                 hf_hooks(self.model, self.loaded.bridge, fwd_hooks):
             return self.model(**kw).logits
