@@ -89,7 +89,8 @@ def auto_batch_size(model, seq_len: int, device=None) -> int:
     head_dim = int(getattr(cfg, "head_dim", None) or d // heads)
     width = max(4 * d, int(getattr(cfg, "intermediate_size", 0) or 0), heads * seq_len)
     item = next(model.parameters()).element_size()
-    per_row = seq_len * (2 * int(cfg.num_hidden_layers) * kv * head_dim + 2 * width) * item + 2 * 4 * int(cfg.vocab_size)
+    kv_cache = 2 * int(cfg.num_hidden_layers) * kv * head_dim
+    per_row = seq_len * (kv_cache + 2 * width) * item + 2 * 4 * int(cfg.vocab_size)
     device = str(device or next(model.parameters()).device)
     if device.startswith("cuda"):
         free = torch.cuda.mem_get_info(torch.device(device))[0]
