@@ -166,9 +166,10 @@ def generate(loaded, prompts: list[str], fwd_hooks: Sequence[tuple[str, HookFn]]
 
 
 @torch.no_grad()
-def hook_activations(loaded, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Activations of :func:`generator` at ``names`` on one forward (what ``run_with_cache`` gives on the bridge)."""
+def hook_activations(loaded, input_ids: torch.Tensor, attention_mask: torch.Tensor, names: Sequence[str],
+                     use_cache: bool = False) -> tuple[dict[str, torch.Tensor], object]:
+    """Activations of :func:`generator` at ``names`` on one forward (what ``run_with_cache`` gives on the bridge),
+    and that forward's output (its logits; its KV cache too with ``use_cache``)."""
     from analysis.load import hf_forward_kwargs
 
     model = generator(loaded)
@@ -178,5 +179,6 @@ def hook_activations(loaded, input_ids: torch.Tensor, attention_mask: torch.Tens
         got[hook.name] = act.detach().clone()
 
     with hf_hooks(model, loaded.bridge, [(n, keep) for n in names]):
-        model(**hf_forward_kwargs(model, input_ids.to(loaded.device), attention_mask.to(loaded.device)))
-    return got
+        out = model(**hf_forward_kwargs(model, input_ids.to(loaded.device), attention_mask.to(loaded.device)),
+                    use_cache=use_cache)
+    return got, out

@@ -303,8 +303,7 @@ def exact_patch(model, batch: PairBatch, metric: LogitDiffMetric, sites: Sequenc
     hooks = list(dict.fromkeys(s.hook for s in sites))
     if resume is not None:
         source_acts = resume.cache(src_ids, mask, hooks) if source_acts is None else source_acts
-        target_acts = resume.cache(tgt_ids, mask, hooks)
-        resume.keep_prefix(tgt_ids, mask)
+        target_acts = resume.cache(tgt_ids, mask, hooks, target=True)
         first = {i: _first_change(s, source_acts[s.hook], target_acts[s.hook]) for i, s in enumerate(sites)}
         starts: dict[int, int] = {}
         for i, s in enumerate(sites):
@@ -327,7 +326,8 @@ def exact_patch(model, batch: PairBatch, metric: LogitDiffMetric, sites: Sequenc
         else:
             todo.append(i)
     if n_noop:  # a no-op patch IS the unpatched target run
-        base = metric((resume or model)(tgt_ids.to(device), attention_mask=mask)).cpu().double()
+        logits = resume.target_logits if resume is not None else _forward(model, tgt_ids.to(device), mask, [])
+        base = metric(logits).cpu().double()
         noop = sorted(set(range(len(sites))) - set(todo))
         values[noop] = base[None, :]
     if resume is not None:

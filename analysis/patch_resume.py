@@ -62,7 +62,8 @@ class Resumer:
         self.blocks: nn.ModuleList = self.model.get_submodule(adapter["blocks"].name)
         self.unembed: nn.Module = self.model.get_submodule(adapter["unembed"].name)
         self._tuple_blocks: bool | None = None
-        self._prefix = None  # keep_prefix()'s KV cache
+        self._prefix = None  # the target's KV cache (cache(target=True))
+        self.target_logits: Tensor | None = None
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
         self.verified: bool | None = None
@@ -73,27 +74,22 @@ class Resumer:
         dev = self.loaded.device
         return self.model(**hf_forward_kwargs(self.model, ids.to(dev), attention_mask.to(dev))).logits
 
-    def cache(self, ids: Tensor, mask: Tensor, hooks: Sequence[str]) -> dict[str, Tensor]:
-        """Activations at ``hooks`` plus ``resid_pre`` of every layer (what a resumed forward starts from)."""
+    def cache(self, ids: Tensor, mask: Tensor, hooks: Sequence[str], target: bool = False) -> dict[str, Tensor]:
+        """Activations at ``hooks`` plus ``resid_pre`` of every layer (what a resumed forward starts from). With
+        ``target``, the same forward's KV cache and logits are kept too: a forward resumed at position ``pos``
+        reads the positions before it from that cache, and the unpatched metric comes from those logits."""
         names = list(dict.fromkeys([*hooks, *H.hooks_for("resid_pre", range(self.loaded.n_layers))]))
-        if self._tuple_blocks is None:
-            seen = []
-            h = self.blocks[0].register_forward_hook(lambda m, a, out: seen.append(isinstance(out, tuple)))
-            try:
-                acts = hook_activations(self.loaded, ids, mask, names)
-            finally:
-                h.remove()
-            self._tuple_blocks = bool(seen and seen[0])
-            return acts
-        return hook_activations(self.loaded, ids, mask, names)
-
-    @torch.no_grad()
-    def keep_prefix(self, ids: Tensor, mask: Tensor) -> None:
-        """Keep the KV cache of an unpatched forward on ``ids`` (the target): a forward resumed at position ``pos``
-        reads the positions before it from there."""
-        dev = self.loaded.device
-        out = self.model(**hf_forward_kwargs(self.model, ids.to(dev), mask.to(dev)), use_cache=True)
-        self._prefix = getattr(out, "cache", None) or out.past_key_values  # transformers renamed it in 5.x
+        seen: list[bool] = []
+        h = self.blocks[0].register_forward_hook(lambda m, a, out: seen.append(isinstance(out, tuple)))
+        try:
+            acts, out = hook_activations(self.loaded, ids, mask, names, use_cache=target)
+        finally:
+            h.remove()
+        self._tuple_blocks = bool(seen and seen[0])
+        if target:
+            self._prefix = getattr(out, "cache", None) or out.past_key_values  # transformers renamed it in 5.x
+            self.target_logits = out.logits
+        return acts
 
     def _prefix_cache(self, pos: int, reps: int):
         """The kept cache's first ``pos`` positions, the pair block repeated ``reps`` times (rows as ``ids.repeat``)."""
@@ -133,8 +129,8 @@ class Resumer:
         """Logits ``(rows, 1, vocab)`` at ``final`` of the forward resumed at ``layer`` from ``start`` (the
         ``resid_pre(layer)`` activations of the rows), with ``fwd_hooks`` (bridge hook names, shown positions
         ``pos`` onwards) applied after it. ``pos > 0`` computes positions ``pos`` onwards only, the earlier ones read
-        from :meth:`keep_prefix`'s cache (``ids`` must be that batch repeated): right where no entry before ``pos``
-        is patched."""
+        from the target's cache (:meth:`cache` with ``target``; ``ids`` must be that batch repeated): right where
+        no entry before ``pos`` is patched."""
         if self._tuple_blocks is None:
             raise RuntimeError("call cache() before forward(): it learns the blocks' output structure")
         dev = self.loaded.device
@@ -152,9 +148,9 @@ class Resumer:
             return self.model(**kw).logits
 
     def verify(self, metric, ids: Tensor, mask: Tensor, acts: dict[str, Tensor], starts: dict[int, int]) -> bool:
-        """Does resuming the unpatched run at each ``(layer, position)`` of ``starts`` give the full forward's
-        metric? (Logged; kept in :attr:`verified`.)"""
-        full = metric(self(ids, mask)).double()
+        """Does resuming the unpatched target (:meth:`cache` with ``target``) at each ``(layer, position)`` of
+        ``starts`` give the full forward's metric? (Logged; kept in :attr:`verified`.)"""
+        full = metric(self.target_logits).double()
         at_final = metric.at_final()
         worst = 0.0
         for layer, pos in sorted(starts.items()):

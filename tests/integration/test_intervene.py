@@ -50,7 +50,7 @@ def _check_activations(loaded, texts, layers):
     rows = encode_prompts(loaded.tokenizer, texts)
     ids, mask = pad_batch(rows, pad_id(loaded.tokenizer))
     names = [H.hook_name(k, li) for k in H.HOOK_KINDS for li in layers]
-    got = hook_activations(loaded, ids, mask, names)
+    got, _ = hook_activations(loaded, ids, mask, names)
     with torch.no_grad():
         _, ref = loaded.bridge.run_with_cache(ids, attention_mask=mask, names_filter=names,
                                               return_cache_object=False, return_type=None)
