@@ -269,12 +269,9 @@ def rows_per_forward(n_pos: int, d_vocab: int, device: str, batch_rows: int = 0)
 
 def _resume_rows(resume, n_pos: int, device: str, batch_rows: int = 0) -> int:
     """How many sequences one resumed forward may hold (bounded by its widest activation; logits are one row each)."""
-    if batch_rows:
-        return int(batch_rows)
     cfg = resume.loaded.bridge.cfg
     width = max(4 * int(cfg.d_model), int(getattr(cfg, "d_mlp", 0) or 0), int(cfg.n_heads) * n_pos)
-    budget = _LOGIT_BUDGET_BYTES["cuda" if str(device).startswith("cuda") else "cpu"]
-    return int(max(1, min(_MAX_ROWS, budget // max(1, n_pos * width * 4))))
+    return rows_per_forward(n_pos, width, device, batch_rows)
 
 
 def _site_layer(site: Site) -> int:
