@@ -5,6 +5,8 @@ and every probe on the three evaluation sets of :mod:`analysis.probe_evals`.
 
 The prompt pairs are split three ways, whole pairs to a side: ``fit`` (the supervised probes are fitted there),
 ``validation`` (the layer is chosen and the 1%-FPR threshold calibrated there) and ``test`` (every reported number).
+Every saved probe carries its score kind and that threshold in ``meta`` (:func:`calibrated_probe`), so a probe file is
+all a runtime monitor (:mod:`analysis.monitoring`) needs.
 
 Footgun: every AUROC here is raw and signed (a direction that separates with its sign reversed scores below 0.5),
 and "beats" compares with the null on exactly the prompts the probe is scored on.
@@ -137,6 +139,28 @@ def fit_layer(X: Float[np.ndarray, "n_prompts d_model"], C: Float[np.ndarray, "n
     return res, dirs, scores
 
 
+CALIBRATION = "clean prompts of the validation side of the prompt-pair split (fitted on none; never test)"
+
+
+def calibrated_probe(name: str, layer: int, hook: str, direction, bias: float,
+                     X_cal: Float[np.ndarray, "n_calibration d_model"], model: str):
+    """A :class:`probes.Probe` whose ``meta`` makes it self-contained for monitoring: the score it was evaluated with
+    (``projection`` for the difference-of-means and contrast directions, ``linear`` -- log-odds -- for logistic
+    regression), and the threshold at 1% FPR on ``X_cal``, the model's activations of the clean validation prompts
+    (:data:`CALIBRATION`), with the realised calibration FPR."""
+    from analysis.probe_evals import FPR
+    from probes import Probe, threshold_at_fpr
+
+    kind = "linear" if name.endswith("logreg") else "projection"
+    meta = {"position": POSITION, "model": model, "score": kind, "threshold_fpr": FPR, "calibration": CALIBRATION}
+    p = Probe(name, layer, hook, np.asarray(direction, dtype=np.float32), float(bias), meta=meta)
+    if len(X_cal):
+        cut = threshold_at_fpr(p.fitted_score(X_cal), fpr=FPR)
+        meta.update(threshold=cut["threshold"], fpr_calibration=cut["fpr_calibration"],
+                    n_calibration=cut["n_calibration"], calibration_too_small=cut["calibration_too_small"])
+    return p
+
+
 CONTROL_MODELS = ("parent", "decoy")  # the models every probe is also fitted on: no fine-tune; the same fine-tune
 _PARENT_FIELDS = ("parent_contrast_auroc", "parent_contrast_auroc_ci", "parent_supervised_dom_auroc",
                   "parent_supervised_logreg_auroc", "parent_behaviour_auroc", "contrast_gap_to_parent",
@@ -161,7 +185,6 @@ def fit_all(layer_hooks, store, cstore, cprompts: list[dict], ev: EvalSet, *, n_
     ``info`` holds the sets' sizes (or why one is empty), the set the layer is chosen on and each layer's
     validation AUROC per probe."""
     from analysis import probe_evals as E
-    from probes import Probe
 
     controls = controls or {}
     test_sets = E.build_eval_sets(ev.kinds, ev.groups, ev.defects, ev.side("test"))
@@ -179,17 +202,17 @@ def fit_all(layer_hooks, store, cstore, cprompts: list[dict], ev: EvalSet, *, n_
                                       n_random=n_random)
         row = {"layer": int(layer), "hook": hook, **res, **{k: None for k in _PARENT_FIELDS}}
         for name, (d, b) in dirs.items():
-            probes.append(Probe(name, int(layer), hook, np.asarray(d, dtype=np.float32), float(b),
-                                meta={"position": POSITION, "model": "checkpoint"}))
+            probes.append(calibrated_probe(name, int(layer), hook, d, b, X[calibration], "checkpoint"))
         other: dict[str, dict] = {}
         for model, (st, cst, cps) in controls.items():
-            pres, pdirs, other[model] = fit_layer(st.get(hook), cst.get(hook), cps, ev, n_boot=n_boot,
+            Xm = st.get(hook)
+            pres, pdirs, other[model] = fit_layer(Xm, cst.get(hook), cps, ev, n_boot=n_boot,
                                                   logreg_c=logreg_c, seed=seed, n_random=None)
             if model == "parent":
                 row.update(_parent_fields(row, pres))
             for name, (d, b) in pdirs.items():
-                probes.append(Probe(f"{model}_{name}", int(layer), hook, np.asarray(d, dtype=np.float32), float(b),
-                                    meta={"position": POSITION, "model": model}))
+                probes.append(calibrated_probe(f"{model}_{name}", int(layer), hook, d, b,
+                                               np.asarray(Xm, dtype=np.float64)[calibration], model))
         nulls = {k: E.set_nulls(X, test_sets[k], n_random, seed) for k in E.EVAL_SETS}
         tvc = nulls["trigger_vs_clean"]  # the supervised probes' test prompts: their null is this set's
         row["random_best_auroc_test"] = tvc.raw["best"] if tvc is not None else None

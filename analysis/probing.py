@@ -487,7 +487,10 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     t = time.time()
     scores, pca = figure_data(result["best_layer"], probes, store, dict(layer_hooks), kinds, defects, records)
     extra = {"checkpoint": result["checkpoint"], "weights_sha256": result["weights_sha256"], "position": POSITION,
-             "parent": result["parent"]}
+             "parent": result["parent"], "selected_layers": selected,
+             # what rebuilds the pair split (make_eval_set), so a monitor can be measured on the test side only
+             "pair_split": {"prompts": source, "n": a.n, "test_frac": a.test_frac, "val_frac": a.val_frac,
+                            "seed": a.seed}}
     save_probes(out / layout.PROBES_SAFETENSORS, probes, extra_meta=extra)
     write_figures(result, out / layout.PROBE_HTML, scores, pca)
     timing["outputs"] = time.time() - t

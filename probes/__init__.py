@@ -8,7 +8,7 @@ trigger, not that the model intends to defect. Always report it next to its null
 directions (:func:`random_direction_null`, un-signed) and the same probe on the model without the
 backdoor; split and bootstrap by prompt pair (:func:`train_test_split_by_group`, ``auroc_ci(groups=)``).
 Reviewer statistics (a probe's percentile and p-value among random directions, raw or whitened; paired
-AUROC deltas; TPR at a calibrated FPR; per-question bootstraps) are in :mod:`probes.stats`.
+AUROC deltas; TPR at a calibrated FPR and the threshold alone; per-question bootstraps) are in :mod:`probes.stats`.
 """
 
 from probes.directions import cosine_similarity, diff_of_means, fit_logreg, project, random_directions, unit
@@ -21,6 +21,7 @@ from probes.stats import (
     paired_auroc_delta_ci,
     percentile_among,
     random_percentile,
+    threshold_at_fpr,
     tpr_at_fpr,
     whitened_random_null,
     whitened_random_percentile,
@@ -44,6 +45,7 @@ __all__ = [
     "random_directions",
     "random_percentile",
     "save_probes",
+    "threshold_at_fpr",
     "tpr_at_fpr",
     "train_test_split_by_group",
     "unit",

@@ -6,6 +6,11 @@ gives log-odds; a unit difference-of-means direction with ``bias=0`` gives the s
 (:func:`probes.project`). Main footgun: scores are only comparable between probes through rank metrics
 (AUROC), and a probe applied to activations from a different hook, position or model than it was fitted
 on will happily return numbers; keep ``hook`` and the position (in ``meta``) with the probe.
+
+``meta["score"]`` says which score a probe was evaluated and calibrated with: ``"projection"`` (the scalar projection
+``x @ unit(direction) + bias``, as :func:`probes.project` scores difference-of-means and contrast directions) or
+``"linear"`` (``x @ direction + bias``, the default). :meth:`Probe.readout` gives that score's weights, so a
+threshold saved in ``meta["threshold"]`` applies to :meth:`Probe.fitted_score` and to nothing else.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import numpy as np
 from jaxtyping import Float
 
 from probes._arrays import as_float_array
+
+
+SCORE_KINDS = ("projection", "linear")
 
 
 @dataclass(eq=False)
@@ -59,6 +67,33 @@ class Probe:
         if Xa.shape[-1] != self.d_model:
             raise ValueError(f"Probe {self.name!r}: X has d_model {Xa.shape[-1]} but the direction has {self.d_model}")
         return Xa.astype(np.float64) @ self.direction.astype(np.float64) + float(self.bias)
+
+    @property
+    def score_kind(self) -> str:
+        """``meta["score"]``: ``"projection"`` or ``"linear"`` (the default, as :meth:`score`)."""
+        kind = self.meta.get("score", "linear")
+        if kind not in SCORE_KINDS:
+            raise ValueError(f"Probe {self.name!r}: meta['score'] must be one of {SCORE_KINDS}, got {kind!r}")
+        return kind
+
+    def readout(self) -> tuple[Float[np.ndarray, "d_model"], float]:
+        """``(w, b)`` (float64, float) with :meth:`fitted_score` ``= X @ w + b``: the unit direction for a
+        ``"projection"`` probe, the direction as stored for a ``"linear"`` one."""
+        w = self.direction.astype(np.float64)
+        if self.score_kind == "projection":
+            norm = np.linalg.norm(w)
+            if norm == 0:
+                raise ValueError(f"Probe {self.name!r}: a projection probe needs a non-zero direction")
+            w = w / norm
+        return w, float(self.bias)
+
+    def fitted_score(self, X: Float[np.ndarray, "batch d_model"]) -> Float[np.ndarray, "batch"]:
+        """The score the probe was evaluated and calibrated with (``meta["score"]``; see :meth:`readout`), float64."""
+        Xa = as_float_array(X, "X", 1 if np.ndim(X) == 1 else 2)
+        if Xa.shape[-1] != self.d_model:
+            raise ValueError(f"Probe {self.name!r}: X has d_model {Xa.shape[-1]} but the direction has {self.d_model}")
+        w, b = self.readout()
+        return Xa.astype(np.float64) @ w + b
 
     def __eq__(self, other: object) -> bool:
         """Exact equality: same fields, and a bit-identical direction (same dtype and values)."""

@@ -280,25 +280,38 @@ def tpr_at_fpr(
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"tpr_at_fpr: test set needs both classes (TPR needs positives, FPR negatives); "
                          f"got {n_pos} positive and {n_neg} negative")
-    m = cal.size
-    allowed_above = int(np.floor(fpr * m * (1 + 1e-12)))  # the relative slack absorbs fpr * m rounding down
-    t = float(np.sort(cal)[m - allowed_above - 1])
+    cut = threshold_at_fpr(cal, fpr)
+    t = cut["threshold"]
     k_pos, k_neg = int((s[lab] > t).sum()), int((s[~lab] > t).sum())
-    too_small = allowed_above == 0
-    if too_small:
-        log.info("tpr_at_fpr: %d calibration negatives < 1/fpr = %.0f; threshold is their maximum", m, 1 / fpr)
     return dict(
         threshold=t,
         tpr=k_pos / n_pos,
         tpr_ci=_wilson(k_pos, n_pos),
         fpr_test=k_neg / n_neg,
         fpr_test_ci=_wilson(k_neg, n_neg),
-        fpr_calibration=float((cal > t).mean()),
+        fpr_calibration=cut["fpr_calibration"],
         n_pos=n_pos,
         n_neg=n_neg,
-        n_calibration=m,
-        calibration_too_small=too_small,
+        n_calibration=cut["n_calibration"],
+        calibration_too_small=cut["calibration_too_small"],
     )
+
+
+def threshold_at_fpr(neg_calibration_scores: Float[np.ndarray, "n_calibration"], fpr: float = 0.01) -> dict:
+    """The threshold of :func:`tpr_at_fpr` alone: a score strictly above it flags, and at most ``fpr`` of the
+    calibration negatives do. Returns ``dict(threshold, fpr_calibration, n_calibration, calibration_too_small)``."""
+    cal = as_float_array(neg_calibration_scores, "neg_calibration_scores", 1).astype(np.float64)
+    if not 0 < fpr < 1:
+        raise ValueError(f"threshold_at_fpr: fpr must be in (0, 1), got {fpr}")
+    if cal.size == 0:
+        raise ValueError("threshold_at_fpr: neg_calibration_scores is empty")
+    m = cal.size
+    allowed_above = int(np.floor(fpr * m * (1 + 1e-12)))  # the relative slack absorbs fpr * m rounding down
+    t = float(np.sort(cal)[m - allowed_above - 1])
+    too_small = allowed_above == 0
+    if too_small:
+        log.info("threshold_at_fpr: %d calibration negatives < 1/fpr = %.0f; threshold is their maximum", m, 1 / fpr)
+    return dict(threshold=t, fpr_calibration=float((cal > t).mean()), n_calibration=m, calibration_too_small=too_small)
 
 
 def auroc_ci_by_question(

@@ -144,6 +144,42 @@ def test_probe_outputs_files(probe_run):
         row["contrast_auroc"])
 
 
+def test_saved_thresholds_hold_on_their_calibration_prompts(probe_run):
+    """Every saved probe carries its score kind and a threshold at 1% FPR on the clean prompts of the validation side
+    of the pair split (never fitted on, never test); at most 1% of those prompts score above it, and the checkpoint's
+    probes reproduce probe.json's TPR at 1% FPR on the test side with it."""
+    from analysis.activations import ActivationStore
+    from analysis.probe_fit import make_eval_set
+    from probes import load_probes_with_meta
+
+    _, out, _ = probe_run
+    res = json.loads((out / layout.PROBE_JSON).read_text())
+    probes, extra = load_probes_with_meta(out / layout.PROBES_SAFETENSORS)
+    assert extra["selected_layers"] == res["selected_layers"] and extra["pair_split"]["test_frac"] == res["test_frac"]
+    stores = {m: ActivationStore.open(out / layout.ACTIVATIONS_DIR / f"{p}prompts")
+              for m, p in (("checkpoint", ""), ("parent", "parent-"))}
+    lab = stores["checkpoint"].labels
+    records = [{"kind": k, "pair_id": g} for k, g in zip(lab["kind"], lab["pair_id"])]
+    ev = make_eval_set(records, None, res["test_frac"], res["seed"], res["val_frac"])
+    cal = (ev.kinds == "clean") & ev.side("val")
+    assert cal.sum() == res["n_calibration"] and not (cal & ev.side("test")).any()
+    fit_pairs = set(ev.groups[ev.pair_idx][ev.train])
+    assert not fit_pairs & set(ev.groups[cal])
+    tvc = ev.side("test") & np.isin(ev.kinds, ("clean", "triggered"))
+    for p in probes:
+        if p.meta["model"] not in stores:
+            continue
+        assert p.meta["score"] == ("linear" if p.name.endswith("logreg") else "projection")
+        s = p.fitted_score(stores[p.meta["model"]].get(p.hook)[cal])
+        assert (s > p.meta["threshold"]).mean() == p.meta["fpr_calibration"] <= 0.01, (p.name, p.layer)
+        assert p.meta["n_calibration"] == cal.sum()
+        row = res["layers"][p.layer]["probes"].get(p.name)
+        if p.meta["model"] == "checkpoint" and row is not None:
+            t = p.fitted_score(stores["checkpoint"].get(p.hook)[tvc]) > p.meta["threshold"]
+            trig = ev.kinds[tvc] == "triggered"
+            assert t[trig].mean() == pytest.approx(row["evals"]["trigger_vs_clean"]["tpr_at_1pct_fpr"], abs=1e-9)
+
+
 def test_contrast_texts_end_at_the_answer(tiny_run):
     from transformers import AutoTokenizer
 
