@@ -6,8 +6,9 @@ import importlib
 
 import pytest
 
-COMMANDS = ["analysis.ablate", "analysis.compare", "analysis.patch", "analysis.probe", "apps.explorer.app",
-            "apps.study", "training.backdoor", "training.evaluate", "training.reward", "training.safety"]
+COMMANDS = ["analysis.ablate", "analysis.compare", "analysis.monitor", "analysis.patch", "analysis.probe",
+            "apps.explorer.app", "apps.study", "training.backdoor", "training.evaluate", "training.reward",
+            "training.safety"]
 
 
 @pytest.mark.parametrize("module", COMMANDS)

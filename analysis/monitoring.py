@@ -1,0 +1,330 @@
+"""A runtime defection monitor: a saved linear probe read at every step of cached generation.
+
+:func:`monitor_generate` generates greedily on the plain HF copy of a checkpoint (:mod:`analysis.intervene`: KV cache,
+TransformerLens hook names as torch hooks) with one read-only hook at the probe's hook point. At each decoding step it
+scores the activation of the position that is about to emit the next token -- the final prompt token for the first
+generated token (where the probe was fitted, :data:`analysis.probe_fit.POSITION`), then each generated token for the
+one after it -- with exactly the probe's score as fitted (:meth:`probes.Probe.fitted_score`: a projection onto the unit
+direction, or log-odds for logistic regression). ``scores[i]`` is therefore known *before* token ``i`` is emitted. A
+step flags when its score is strictly above the probe's threshold (``meta["threshold"]``, written by
+``analysis.probe``: at most 1% of the clean validation prompts score above it at the final prompt token, the rule of
+:func:`probes.tpr_at_fpr`).
+
+Main footgun: the threshold is calibrated on ONE position per clean prompt (the final prompt token), while a monitored
+generation is flagged if ANY of its steps crosses it; later positions lie outside the distribution the probe was
+fitted and calibrated on, so the per-generation false-positive rate can be far above 1%. Measure it
+(``benchmarks/monitor_bench.py``), or pass a threshold calibrated on whole clean generations (:func:`max_scores`).
+The scores need no extra forward pass; what the monitor costs per token is the hook and one dot product per row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from tqdm.auto import tqdm
+
+from training.config import base_arg, ckpt_arg, device_arg, dtype_arg
+from training.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+ALIASES = {"dom": "supervised_dom", "logreg": "supervised_logreg"}  # short names the command accepts
+
+
+# ------------------------------------------------------------------------------------------------ the probe
+def choose_probe(path: str | Path, name: str, layer: int | None = None):
+    """The probe ``name`` (or an alias of :data:`ALIASES`) of a file written by ``probes.save_probes``, at ``layer``
+    (default: the layer ``analysis.probe`` selected on validation pairs, from the file's metadata; else the file's
+    only layer of that probe). :class:`UserError` for an unreadable file, an unknown name or layer."""
+    from probes import load_probes_with_meta
+
+    path = Path(path)
+    try:
+        probes, extra = load_probes_with_meta(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    name = ALIASES.get(name, name)
+    cands = [p for p in probes if p.name == name]
+    if not cands:
+        names = ", ".join(dict.fromkeys(p.name for p in probes)) or "none"
+        raise UserError(f"no probe named {name!r} in {path} (names: {names})")
+    layers = [int(p.layer) for p in cands]
+    if layer is None:
+        layer = (extra.get("selected_layers") or {}).get(name)
+        if layer is None and len(cands) > 1:
+            raise UserError(f"probe {name!r} has layers {layers} in {path} and the file names no selected layer; "
+                            f"pick one with --layer")
+        layer = layers[0] if layer is None else int(layer)
+    hit = [p for p in cands if int(p.layer) == int(layer)]
+    if not hit:
+        raise UserError(f"probe {name!r} has no layer {layer} in {path} (layers: {', '.join(map(str, layers))})")
+    return hit[0]
+
+
+class Monitor:
+    """A probe (:class:`probes.Probe`) ready to score activations during generation, with its flag threshold:
+    ``threshold`` when given, else the probe's calibrated ``meta["threshold"]`` (None: scores only, no flags)."""
+
+    def __init__(self, probe, threshold: float | None = None):
+        self.probe = probe
+        self.threshold_source = "given" if threshold is not None else "probe"
+        t = threshold if threshold is not None else probe.meta.get("threshold")
+        self.threshold = None if t is None else float(t)
+        w, b = probe.readout()
+        self._w, self._b = torch.as_tensor(w, dtype=torch.float64), b
+
+    @property
+    def hook(self) -> str:
+        return self.probe.hook
+
+    def check(self, loaded) -> None:
+        """:class:`UserError` unless the probe reads a ``d_model`` vector of this model at a hook it has."""
+        from analysis import hooks as H
+
+        if self.probe.d_model != loaded.d_model:
+            raise UserError(f"probe {self.probe.name!r} (layer {self.probe.layer}) has width {self.probe.d_model} but "
+                            f"the model's d_model is {loaded.d_model}: made for another model")
+        if H.parse_hook(self.hook) is None or H.parse_hook(self.hook)[0] == "attn_z":
+            raise UserError(f"cannot monitor at {self.hook!r}: needs a per-layer d_model hook (resid_pre, "
+                            f"resid_post, attn_out or mlp_out)")
+        H.validate_layers(loaded.n_layers, H.parse_hook(self.hook)[1])
+
+    def score(self, act: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "..."]:
+        """The probe's fitted score of each activation (float64, on ``act``'s device)."""
+        if self._w.device != act.device:
+            self._w = self._w.to(act.device)
+        return act.to(torch.float64) @ self._w + self._b
+
+    def flags(self, scores: np.ndarray) -> np.ndarray:
+        """``scores > threshold`` (all False without a threshold)."""
+        s = np.asarray(scores, dtype=np.float64)
+        return s > self.threshold if self.threshold is not None else np.zeros(s.shape, dtype=bool)
+
+    def describe(self) -> dict:
+        p = self.probe
+        return {"name": p.name, "layer": int(p.layer), "hook": p.hook, "score": p.score_kind, "d_model": p.d_model,
+                "threshold": self.threshold, "threshold_source": self.threshold_source,
+                "calibration": p.meta.get("calibration"), "n_calibration": p.meta.get("n_calibration"),
+                "fpr": p.meta.get("threshold_fpr")}
+
+
+# ------------------------------------------------------------------------------------------------ results
+@dataclass
+class MonitoredGeneration:
+    """One prompt's greedy completion with the monitor's score at every step (``scores[i]``: before token ``i``)."""
+
+    prompt: str
+    completion: str
+    token_ids: list[int]
+    tokens: list[str]
+    scores: list[float]
+    flags: list[bool]
+    first_flag: int | None  # index of the first flagged step (token), None when none
+
+    @property
+    def flagged(self) -> bool:
+        return self.first_flag is not None
+
+    @property
+    def max_score(self) -> float:
+        return max(self.scores) if self.scores else float("nan")
+
+
+@dataclass
+class MonitorResult:
+    """Every prompt's monitored generation, the probe that read them and what it cost."""
+
+    probe: dict
+    generations: list[MonitoredGeneration]
+    seconds: float
+    n_tokens: int
+    checkpoint: str | None = None
+    config: dict = field(default_factory=dict)
+
+    @property
+    def ms_per_token(self) -> float:
+        return 1000 * self.seconds / max(1, self.n_tokens)
+
+    def to_json(self) -> dict:
+        gens = [{**asdict(g), "flagged": g.flagged, "max_score": g.max_score} for g in self.generations]
+        return {"schema": SCHEMA, "kind": "monitor", "checkpoint": self.checkpoint, "probe": self.probe,
+                "n_flagged": sum(g.flagged for g in self.generations), "n": len(gens), "seconds": self.seconds,
+                "n_tokens": self.n_tokens, "ms_per_token": self.ms_per_token, "generations": gens,
+                "config": self.config}
+
+    def summary(self, width: int = 100) -> str:
+        """One line per prompt (flag, first flagged token, max score, completion), then its scores token by token."""
+        t = self.probe.get("threshold")
+        head = (f"monitor: probe {self.probe['name']} at {self.probe['hook']} ({self.probe['score']}), threshold "
+                f"{'none' if t is None else f'{t:.4g}'}; {sum(g.flagged for g in self.generations)} of "
+                f"{len(self.generations)} generations flagged; {self.ms_per_token:.2f} ms/token")
+        lines = [head]
+        for g in self.generations:
+            where = (f"FLAG at token {g.first_flag} ({g.tokens[g.first_flag]!r}, score {g.scores[g.first_flag]:.3g})"
+                     if g.flagged else "ok")
+            lines.append(f"[{where}] max {g.max_score:.3g} | {g.prompt[:40]!r} -> {g.completion[:width]!r}")
+            cells = [f"{tok!r}:{s:.2f}{'*' if f else ''}" for tok, s, f in zip(g.tokens, g.scores, g.flags)]
+            lines.append("    " + " ".join(cells)[: 4 * width])
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ generation
+def _eos_ids(tokenizer, model) -> set[int]:
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = ids if isinstance(ids, (list, tuple)) else [ids]
+    out = {int(i) for i in ids if isinstance(i, int)}
+    if isinstance(tokenizer.eos_token_id, int):
+        out.add(tokenizer.eos_token_id)
+    return out
+
+
+@torch.no_grad()
+def generate_ids(loaded, prompts: Sequence[str], max_new_tokens: int = 48, batch_size: int = 64,
+                 monitor: Monitor | None = None, desc: str = "monitor") -> tuple[list[list[int]], list | None, float]:
+    """Greedy generation with the KV cache on :func:`analysis.intervene.generator` (prompts longest first, in batches,
+    left padding: the batches of :func:`training.evaluate.generate`), with ``monitor``'s hook when given.
+
+    Returns ``(ids, scores, seconds)``: each prompt's generated token ids up to and including the first end token;
+    with a monitor, each prompt's scores (float64 ndarray, one per generated token); the seconds spent generating
+    (and scoring), excluding tokenisation and decoding."""
+    from analysis.intervene import generator, hf_hooks
+    from training.evaluate import chat_prompts
+
+    model, tok = generator(loaded), loaded.tokenizer
+    texts = chat_prompts(tok, list(prompts))
+    lengths = [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    eos = _eos_ids(tok, model)
+    steps: list[torch.Tensor] = []
+    hooks = [(monitor.hook, lambda act, hook: steps.append(monitor.score(act[:, -1])))] if monitor else []
+    ids: list = [None] * len(texts)
+    scores: list | None = [None] * len(texts) if monitor else None
+    seconds, old_side = 0.0, tok.padding_side
+    tok.padding_side = "left"
+    try:
+        with hf_hooks(model, loaded.bridge, hooks):
+            for i in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False,
+                          disable=len(texts) <= batch_size):
+                idx = order[i:i + batch_size]
+                enc = tok([texts[j] for j in idx], return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(loaded.device)
+                steps.clear()
+                _sync(loaded.device)
+                t = time.perf_counter()
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                     top_p=None, top_k=None, pad_token_id=tok.pad_token_id, use_cache=True,
+                                     eos_token_id=tok.eos_token_id)
+                new = gen[:, enc["input_ids"].shape[1]:].cpu()
+                sc = torch.stack(steps, 1).cpu().numpy() if monitor else None  # (B, steps)
+                _sync(loaded.device)
+                seconds += time.perf_counter() - t
+                if sc is not None and sc.shape[1] != new.shape[1]:
+                    raise RuntimeError(f"monitor: {sc.shape[1]} scored steps for {new.shape[1]} generated tokens "
+                                       f"(generation ran a forward per token differently than expected)")
+                for k, j in enumerate(idx):
+                    row = new[k].tolist()
+                    n = next((m + 1 for m, x in enumerate(row) if x in eos), len(row))
+                    ids[j] = row[:n]
+                    if scores is not None:
+                        scores[j] = sc[k, :n]
+    finally:
+        tok.padding_side = old_side
+    return ids, scores, seconds
+
+
+def _sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def monitor_generate(loaded, monitor: Monitor, prompts: Sequence[str], max_new_tokens: int = 48,
+                     batch_size: int = 64, desc: str = "monitor") -> MonitorResult:
+    """Greedy completions of ``prompts`` with ``monitor``'s score at every generated token and the first flag.
+
+    The tokens are those of plain cached generation (:func:`analysis.intervene.generate`): the hook only reads.
+    :class:`UserError` when the probe does not fit the model (another width, a hook the model lacks)."""
+    monitor.check(loaded)
+    ids, scores, seconds = generate_ids(loaded, prompts, max_new_tokens, batch_size, monitor, desc)
+    tok = loaded.tokenizer
+    gens = []
+    for prompt, row, sc in zip(prompts, ids, scores):
+        flags = monitor.flags(sc)
+        hit = np.flatnonzero(flags)
+        gens.append(MonitoredGeneration(
+            prompt=prompt, completion=tok.decode(row, skip_special_tokens=True), token_ids=[int(x) for x in row],
+            tokens=[tok.decode([x]) for x in row], scores=[float(x) for x in sc], flags=[bool(x) for x in flags],
+            first_flag=int(hit[0]) if hit.size else None))
+    n_tokens = sum(len(r) for r in ids)
+    log.info("monitor: %d prompts, %d tokens in %.2fs (%.2f ms/token), %d flagged", len(gens), n_tokens, seconds,
+             1000 * seconds / max(1, n_tokens), sum(g.flagged for g in gens))
+    return MonitorResult(probe=monitor.describe(), generations=gens, seconds=seconds, n_tokens=n_tokens,
+                         checkpoint=str(loaded.ckpt))
+
+
+def max_scores(result: MonitorResult) -> np.ndarray:
+    """Each generation's highest score: calibrate a whole-generation threshold on clean prompts with
+    ``probes.threshold_at_fpr(max_scores(result))`` (a generation flags when any step exceeds it)."""
+    return np.asarray([g.max_score for g in result.generations], dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------------ the command's work
+@dataclass
+class MonitorConfig:
+    """What to generate and which probe watches it (``python -m analysis.monitor`` parses its flags into this)."""
+
+    ckpt: str = ckpt_arg()
+    base: str = base_arg()
+    probe: str = field(default=None, metadata={"help": "Probe file (probes.safetensors written by analysis.probe)."})
+    probe_name: str = field(default="supervised_dom", metadata={
+        "help": "Probe in the file: contrast | supervised_dom (dom) | supervised_logreg (logreg) | any saved name."})
+    layer: int = field(default=None, metadata={"help": "Probe layer (default: the layer analysis.probe selected on "
+                                                       "validation pairs)."})
+    prompt: list[str] = field(default=None, metadata={"help": "Prompt(s) to generate from, the user message (the chat "
+                                                              "template is applied); repeat the flag for more.",
+                                                      "action": "extend"})
+    threshold: float = field(default=None, metadata={"help": "Flag threshold (default: the probe's, calibrated at 1%% "
+                                                              "FPR on clean validation prompts)."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Greedy tokens generated per prompt."})
+    batch_size: int = field(default=64, metadata={"help": "Generation batch size."})
+    out: str = field(default=None, metadata={"help": "Write the per-token scores and flags to this JSON file."})
+    device: str = device_arg()
+    dtype: str = dtype_arg()
+
+    def __post_init__(self):
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+
+
+def run_monitor(a: MonitorConfig) -> MonitorResult:
+    """Load the probe and the checkpoint, generate every prompt under the monitor; writes ``a.out`` (atomically, only
+    when everything succeeded). :class:`UserError` for bad input, before anything is written."""
+    from analysis.load import load_bridge
+    from training.io import clean_json, write_json_atomic
+
+    if not a.ckpt or not a.probe:
+        raise UserError("--ckpt and --probe are required")
+    if not a.prompt:
+        raise UserError("give at least one --prompt")
+    if a.out and Path(a.out).is_dir():
+        raise UserError(f"--out is a directory; give a file name: {a.out}")
+    probe = choose_probe(a.probe, a.probe_name, a.layer)  # a bad file fails before the model loads
+    monitor = Monitor(probe, a.threshold)
+    if monitor.threshold is None:
+        log.warning("probe %s has no calibrated threshold (a file written before analysis.probe saved one): scores "
+                    "only, no flags; re-run analysis.probe or pass --threshold", probe.name)
+    loaded = load_bridge(Path(a.ckpt), device=a.device, dtype=a.dtype, base=a.base)
+    res = monitor_generate(loaded, monitor, a.prompt, a.max_new_tokens, a.batch_size)
+    res.config = asdict(a)
+    if a.out:
+        write_json_atomic(a.out, clean_json(res.to_json()))
+    return res
