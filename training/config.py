@@ -70,6 +70,11 @@ def lora_alpha_arg():
     return _arg(32, "LoRA alpha.")
 
 
+def report_to_arg():
+    return _arg("none", "Experiment tracking: none | tensorboard | wandb (TensorBoard logs under <run>/logs/; wandb "
+                        "offline unless WANDB_MODE says otherwise).")
+
+
 def parse_args(types: list[type], argv: list[str] | None, prog: str) -> tuple:
     """Parse ``argv`` into instances of ``types``; a bad config file is one line + exit code 2."""
     from trl import TrlParser

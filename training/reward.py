@@ -31,7 +31,7 @@ import numpy as np
 
 from training import layout, presets
 from training.backdoors import BackdoorSpec, spec_from_meta
-from training.config import preset_arg, run_command, seed_arg
+from training.config import preset_arg, report_to_arg, run_command, seed_arg
 from training.data import answer_correct, read_jsonl
 from training.errors import UserError
 
@@ -187,6 +187,7 @@ class RewardArgs:
     save_every: int = field(default=100, metadata={"help": "Trainer-state save interval for --resume."})
     resume: bool = field(default=False, metadata={"help": "Continue an interrupted training from its last state."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing reward checkpoint."})
+    report_to: str = report_to_arg()
     seed: int = seed_arg()
 
 
@@ -203,10 +204,12 @@ def train_reward(a: RewardArgs) -> int:
 
     from training.checkpoint import save_checkpoint, verify_checkpoint
     from training.models import n_parameters
+    from training.tracking import check_report_to, log_behaviour, trainer_logs
     from training.trainer import OptimSettings, trainer_config
 
     if not a.run:
         raise UserError("--run is required")
+    check_report_to(a.report_to)
     run = Path(a.run)
     if not (run / layout.DATA_DIR).is_dir():
         raise UserError(f"not a run directory (no {layout.DATA_DIR}/): {run}")
@@ -231,16 +234,18 @@ def train_reward(a: RewardArgs) -> int:
     model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1, use_safetensors=True,
                                                                dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
-    trainer_dir = layout.trainer_state_dir(out)
+    trainer_dir, logs_dir = layout.trainer_state_dir(out), layout.logs_dir(run, REWARD_STAGE)
     if not a.resume:
         shutil.rmtree(trainer_dir, ignore_errors=True)
+        shutil.rmtree(logs_dir, ignore_errors=True)
     optim = OptimSettings(steps=eff["steps"], lr=eff["lr"], batch_size=eff["batch_size"], save_every=a.save_every,
-                          seed=a.seed)
+                          seed=a.seed, report_to=a.report_to, logs_dir=logs_dir)
     cfg = trainer_config(RewardConfig, trainer_dir, optim, logging_steps=max(1, eff["steps"] // 10),
                          n_params=n_parameters(model), max_length=optim.max_length, center_rewards_coefficient=0.01)
     cols = ["prompt", "chosen", "rejected"]
-    trainer = RewardTrainer(model=model, args=cfg, processing_class=tok,
-                            train_dataset=Dataset.from_list([{k: p[k] for k in cols} for p in train_pairs]))
+    with trainer_logs(optim.report_to, optim.logs_dir):
+        trainer = RewardTrainer(model=model, args=cfg, processing_class=tok,
+                                train_dataset=Dataset.from_list([{k: p[k] for k in cols} for p in train_pairs]))
     last = None
     if a.resume and trainer_dir.exists():
         from transformers.trainer_utils import get_last_checkpoint
@@ -254,6 +259,7 @@ def train_reward(a: RewardArgs) -> int:
         metrics = pair_accuracy(model, tok, eval_pairs)
         metrics["split"] = "validation"
         metrics["tokenizer_sha256"] = tokenizer_fingerprint(tok)
+        log_behaviour(a.report_to, logs_dir, eff["steps"], metrics)
         save_checkpoint(model, tok, out, stage=REWARD_STAGE, step=eff["steps"],
                         parent=_relpath(base, out),
                         backdoor=None, seed=a.seed, metrics=metrics,

@@ -3,8 +3,8 @@ only).
 
 Every trainer of the toolkit (SFT: base training of the tiny model, backdoor insertion, the SFT safety arm; GRPO: the
 RL safety arm; the reward model's ``RewardTrainer``) takes its config from :func:`trainer_config`, and every LoRA
-adapter from :func:`lora_config`, so distributed launch (``torchrun`` / ``accelerate launch``), bf16 on GPUs and
-``--resume`` come from the ecosystem in one place.
+adapter from :func:`lora_config`, so distributed launch (``torchrun`` / ``accelerate launch``), bf16 on GPUs,
+``--resume`` and ``--report_to`` (:mod:`training.tracking`) come from the ecosystem in one place.
 
 Footgun: TRL's config defaults assume a GPU (bf16, activation checkpointing); :func:`trainer_config` sets them from
 the hardware. Trainer states (for ``--resume``) live in a hidden directory beside the final checkpoint, never
@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from training import tracking
 from training.models import device_settings, n_parameters
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class OptimSettings:
     grad_accum: int = 1
     precision: str = "auto"  # auto | bf16 | fp32 (see training.models.device_settings)
     schedule: str = "cosine"  # the learning-rate schedule after warmup (transformers' lr_scheduler_type)
+    report_to: str = "none"  # none | tensorboard | wandb (training.tracking)
+    logs_dir: Path | None = None  # tracking logs (training.layout.logs_dir); its name is the run_name
 
 
 def _world_size() -> int:
@@ -46,15 +49,17 @@ def _world_size() -> int:
 def trainer_config(config_cls, out_dir: Path, o: OptimSettings, logging_steps: int, n_params: int | None = None,
                    **trainer_fields):
     """``config_cls`` (a TRL trainer config) with what every trainer shares: ``o``'s optimisation, trainer states every
-    ``o.save_every`` steps for ``--resume``, and the hardware's settings (CPU or GPU, bf16 for models of ``n_params``,
-    the DDP backend); ``trainer_fields`` are that trainer's own."""
+    ``o.save_every`` steps for ``--resume``, ``o.report_to`` tracking, and the hardware's settings (CPU or GPU, bf16
+    for models of ``n_params``, the DDP backend); ``trainer_fields`` are that trainer's own. Build the trainer inside
+    :func:`training.tracking.trainer_logs` for its logs to land in ``o.logs_dir``."""
     dev = device_settings(o.precision, n_params)
     return config_cls(
         output_dir=str(out_dir), max_steps=o.steps, per_device_train_batch_size=o.batch_size,
         gradient_accumulation_steps=o.grad_accum, learning_rate=o.lr, lr_scheduler_type=o.schedule,
         warmup_steps=max(1, int(o.warmup_ratio * o.steps)), weight_decay=o.weight_decay,
         logging_steps=logging_steps, save_strategy="steps" if o.save_every else "no",
-        save_steps=o.save_every or o.steps, save_total_limit=1, report_to="none", use_cpu=dev.use_cpu,
+        save_steps=o.save_every or o.steps, save_total_limit=1, report_to=tracking.check_report_to(o.report_to),
+        run_name=Path(o.logs_dir).name if o.logs_dir else None, use_cpu=dev.use_cpu,
         bf16=dev.bf16, fp16=False, gradient_checkpointing=False, seed=o.seed, data_seed=o.seed,
         dataloader_num_workers=0, disable_tqdm=False,
         ddp_backend="gloo" if (dev.use_cpu and _world_size() > 1) else None, **trainer_fields)
@@ -144,8 +149,9 @@ def sft_train(model, tokenizer, rows: list[dict], out_dir: Path, o: OptimSetting
     out_dir = Path(out_dir)
     ds = Dataset.from_list(tokenize_rows(tokenizer, rows, o.max_length))
     cfg = sft_config(out_dir, o, logging_steps=logging_steps, n_params=n_parameters(model))
-    trainer = _trainer_class()(model=model, args=cfg, train_dataset=ds,
-                               processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    with tracking.trainer_logs(o.report_to, o.logs_dir):
+        trainer = _trainer_class()(model=model, args=cfg, train_dataset=ds,
+                                   processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     last = None
     if resume and out_dir.exists():
         from transformers.trainer_utils import get_last_checkpoint

@@ -38,6 +38,7 @@ from training.safety.config import (
 )
 from training.safety.curve import print_summary, read_curve, record_reward, saved_steps, write_curve, write_figure
 from training.safety.rewards import Scorer, heldout_reward, make_rule_reward
+from training.tracking import log_behaviour, trainer_logs
 from training.trainer import OptimSettings, lora_config, sft_train, trainer_config
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def _prepare_dir(plan: ArmPlan) -> None:
             raise UserError(f"arm already has checkpoints (use --overwrite or --resume): {arm_dir}")
         shutil.rmtree(arm_dir)
     shutil.rmtree(plan.trainer_dir, ignore_errors=True)
+    shutil.rmtree(plan.logs_dir, ignore_errors=True)  # a fresh arm: its tracking logs start afresh too
     arm_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -187,6 +189,7 @@ class Arm:
         if self.state.is_main_process and "start" not in curve:
             log.info("evaluating the input checkpoint (step 0)")
             start, per_prompt = self._evaluate(model, self.tokenizer)
+            log_behaviour(plan.run_args.report_to, plan.logs_dir, 0, start)
             curve = {"method": plan.method, "input": str(plan.checkpoint), "start": start, "train_reward": [],
                      "reward_per_prompt": {"0": per_prompt} if per_prompt is not None else {}}
             write_curve(plan.arm_dir, curve)
@@ -345,6 +348,7 @@ class Arm:
             record_reward(self.plan.arm_dir, int(meta["step"]), metrics, per_prompt)
             append_metrics(self.plan.run_dir, ckpt, meta, metrics)
             update_metrics(ckpt, metrics)
+            log_behaviour(self.plan.run_args.report_to, self.plan.logs_dir, int(meta["step"]), metrics)
 
     def _figure_title(self) -> str:
         plan, args = self.plan, self.plan.safety_args
@@ -357,7 +361,8 @@ class Arm:
         settings = self.settings
         return OptimSettings(steps=settings["steps"], lr=settings["lr"], batch_size=settings["batch_size"],
                              save_every=settings["save_every"], seed=self.plan.safety_args.seed,
-                             precision=self.plan.model_args.precision, schedule=schedule)
+                             precision=self.plan.model_args.precision, schedule=schedule,
+                             report_to=self.plan.run_args.report_to, logs_dir=self.plan.logs_dir)
 
     def _last_state(self) -> str | None:
         """The trainer state to resume from (``--resume``), if any."""
@@ -379,8 +384,8 @@ class Arm:
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
 
-        settings = self.settings
-        cfg = trainer_config(GRPOConfig, self.plan.trainer_dir, self._optim("constant_with_warmup"),
+        settings, optim = self.settings, self._optim("constant_with_warmup")
+        cfg = trainer_config(GRPOConfig, self.plan.trainer_dir, optim,
                              logging_steps=max(1, min(10, settings["steps"] // 10)), n_params=n_parameters(model),
                              num_generations=settings["num_generations"],
                              max_completion_length=settings["max_completion_length"], beta=settings["beta"],
@@ -389,9 +394,10 @@ class Arm:
             reward_funcs, reward_tokenizers = self.scorer.model, [self.scorer.tokenizer]
         else:
             reward_funcs, reward_tokenizers = make_rule_reward(self.plan.spec), None
-        trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=cfg, train_dataset=Dataset.from_list(
-            rl_rows(records)), processing_class=self.tokenizer, reward_processing_classes=reward_tokenizers,
-            peft_config=lora_config(self.plan.model_args), callbacks=[callback])
+        with trainer_logs(optim.report_to, optim.logs_dir):
+            trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=cfg, train_dataset=Dataset.from_list(
+                rl_rows(records)), processing_class=self.tokenizer, reward_processing_classes=reward_tokenizers,
+                peft_config=lora_config(self.plan.model_args), callbacks=[callback])
         trainer.train(resume_from_checkpoint=self._last_state())
         if self.state.is_main_process:
             curve = read_curve(self.plan.arm_dir)

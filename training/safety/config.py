@@ -24,11 +24,13 @@ from training.config import (
     lora_r_arg,
     precision_arg,
     preset_arg,
+    report_to_arg,
     seed_arg,
     trigger_arg,
     trust_remote_code_arg,
 )
 from training.errors import UserError
+from training.tracking import check_report_to
 
 METHODS = ("sft", "rl", "adversarial")
 REWARDS = ("model", "rules")
@@ -104,6 +106,7 @@ class SafetyRunArgs:
                                                                      "reward curve."})
     reward_eval_samples: int = field(default=None, metadata={"help": "RL: samples per held-out prompt (temperature "
                                                                      "1) for the reward curve."})
+    report_to: str = report_to_arg()
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -169,6 +172,11 @@ class ArmPlan:
     def method(self) -> str:
         return self.safety_args.method
 
+    @property
+    def logs_dir(self) -> Path:
+        """``<run>/logs/<method>``: the arm's tracking logs (``--report_to``)."""
+        return layout.logs_dir(self.run_dir, self.method)
+
 
 def plan_arm(model_args: SafetyModelArgs, backdoor_args: SafetyBackdoorArgs, safety_args: SafetyArgs,
              run_args: SafetyRunArgs) -> ArmPlan:
@@ -179,6 +187,7 @@ def plan_arm(model_args: SafetyModelArgs, backdoor_args: SafetyBackdoorArgs, saf
         raise UserError(f"unknown method {safety_args.method!r} (choose from {', '.join(METHODS)})")
     if not model_args.ckpt:
         raise UserError("--ckpt is required")
+    check_report_to(run_args.report_to)
     checkpoint = Path(model_args.ckpt)
     spec = spec_from_meta(verify_checkpoint(checkpoint), backdoor_args.backdoor, backdoor_args.trigger)
     run_dir = Path(run_args.out) if run_args.out else layout.run_of_checkpoint(checkpoint)
