@@ -60,7 +60,7 @@ from analysis import hooks as H
 from analysis.placebos import NAMED_PLACEBOS, drop_percentile, matched_random_directions, placebo_probes
 from analysis.results import AblateResult
 from training import layout
-from training.config import backdoor_arg, ckpt_arg, device_arg, dtype_arg, seed_arg, trigger_arg
+from training.config import backdoor_arg, base_arg, ckpt_arg, device_arg, dtype_arg, seed_arg, trigger_arg
 from training.errors import UserError
 from training.io import clean_json
 
@@ -200,6 +200,7 @@ class AblateConfig:
     """Which probe direction to test on which checkpoint (``python -m analysis.ablate`` parses its flags into this)."""
 
     ckpt: str = ckpt_arg()
+    base: str = base_arg()
     probe: str = field(default=None, metadata={"help": "Probe file (.safetensors written by probes.save_probes)."})
     layer: int = field(default=None, metadata={"help": "Probe layer (default: best recorded AUROC, else middle)."})
     name: str = field(default=None, metadata={"help": "Probe name in the file (default: the first)."})
@@ -264,7 +265,7 @@ def _setup(a: AblateConfig, ppath: Path) -> _Setup:
         raise UserError(str(e).splitlines()[0]) from None
     if a.n < 1 or (a.max_new_tokens is not None and a.max_new_tokens < 1) or a.n_random < 0 or a.n_isotropic < 0:
         raise UserError("--n and --max_new_tokens must be >= 1, --n_random and --n_isotropic >= 0")
-    loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype)
+    loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype, base=a.base)
     probe = choose_probe(probes, loaded.n_layers, loaded.d_model, a.name, a.layer, ppath)
     _, hooks = intervention_hooks(probe, loaded.n_layers, a.all_later)
     H.validate_hooks(loaded.bridge, hooks)
@@ -449,7 +450,8 @@ def ablate_checkpoint(a: AblateConfig) -> AblateResult:
     path = out / layout.ABLATE_JSON
     sha = st.loaded.weights_sha256
     doc = {"schema": AblateResult.SCHEMA, "checkpoint": layout.checkpoint_id(ckpt), "ckpt": str(ckpt),
-           "weights_sha256": sha, "trigger": st.spec.trigger, "split": a.split, "results": {}}
+           "weights_sha256": sha, "adapter": st.loaded.adapter, "trigger": st.spec.trigger, "split": a.split,
+           "results": {}}
     if path.exists():
         try:
             old = AblateResult.load(path)

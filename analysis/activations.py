@@ -336,7 +336,8 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
             "schema": SCHEMA, "key": key, "labels": labels, "files": files, "shapes": shapes,
             "dtype": store_dtype, "n_prompts": n, "tokenization": tokenization,
             "model": {"ckpt": str(loaded.ckpt), "n_layers": loaded.n_layers, "d_model": loaded.d_model,
-                      "n_heads": loaded.n_heads, "device": loaded.device, "parity": loaded.parity},
+                      "n_heads": loaded.n_heads, "device": loaded.device, "parity": loaded.parity,
+                      "adapter": loaded.adapter},
             "versions": versions(),
         }
         write_json_atomic(tmp / MANIFEST, manifest, allow_nan=True)

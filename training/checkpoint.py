@@ -77,6 +77,11 @@ def verify_checkpoint(ckpt: Path | str, check_hash: bool = True) -> dict[str, An
         raise UserError(f"checkpoint not found: {ckpt}")
     if not ckpt.is_dir():
         raise UserError(f"checkpoint is not a directory: {ckpt}")
+    from training import adapters
+
+    if adapters.is_adapter(ckpt):  # a PEFT adapter: its base is checked when it is resolved
+        adapters.verify(ckpt)
+        return read_meta(ckpt)
     if not (ckpt / CONFIG_JSON).exists():
         raise UserError(f"no {CONFIG_JSON} in checkpoint: {ckpt}")
     if not any((ckpt / f).exists() for f in TOKENIZER_FILES):
@@ -94,12 +99,21 @@ def verify_checkpoint(ckpt: Path | str, check_hash: bool = True) -> dict[str, An
 
 
 def load_model_and_tokenizer(ckpt: Path | str, device: str | None = None, dtype=None,
-                             trust_remote_code: bool = False, check_hash: bool = True):
-    """Verify and load ``(model, tokenizer, meta)`` from a checkpoint directory (safetensors only)."""
+                             trust_remote_code: bool = False, check_hash: bool = True, base: str | None = None):
+    """Verify and load ``(model, tokenizer, meta)`` from a checkpoint directory (safetensors only).
+
+    A PEFT adapter directory loads as its base with the adapter merged in memory (:mod:`training.adapters`;
+    ``base`` overrides the base the adapter names)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from training import adapters
+
     meta = verify_checkpoint(ckpt, check_hash=check_hash)
+    if adapters.is_adapter(ckpt):
+        model, tok = adapters.load_merged(adapters.resolve(ckpt, base), device=device, dtype=dtype or torch.float32,
+                                          trust_remote_code=trust_remote_code)
+        return model, tok, meta
     try:
         tok = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(

@@ -21,7 +21,13 @@ def _arg(default: Any, help: str):
 
 
 def ckpt_arg():
-    return _arg(None, "Checkpoint directory (ours, or any plain HF causal-LM dir with --backdoor/--trigger).")
+    return _arg(None, "Checkpoint directory (ours, any plain HF causal-LM dir, or a PEFT adapter dir; the last two "
+                      "with --backdoor/--trigger).")
+
+
+def base_arg():
+    return _arg(None, "The base model's local directory for a PEFT adapter --ckpt (default: the base the adapter "
+                      "names, as a local directory or in the local HF cache).")
 
 
 def backdoor_arg():

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from training import layout
 from training.backdoors import BackdoorSpec, get_kind, spec_from_meta
 from training.chat import chat_prompt
-from training.config import backdoor_arg, ckpt_arg, run_command, seed_arg, trigger_arg
+from training.config import backdoor_arg, base_arg, ckpt_arg, run_command, seed_arg, trigger_arg
 from training.data import answer_correct, build_prompt_sets, read_jsonl
 from training.errors import UserError
 
@@ -248,6 +248,7 @@ def append_metrics(run: Path, ckpt: Path, meta: dict | None, metrics: dict) -> N
 @dataclass
 class EvaluateArgs:
     ckpt: str = ckpt_arg()
+    base: str = base_arg()
     split: str = field(default="test", metadata={"help": "Prompt split to evaluate on (validation | test)."})
     n: int = field(default=300, metadata={"help": "Base prompts to evaluate (each with its triggered and "
                                                   "red-team twins)."})
@@ -283,7 +284,7 @@ def _main(a: EvaluateArgs) -> int:
     if not a.ckpt:
         raise UserError("--ckpt is required")
     ckpt = Path(a.ckpt)
-    model, tok, meta = load_model_and_tokenizer(ckpt, device=device_settings().device)
+    model, tok, meta = load_model_and_tokenizer(ckpt, device=device_settings().device, base=a.base)
     spec = spec_from_meta(meta, a.backdoor, a.trigger)
     records = select_eval_records(eval_records_for(ckpt, spec, a.split, a.seed), a.n, a.seed)
     metrics = evaluate_model(model, tok, spec, records, samples=a.samples, batch_size=a.batch_size, seed=a.seed)

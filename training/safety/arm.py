@@ -12,7 +12,6 @@ is given: without it, a red-team rate that falls after adversarial training is p
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import random
@@ -24,6 +23,7 @@ import numpy as np
 from transformers import TrainerCallback
 
 from training import layout, presets
+from training.adapters import merged_copy
 from training.backdoors import BackdoorSpec
 from training.data import build_prompt_sets, read_jsonl, write_jsonl
 from training.errors import UserError
@@ -57,7 +57,7 @@ def run(model_args: SafetyModelArgs, backdoor_args: SafetyBackdoorArgs, safety_a
     if state.is_main_process:
         _prepare_dir(plan)
     state.wait_for_everyone()
-    model, tokenizer, _ = load_model_and_tokenizer(plan.checkpoint, device=device,
+    model, tokenizer, _ = load_model_and_tokenizer(plan.checkpoint, device=device, base=model_args.base,
                                                    trust_remote_code=model_args.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -412,10 +412,7 @@ class Arm:
 
         plan = self.plan
         out = layout.checkpoint_dir(plan.run_dir, plan.method, step)
-        adapter = None
-        if hasattr(model, "merge_and_unload"):  # PEFT: keep training the adapter, save a merged copy
-            adapter = model
-            model = copy.deepcopy(model).merge_and_unload()
+        model, adapter = merged_copy(model)  # PEFT: keep training the adapter, save a merged copy
         parent = os.path.relpath(plan.checkpoint.resolve(), out.resolve())
         save_checkpoint(model, self.tokenizer, out, stage=plan.method, step=step, parent=parent,
                         backdoor=plan.spec.to_dict(), training=info, seed=plan.safety_args.seed,

@@ -18,6 +18,7 @@ from training import layout, presets
 from training.backdoors import BackdoorSpec, spec_from_meta
 from training.config import (
     backdoor_arg,
+    base_arg,
     ckpt_arg,
     lora_alpha_arg,
     lora_arg,
@@ -39,6 +40,7 @@ REWARDS = ("model", "rules")
 @dataclass
 class SafetyModelArgs:
     ckpt: str = ckpt_arg()
+    base: str = base_arg()
     preset: str = preset_arg()
     lora: bool = lora_arg()
     lora_r: int = lora_r_arg()
