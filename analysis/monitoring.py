@@ -188,13 +188,13 @@ def _eos_ids(tokenizer, model) -> set[int]:
 
 @torch.no_grad()
 def generate_ids(loaded, prompts: Sequence[str], max_new_tokens: int = 48, batch_size: int = 64,
-                 monitor: Monitor | None = None, desc: str = "monitor") -> tuple[list[list[int]], list | None, float]:
+                 monitors: Sequence[Monitor] = (), desc: str = "monitor") -> tuple[list[list[int]], list, float]:
     """Greedy generation with the KV cache on :func:`analysis.intervene.generator` (prompts longest first, in batches,
-    left padding: the batches of :func:`training.evaluate.generate`), with ``monitor``'s hook when given.
+    left padding: the batches of :func:`training.evaluate.generate`), each of ``monitors`` reading its hook.
 
     Returns ``(ids, scores, seconds)``: each prompt's generated token ids up to and including the first end token;
-    with a monitor, each prompt's scores (float64 ndarray, one per generated token); the seconds spent generating
-    (and scoring), excluding tokenisation and decoding."""
+    per monitor, each prompt's scores (float64 ndarray, one per generated token); the seconds spent generating (and
+    scoring), excluding tokenisation and decoding."""
     from analysis.intervene import generator, hf_hooks
     from training.evaluate import chat_prompts
 
@@ -203,38 +203,43 @@ def generate_ids(loaded, prompts: Sequence[str], max_new_tokens: int = 48, batch
     lengths = [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     eos = _eos_ids(tok, model)
-    steps: list[torch.Tensor] = []
-    hooks = [(monitor.hook, lambda act, hook: steps.append(monitor.score(act[:, -1])))] if monitor else []
+    steps: list[list[torch.Tensor]] = [[] for _ in monitors]
+
+    def reader(m: int):
+        return lambda act, hook: steps[m].append(monitors[m].score(act[:, -1]))  # the position emitting next
+
     ids: list = [None] * len(texts)
-    scores: list | None = [None] * len(texts) if monitor else None
+    scores: list[list] = [[None] * len(texts) for _ in monitors]
     seconds, old_side = 0.0, tok.padding_side
     tok.padding_side = "left"
     try:
-        with hf_hooks(model, loaded.bridge, hooks):
+        with hf_hooks(model, loaded.bridge, [(m.hook, reader(i)) for i, m in enumerate(monitors)]):
             for i in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False,
                           disable=len(texts) <= batch_size):
                 idx = order[i:i + batch_size]
                 enc = tok([texts[j] for j in idx], return_tensors="pt", padding=True,
                           add_special_tokens=False).to(loaded.device)
-                steps.clear()
+                for st in steps:
+                    st.clear()
                 _sync(loaded.device)
                 t = time.perf_counter()
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                                      top_p=None, top_k=None, pad_token_id=tok.pad_token_id, use_cache=True,
                                      eos_token_id=tok.eos_token_id)
                 new = gen[:, enc["input_ids"].shape[1]:].cpu()
-                sc = torch.stack(steps, 1).cpu().numpy() if monitor else None  # (B, steps)
+                sc = [torch.stack(st, 1).cpu().numpy() for st in steps]  # per monitor (B, steps)
                 _sync(loaded.device)
                 seconds += time.perf_counter() - t
-                if sc is not None and sc.shape[1] != new.shape[1]:
-                    raise RuntimeError(f"monitor: {sc.shape[1]} scored steps for {new.shape[1]} generated tokens "
-                                       f"(generation ran a forward per token differently than expected)")
+                if any(x.shape[1] != new.shape[1] for x in sc):
+                    raise RuntimeError(f"monitor: {[x.shape[1] for x in sc]} scored steps for {new.shape[1]} "
+                                       f"generated tokens (generation ran a forward per token differently than "
+                                       f"expected)")
                 for k, j in enumerate(idx):
                     row = new[k].tolist()
                     n = next((m + 1 for m, x in enumerate(row) if x in eos), len(row))
                     ids[j] = row[:n]
-                    if scores is not None:
-                        scores[j] = sc[k, :n]
+                    for m, x in enumerate(sc):
+                        scores[m][j] = x[k, :n]
     finally:
         tok.padding_side = old_side
     return ids, scores, seconds
@@ -251,22 +256,35 @@ def monitor_generate(loaded, monitor: Monitor, prompts: Sequence[str], max_new_t
 
     The tokens are those of plain cached generation (:func:`analysis.intervene.generate`): the hook only reads.
     :class:`UserError` when the probe does not fit the model (another width, a hook the model lacks)."""
-    monitor.check(loaded)
-    ids, scores, seconds = generate_ids(loaded, prompts, max_new_tokens, batch_size, monitor, desc)
+    return monitor_generate_many(loaded, [monitor], prompts, max_new_tokens, batch_size, desc)[0]
+
+
+def monitor_generate_many(loaded, monitors: Sequence[Monitor], prompts: Sequence[str], max_new_tokens: int = 48,
+                          batch_size: int = 64, desc: str = "monitor") -> list[MonitorResult]:
+    """:func:`monitor_generate` for several monitors over ONE generation (same tokens; one result per monitor, each
+    with the whole generation's seconds)."""
+    for m in monitors:
+        m.check(loaded)
+    ids, scores, seconds = generate_ids(loaded, prompts, max_new_tokens, batch_size, monitors, desc)
     tok = loaded.tokenizer
-    gens = []
-    for prompt, row, sc in zip(prompts, ids, scores):
-        flags = monitor.flags(sc)
-        hit = np.flatnonzero(flags)
-        gens.append(MonitoredGeneration(
-            prompt=prompt, completion=tok.decode(row, skip_special_tokens=True), token_ids=[int(x) for x in row],
-            tokens=[tok.decode([x]) for x in row], scores=[float(x) for x in sc], flags=[bool(x) for x in flags],
-            first_flag=int(hit[0]) if hit.size else None))
+    completions = [tok.decode(row, skip_special_tokens=True) for row in ids]
+    tokens = [[tok.decode([x]) for x in row] for row in ids]
     n_tokens = sum(len(r) for r in ids)
-    log.info("monitor: %d prompts, %d tokens in %.2fs (%.2f ms/token), %d flagged", len(gens), n_tokens, seconds,
-             1000 * seconds / max(1, n_tokens), sum(g.flagged for g in gens))
-    return MonitorResult(probe=monitor.describe(), generations=gens, seconds=seconds, n_tokens=n_tokens,
-                         checkpoint=str(loaded.ckpt))
+    out = []
+    for monitor, per_prompt in zip(monitors, scores):
+        gens = []
+        for prompt, row, text, toks, sc in zip(prompts, ids, completions, tokens, per_prompt):
+            flags = monitor.flags(sc)
+            hit = np.flatnonzero(flags)
+            gens.append(MonitoredGeneration(
+                prompt=prompt, completion=text, token_ids=[int(x) for x in row], tokens=toks,
+                scores=[float(x) for x in sc], flags=[bool(x) for x in flags],
+                first_flag=int(hit[0]) if hit.size else None))
+        log.info("monitor %s: %d prompts, %d tokens in %.2fs (%.2f ms/token), %d flagged", monitor.probe.name,
+                 len(gens), n_tokens, seconds, 1000 * seconds / max(1, n_tokens), sum(g.flagged for g in gens))
+        out.append(MonitorResult(probe=monitor.describe(), generations=gens, seconds=seconds, n_tokens=n_tokens,
+                                 checkpoint=str(loaded.ckpt)))
+    return out
 
 
 def max_scores(result: MonitorResult) -> np.ndarray:

@@ -17,7 +17,14 @@ import torch
 
 from analysis import hooks as H
 from analysis.monitor import main
-from analysis.monitoring import Monitor, choose_probe, generate_ids, max_scores, monitor_generate
+from analysis.monitoring import (
+    Monitor,
+    choose_probe,
+    generate_ids,
+    max_scores,
+    monitor_generate,
+    monitor_generate_many,
+)
 from probes import Probe, project, save_probes, threshold_at_fpr, tpr_at_fpr
 from training.backdoors import BackdoorSpec
 from training.errors import UserError
@@ -112,7 +119,12 @@ def test_tokens_are_those_of_plain_generation(loaded):
     plain = generate(loaded, PROMPTS, max_new_tokens=10, batch_size=4)
     assert [g.completion for g in res.generations] == [c[0] for c in plain]
     ids, scores, _ = generate_ids(loaded, PROMPTS, max_new_tokens=10, batch_size=4)
-    assert scores is None and ids == [g.token_ids for g in res.generations]
+    assert scores == [] and ids == [g.token_ids for g in res.generations]
+    other = _probe("contrast", 0, "mlp_out", seed=5)
+    both = monitor_generate_many(loaded, [Monitor(probe), Monitor(other)], PROMPTS, max_new_tokens=10, batch_size=4)
+    alone = monitor_generate(loaded, Monitor(other), PROMPTS, max_new_tokens=10, batch_size=4)
+    assert [g.scores for g in both[0].generations] == [g.scores for g in res.generations]
+    assert [g.scores for g in both[1].generations] == [g.scores for g in alone.generations]
     one = [monitor_generate(loaded, Monitor(probe), [p], max_new_tokens=10, batch_size=1).generations[0]
            for p in PROMPTS]
     assert [g.token_ids for g in one] == ids  # batching changes neither the tokens nor the scores
