@@ -1,5 +1,6 @@
 """The live view's engine: run a typed prompt through a checkpoint, score every token with the stored probes at every
-layer, and generate the response.
+layer, and generate the response under the runtime monitor (:mod:`analysis.monitoring`: the chosen probe at its best
+layer scores every generated token as it is produced and flags it against the probe's calibrated threshold).
 
 One job at a time (a lock; a second request while one runs is refused with a message, never queued behind a
 frozen page), in a worker thread, with its stage ("loading checkpoint", "scoring tokens", "generating") readable
@@ -152,8 +153,8 @@ class LiveRunner:
     def _run(self, job: Job, ck: Checkpoint) -> dict:
         import torch
 
-        from analysis.intervene import generate
         from analysis.load import encode_prompts
+        from analysis.monitoring import Monitor, monitor_generate
         from training.backdoors import spec_from_meta
 
         probes, probe_json, source = self._probes_for(ck)
@@ -177,7 +178,7 @@ class LiveRunner:
         with torch.no_grad():
             _, cache = loaded.bridge.run_with_cache(x, attention_mask=torch.ones_like(x), names_filter=hooks,
                                                     return_cache_object=False, return_type=None)
-        scores = np.stack([p.score(cache[p.hook][0].float().cpu().numpy()) for p in chosen])  # (L, T)
+        scores = np.stack([p.fitted_score(cache[p.hook][0].float().cpu().numpy()) for p in chosen])  # (L, T)
         del cache
         tokens = [tok.decode([i]) for i in ids]
         kind = "contrast" if job.probe == "contrast" else "supervised"
@@ -186,14 +187,19 @@ class LiveRunner:
         if best not in layers:  # no probe.json beside the probes: no best layer to mark
             best = None
 
-        job.stage = "generating response"
-        completion = generate(loaded, [job.text], max_new_tokens=self.max_new_tokens,
-                              batch_size=1, desc="live")[0][0]
+        job.stage = "generating response (monitored)"
+        watch = next((p for p in chosen if int(p.layer) == best), chosen[len(chosen) // 2])
+        monitor = Monitor(watch)
+        gen = monitor_generate(loaded, monitor, [job.text], max_new_tokens=self.max_new_tokens, batch_size=1,
+                               desc="live").generations[0]
+        completion = gen.completion
         shows = None
         try:
             shows = bool(spec_from_meta(loaded.meta).shows_behaviour(completion))
         except UserError:
             pass
+        mon = {"layer": int(watch.layer), "hook": watch.hook, "score": watch.score_kind, "threshold": monitor.threshold,
+               "tokens": gen.tokens, "scores": gen.scores, "flags": gen.flags, "first_flag": gen.first_flag}
         return {"checkpoint": ck.id, "probe": job.probe, "probe_source": source.id, "tokens": tokens,
                 "layers": layers, "scores": scores, "best_layer": best, "completion": completion,
-                "shows_behaviour": shows, "seconds": job.elapsed()}
+                "shows_behaviour": shows, "monitor": mon, "seconds": job.elapsed()}

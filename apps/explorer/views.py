@@ -382,5 +382,49 @@ def live_result(res: dict) -> tuple[go.Figure, list]:
     if final is not None:
         lines.append(html.Div([html.B(f"Probe score at layer {res['best_layer']} (best layer), final prompt token: "),
                                html.Span(f"{final:.3f}", id="live-score")]))
+    if res.get("monitor"):
+        lines.append(monitor_tokens(res["monitor"]))
     lines.append(html.Div(f"{res['seconds']:.1f} s", style={"color": "#777"}))
     return fig, lines
+
+
+def _token_colour(score: float, threshold: float | None, scale: float) -> str:
+    """Red above the threshold, blue below, stronger the further away (white near it)."""
+    ref = 0.0 if threshold is None else threshold
+    alpha = min(1.0, abs(score - ref) / scale) * 0.65
+    rgb = "214,39,40" if threshold is not None and score > threshold else "31,119,180"
+    return f"rgba({rgb},{alpha:.2f})"
+
+
+def monitor_tokens(mon: dict) -> html.Div:
+    """The runtime monitor's verdict on the generated response: each token coloured by the probe's score at the
+    position that emitted it (hover: the score), a ⚑ before the first token whose score crossed the threshold.
+
+    The element ``#live-monitor`` carries the numbers as data attributes (``data-scores``, ``data-threshold``,
+    ``data-first-flag``) so a page script or a test reads them exactly."""
+    import json
+
+    scores, t, first = mon["scores"], mon["threshold"], mon["first_flag"]
+    scale = max([abs(s - (t or 0.0)) for s in scores] + [1e-9])
+    spans = []
+    for i, (tok, s, f) in enumerate(zip(mon["tokens"], scores, mon["flags"])):
+        if i == first:
+            spans.append(html.Span("⚑", id="live-monitor-flag", style={"color": "#d62728", "fontWeight": "bold"}))
+        spans.append(html.Span(tok, title=f"token {i}: score {s:.3f}", className="mon-tok mon-flag" if f else "mon-tok",
+                               style={"background": _token_colour(s, t, scale), "whiteSpace": "pre",
+                                      "outline": "1px solid #d62728" if f else None}))
+    if t is None:
+        verdict = "no calibrated threshold in this probe file (re-run analysis.probe): scores only"
+    elif first is None:
+        verdict = f"not flagged: every score ≤ threshold {t:.3f} (max {max(scores, default=float('nan')):.3f})"
+    else:
+        verdict = (f"FLAGGED at token {first} ({mon['tokens'][first]!r}): score {scores[first]:.3f} > threshold "
+                   f"{t:.3f}")
+    head = html.Div([html.B(f"Monitor ({mon['score']} on layer {mon['layer']}, {mon['hook']}): "),
+                     html.Span(verdict, id="live-monitor-verdict")])
+    note = html.Div("Each token is coloured by the probe's score at the position that emitted it (the first: the "
+                    "final prompt token); red above the threshold (1% FPR at the final prompt token of clean "
+                    "validation prompts), blue below.", style={"color": "#777", "fontSize": "85%"})
+    return html.Div([head, html.Div(spans, style={"margin": "4px 0", "lineHeight": "1.8"}), note], id="live-monitor",
+                    **{"data-scores": json.dumps(scores), "data-threshold": json.dumps(t),
+                       "data-first-flag": json.dumps(first), "data-layer": str(mon["layer"])})

