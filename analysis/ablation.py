@@ -60,7 +60,16 @@ from analysis import hooks as H
 from analysis.placebos import NAMED_PLACEBOS, drop_percentile, matched_random_directions, placebo_probes
 from analysis.results import AblateResult
 from training import layout
-from training.config import backdoor_arg, base_arg, ckpt_arg, device_arg, dtype_arg, seed_arg, trigger_arg
+from training.config import (
+    backdoor_arg,
+    base_arg,
+    ckpt_arg,
+    device_arg,
+    device_map_arg,
+    dtype_arg,
+    seed_arg,
+    trigger_arg,
+)
 from training.errors import UserError
 from training.io import clean_json
 
@@ -221,6 +230,7 @@ class AblateConfig:
     backdoor: str = backdoor_arg()
     trigger: str = trigger_arg()
     device: str = device_arg()
+    device_map: str = device_map_arg()
     dtype: str = dtype_arg("float32")
     seed: int = seed_arg()
 
@@ -265,7 +275,7 @@ def _setup(a: AblateConfig, ppath: Path) -> _Setup:
         raise UserError(str(e).splitlines()[0]) from None
     if a.n < 1 or (a.max_new_tokens is not None and a.max_new_tokens < 1) or a.n_random < 0 or a.n_isotropic < 0:
         raise UserError("--n and --max_new_tokens must be >= 1, --n_random and --n_isotropic >= 0")
-    loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype, base=a.base)
+    loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype, base=a.base, device_map=a.device_map)
     probe = choose_probe(probes, loaded.n_layers, loaded.d_model, a.name, a.layer, ppath)
     _, hooks = intervention_hooks(probe, loaded.n_layers, a.all_later)
     H.validate_hooks(loaded.bridge, hooks)

@@ -68,7 +68,7 @@ def _patch_config(c: ComparedCheckpoint, a: CompareConfig):
         cfg.min_gap = a.patch_min_gap
     if a.patch_methods:
         cfg.methods = a.patch_methods
-    for k in ("device", "backdoor", "trigger"):
+    for k in ("device", "device_map", "backdoor", "trigger"):
         if getattr(a, k):
             setattr(cfg, k, getattr(a, k))
     return cfg

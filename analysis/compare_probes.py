@@ -77,7 +77,8 @@ def _probe_args(c: ComparedCheckpoint, a: CompareConfig):
     from analysis.probing import ProbeConfig
 
     want = {"ckpt": str(c.path), "n": a.probe_n, "prompts": a.probe_prompts, "n_random": a.n_random,
-            "n_boot": a.n_boot, "device": a.device, "dtype": a.dtype, "backdoor": a.backdoor, "trigger": a.trigger}
+            "n_boot": a.n_boot, "device": a.device, "device_map": a.device_map,
+            "dtype": a.dtype, "backdoor": a.backdoor, "trigger": a.trigger}
     names = {f.name for f in fields(ProbeConfig)}
     return ProbeConfig(**{k: v for k, v in want.items() if k in names and v is not None})
 

@@ -56,7 +56,7 @@ from analysis.compare_probes import (DEFAULT_PROBE, Scored, choose_layer, contro
 from analysis.compare_report import summary_lines, write_report
 from analysis.results import PROBE_KINDS, CompareResult
 from training import layout
-from training.config import backdoor_arg, device_arg, dtype_arg, trigger_arg
+from training.config import backdoor_arg, device_arg, device_map_arg, dtype_arg, trigger_arg
 from training.errors import UserError
 from training.io import clean_json
 
@@ -109,6 +109,7 @@ class CompareConfig:
     backdoor: str = backdoor_arg()
     trigger: str = trigger_arg()
     device: str = device_arg()
+    device_map: str = device_map_arg()
     dtype: str = dtype_arg()
     no_html: bool = field(default=False, metadata={"help": "Skip report.html."})
 

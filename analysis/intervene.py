@@ -144,7 +144,9 @@ def generator(loaded):
     if model is None:
         from training.checkpoint import load_model_and_tokenizer
 
-        model, _, _ = load_model_and_tokenizer(loaded.ckpt, device=loaded.device, dtype=loaded.dtype,
+        device_map = loaded.extra.get("device_map")
+        model, _, _ = load_model_and_tokenizer(loaded.ckpt, device=None if device_map else loaded.device,
+                                               dtype=loaded.dtype, device_map=device_map,
                                                trust_remote_code=loaded.extra.get("trust_remote_code", False),
                                                check_hash=False, base=loaded.extra.get("base"))
         loaded.extra["generator"] = model.eval()

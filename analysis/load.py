@@ -46,6 +46,7 @@ from training import adapters
 from training.chat import chat_prompt, has_chat_template
 from training.checkpoint import load_model_and_tokenizer, verify_checkpoint, weights_sha256
 from training.errors import UserError
+from training.models import parse_device_map, parse_dtype
 
 log = logging.getLogger(__name__)
 
@@ -177,20 +178,6 @@ def default_dtype(device: str) -> torch.dtype:
     return torch.float32
 
 
-_DTYPE_NAMES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-
-
-def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """A torch dtype from a dtype or a name (``"float32"``, ``"bf16"``, ``"fp16"`` ...); None stays None."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    name = _DTYPE_NAMES.get(str(dtype).lower(), str(dtype).lower().removeprefix("torch."))
-    out = getattr(torch, name, None)
-    if not isinstance(out, torch.dtype) or not out.is_floating_point:
-        raise UserError(f"unknown dtype: {dtype!r} (use float32, bfloat16 or float16)")
-    return out
-
-
 def default_parity_tol(n_layers: int, dtype: torch.dtype, ref_scale: float = 1.0) -> float:
     """The max |bridge - HF| logit difference accepted by default.
 
@@ -250,7 +237,7 @@ def _parity_batch(tokenizer, n_ctx: int | None):
 
 def load_bridge(ckpt: Path | str, device: str | None = None, dtype: torch.dtype | None = None,
                 parity_tol: float | None = None, allow_mismatch: bool = False, compatibility_mode: bool = False,
-                trust_remote_code: bool = False, base: str | None = None) -> LoadedModel:
+                trust_remote_code: bool = False, base: str | None = None, device_map=None) -> LoadedModel:
     """Verify a checkpoint, load it into a ``TransformerBridge`` and check its logits against plain HF.
 
     (Long, on purpose: a third of it is this docstring; the rest is the loading steps in order, each with its own
@@ -266,6 +253,8 @@ def load_bridge(ckpt: Path | str, device: str | None = None, dtype: torch.dtype 
         compatibility_mode: apply HookedTransformer-style weight processing (fold LN, centre weights).
         trust_remote_code: only when the user asks for it.
         base: the base model's directory for an adapter (default: the one the adapter names).
+        device_map: accelerate's placement across devices (``"auto"``, or a dict of module: device) for a model
+            larger than one card, instead of ``device``; ``device`` is then the embedding's device.
 
     Raises :class:`UserError` (one line) for a bad checkpoint, an unsupported architecture, a PEFT model, or
     failed parity.
@@ -278,14 +267,20 @@ def load_bridge(ckpt: Path | str, device: str | None = None, dtype: torch.dtype 
     src = adapter.base if adapter else ckpt  # the directory holding config.json
     sha = adapter.weights_sha256 if adapter else (meta or {}).get("weights_sha256") or weights_sha256(ckpt)
     arch = _check_architecture(src, trust_remote_code)
-    device = str(device or default_device())
-    dtype = parse_dtype(dtype) or default_dtype(device)
+    device_map = parse_device_map(device_map)
+    if device_map is not None and device is not None:
+        raise UserError(f"give --device or --device_map, not both: {ckpt}")
+    dtype = parse_dtype(dtype) or default_dtype(str(device or default_device()))
+    device = None if device_map is not None else str(device or default_device())
 
     if adapter:
-        model, tok = adapters.load_merged(adapter, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        model, tok = adapters.load_merged(adapter, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                          device_map=device_map)
     else:
-        model, tok, _ = load_model_and_tokenizer(ckpt, device=device, dtype=dtype,
+        model, tok, _ = load_model_and_tokenizer(ckpt, device=device, dtype=dtype, device_map=device_map,
                                                  trust_remote_code=trust_remote_code, check_hash=False)
+    if device_map is not None:  # inputs go where the embedding is; accelerate moves activations on from there
+        device = str(model.get_input_embeddings().weight.device)
     if getattr(model, "peft_config", None) or getattr(model, "_hf_peft_config_loaded", False):
         raise UserError(f"checkpoint loads with a PEFT adapter attached; merge it first (merge_and_unload) "
                         f"and save the merged model: {ckpt}")
@@ -298,7 +293,7 @@ def load_bridge(ckpt: Path | str, device: str | None = None, dtype: torch.dtype 
     ids, mask = ids.to(device), mask.to(device)
     ref_attn = getattr(model.config, "_attn_implementation", None)
     with torch.no_grad():
-        ref = model(**hf_forward_kwargs(model, ids, mask)).logits.float()
+        ref = model(**hf_forward_kwargs(model, ids, mask)).logits.float().cpu()
 
     try:
         bridge = TransformerBridge.boot_transformers(
@@ -315,8 +310,8 @@ def load_bridge(ckpt: Path | str, device: str | None = None, dtype: torch.dtype 
             raise UserError(f"compatibility mode unavailable for {arch} ({e}): {ckpt}") from None
 
     with torch.no_grad():
-        out = bridge(ids, attention_mask=mask).float()
-    real = mask.bool()
+        out = bridge(ids, attention_mask=mask).float().cpu()
+    real = mask.bool().cpu()
     a, b = out[real], ref[real]  # (N_real_tokens, d_vocab)
     if compatibility_mode:  # centred unembedding shifts each position's logits by a constant
         a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
@@ -346,4 +341,5 @@ def load_bridge(ckpt: Path | str, device: str | None = None, dtype: torch.dtype 
         bridge=bridge, tokenizer=tok, meta=meta, ckpt=ckpt, weights_sha256=sha, parity=parity,
         n_layers=n_layers, d_model=int(bridge.cfg.d_model), n_heads=int(bridge.cfg.n_heads),
         device=device, dtype=dtype, adapter=adapter.to_json() if adapter else None,
-        extra={"architecture": arch, "trust_remote_code": trust_remote_code, "base": base})
+        extra={"architecture": arch, "trust_remote_code": trust_remote_code, "base": base,
+               "device_map": device_map})

@@ -28,7 +28,16 @@ from analysis.patch_engine import (DIRECTIONS, GRID_AXES, GRIDS, METHODS, LogitD
 from analysis.results import PatchResult
 from analysis.stats import bootstrap_mean_ci, json_array, pearson
 from training import layout
-from training.config import backdoor_arg, base_arg, ckpt_arg, device_arg, dtype_arg, seed_arg, trigger_arg
+from training.config import (
+    backdoor_arg,
+    base_arg,
+    ckpt_arg,
+    device_arg,
+    device_map_arg,
+    dtype_arg,
+    seed_arg,
+    trigger_arg,
+)
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -354,6 +363,7 @@ class PatchConfig:
     backdoor: str = backdoor_arg()
     trigger: str = trigger_arg()
     device: str = device_arg()
+    device_map: str = device_map_arg()
     dtype: str = dtype_arg("float32")
     no_html: bool = field(default=False, metadata={"help": "Skip patch.html."})
     seed: int = seed_arg()
@@ -416,7 +426,7 @@ def patch_checkpoint(a: PatchConfig) -> PatchResult:
         raise UserError(f"unknown direction {a.direction!r} (choose from {', '.join(DIRECTIONS)})")
     if a.min_gap < 0 or a.n_boot < 0 or a.batch_rows < 0:
         raise UserError("--min_gap, --n_boot and --batch_rows must be >= 0")
-    loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype, base=a.base)
+    loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype, base=a.base, device_map=a.device_map)
     spec = spec_from_meta(loaded.meta, a.backdoor, a.trigger)
     batch, btok, answers = load_pairs_for(loaded, spec, a.split, a.n_pairs, a.placement, a.seed, a.filler,
                                           a.skip_unaligned)

