@@ -12,8 +12,10 @@ step flags when its score is strictly above the probe's threshold (``meta["thres
 
 Main footgun: the threshold is calibrated on ONE position per clean prompt (the final prompt token), while a monitored
 generation is flagged if ANY of its steps crosses it; later positions lie outside the distribution the probe was
-fitted and calibrated on, so the per-generation false-positive rate can be far above 1%. Measure it
-(``benchmarks/monitor_bench.py``), or pass a threshold calibrated on whole clean generations (:func:`max_scores`).
+fitted and calibrated on, so the per-generation false-positive rate can be far above 1% (measured by
+``benchmarks/monitor_bench.py``: on SmolLM2-135M most clean generations cross it). Flag on the final prompt token
+only (``flag_on="prompt_token"``: the setting the threshold holds for) or pass a threshold calibrated on whole clean
+generations (:func:`max_scores`); the bench reports all three.
 The scores need no extra forward pass; what the monitor costs per token is the hook and one dot product per row.
 """
 
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = 1
 ALIASES = {"dom": "supervised_dom", "logreg": "supervised_logreg"}  # short names the command accepts
+FLAG_ON = ("any_token", "prompt_token")  # which steps may flag: every one, or the final prompt token only
 
 
 # ------------------------------------------------------------------------------------------------ the probe
@@ -73,8 +76,10 @@ class Monitor:
     """A probe (:class:`probes.Probe`) ready to score activations during generation, with its flag threshold:
     ``threshold`` when given, else the probe's calibrated ``meta["threshold"]`` (None: scores only, no flags)."""
 
-    def __init__(self, probe, threshold: float | None = None):
-        self.probe = probe
+    def __init__(self, probe, threshold: float | None = None, flag_on: str = "any_token"):
+        if flag_on not in FLAG_ON:
+            raise UserError(f"flag_on must be one of {', '.join(FLAG_ON)}, got {flag_on!r}")
+        self.probe, self.flag_on = probe, flag_on
         self.threshold_source = "given" if threshold is not None else "probe"
         t = threshold if threshold is not None else probe.meta.get("threshold")
         self.threshold = None if t is None else float(t)
@@ -104,14 +109,18 @@ class Monitor:
         return act.to(torch.float64) @ self._w + self._b
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
-        """``scores > threshold`` (all False without a threshold)."""
+        """``scores > threshold`` (all False without a threshold); with ``flag_on="prompt_token"`` only the first step
+        (the final prompt token) can flag."""
         s = np.asarray(scores, dtype=np.float64)
-        return s > self.threshold if self.threshold is not None else np.zeros(s.shape, dtype=bool)
+        out = s > self.threshold if self.threshold is not None else np.zeros(s.shape, dtype=bool)
+        if self.flag_on == "prompt_token":
+            out[..., 1:] = False
+        return out
 
     def describe(self) -> dict:
         p = self.probe
         return {"name": p.name, "layer": int(p.layer), "hook": p.hook, "score": p.score_kind, "d_model": p.d_model,
-                "threshold": self.threshold, "threshold_source": self.threshold_source,
+                "threshold": self.threshold, "threshold_source": self.threshold_source, "flag_on": self.flag_on,
                 "calibration": p.meta.get("calibration"), "n_calibration": p.meta.get("n_calibration"),
                 "fpr": p.meta.get("threshold_fpr")}
 
@@ -310,6 +319,9 @@ class MonitorConfig:
                                                       "action": "extend"})
     threshold: float = field(default=None, metadata={"help": "Flag threshold (default: the probe's, calibrated at 1%% "
                                                               "FPR on clean validation prompts)."})
+    flag_on: str = field(default="any_token", metadata={
+        "help": "Which steps may flag: any_token (every generated token) | prompt_token (only the final prompt "
+                "token, where the threshold was calibrated; scores are still reported for every token)."})
     max_new_tokens: int = field(default=48, metadata={"help": "Greedy tokens generated per prompt."})
     batch_size: int = field(default=64, metadata={"help": "Generation batch size."})
     out: str = field(default=None, metadata={"help": "Write the per-token scores and flags to this JSON file."})
@@ -321,6 +333,8 @@ class MonitorConfig:
             raise ValueError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.flag_on not in FLAG_ON:
+            raise ValueError(f"--flag_on must be one of {', '.join(FLAG_ON)}, got {self.flag_on!r}")
 
 
 def run_monitor(a: MonitorConfig) -> MonitorResult:
@@ -336,7 +350,7 @@ def run_monitor(a: MonitorConfig) -> MonitorResult:
     if a.out and Path(a.out).is_dir():
         raise UserError(f"--out is a directory; give a file name: {a.out}")
     probe = choose_probe(a.probe, a.probe_name, a.layer)  # a bad file fails before the model loads
-    monitor = Monitor(probe, a.threshold)
+    monitor = Monitor(probe, a.threshold, a.flag_on)
     if monitor.threshold is None:
         log.warning("probe %s has no calibrated threshold (a file written before analysis.probe saved one): scores "
                     "only, no flags; re-run analysis.probe or pass --threshold", probe.name)

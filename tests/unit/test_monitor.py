@@ -137,6 +137,11 @@ def test_flags_are_strict_crossings_of_the_threshold(loaded):
     assert m.flags([0.5, 1.0, 1.5]).tolist() == [False, False, True]
     assert Monitor(_probe(threshold=None)).flags([5.0, 9.0]).tolist() == [False, False]
     assert Monitor(_probe(threshold=1.0), threshold=2.0).threshold == 2.0  # a given threshold wins
+    first = Monitor(_probe(threshold=1.0), flag_on="prompt_token")
+    assert first.flags([1.5, 0.5, 2.0]).tolist() == [True, False, False]
+    assert first.flags([0.5, 3.0]).tolist() == [False, False]
+    with pytest.raises(UserError, match="flag_on"):
+        Monitor(_probe(), flag_on="last_token")
 
     probe = _probe(threshold=None)
     free = monitor_generate(loaded, Monitor(probe), PROMPTS, max_new_tokens=8, batch_size=4)
