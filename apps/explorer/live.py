@@ -145,7 +145,7 @@ class LiveRunner:
         if ck.id in self._models:
             self._models.move_to_end(ck.id)
             return self._models[ck.id]
-        self._models[ck.id] = load_bridge(self.run.file(ck.rel), device=self.device)
+        self._models[ck.id] = load_bridge(self.run.file(ck.rel), device=self.device, base=self.run.base)
         while len(self._models) > self.max_models:
             self._models.popitem(last=False)
         return self._models[ck.id]
@@ -155,7 +155,6 @@ class LiveRunner:
 
         from analysis.load import encode_prompts
         from analysis.monitoring import Monitor, monitor_generate
-        from training.backdoors import spec_from_meta
 
         probes, probe_json, source = self._probes_for(ck)
         chosen = sorted((p for p in probes if p.name == job.probe), key=lambda p: p.layer)
@@ -195,7 +194,7 @@ class LiveRunner:
         completion = gen.completion
         shows = None
         try:
-            shows = bool(spec_from_meta(loaded.meta).shows_behaviour(completion))
+            shows = bool(self.run.spec_of(loaded.meta).shows_behaviour(completion))
         except UserError:
             pass
         mon = {"layer": int(watch.layer), "hook": watch.hook, "score": watch.score_kind, "threshold": monitor.threshold,

