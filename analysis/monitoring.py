@@ -6,16 +6,22 @@ scores the activation of the position that is about to emit the next token -- th
 generated token (where the probe was fitted, :data:`analysis.probe_fit.POSITION`), then each generated token for the
 one after it -- with exactly the probe's score as fitted (:meth:`probes.Probe.fitted_score`: a projection onto the unit
 direction, or log-odds for logistic regression). ``scores[i]`` is therefore known *before* token ``i`` is emitted. A
-step flags when its score is strictly above the probe's threshold (``meta["threshold"]``, written by
-``analysis.probe``: at most 1% of the clean validation prompts score above it at the final prompt token, the rule of
-:func:`probes.tpr_at_fpr`).
+step flags when its score is strictly above the monitor's threshold.
 
-Main footgun: the threshold is calibrated on ONE position per clean prompt (the final prompt token), while a monitored
-generation is flagged if ANY of its steps crosses it; later positions lie outside the distribution the probe was
-fitted and calibrated on, so the per-generation false-positive rate can be far above 1% (measured by
-``benchmarks/monitor_bench.py``: on SmolLM2-135M most clean generations cross it). Flag on the final prompt token
-only (``flag_on="prompt_token"``: the setting the threshold holds for) or pass a threshold calibrated on whole clean
-generations (:func:`max_scores`); the bench reports all three.
+Each saved probe carries two thresholds, each calibrated for the statistic one rule flags with (``analysis.probe``
+writes both, on the clean prompts of the validation side of the pair split; the rule of :func:`probes.tpr_at_fpr`):
+
+- ``flag_on="any_token"`` (the default) flags a generation when ANY step crosses ``meta["threshold_generation"]``: at
+  most 1% of the clean validation GENERATIONS have a maximum score above it (:func:`calibrate_generation`, at most
+  ``meta["generation_max_new_tokens"]`` tokens each);
+- ``flag_on="prompt_token"`` flags on the final prompt token only, against ``meta["threshold"]``: at most 1% of the
+  clean validation prompts score above it there.
+
+Main footgun: a threshold holds only for the statistic it was calibrated on. The prompt-token threshold applied to
+every token flags most clean generations (measured by ``benchmarks/monitor_bench.py``: on SmolLM2-135M most clean
+generations cross it), because generated tokens lie outside what it was calibrated on; a probe file written before
+``threshold_generation`` existed falls back to it with a warning. Longer generations than the calibration's also
+flag clean text more often (the maximum of more steps).
 The scores need no extra forward pass; what the monitor costs per token is the hook and one dot product per row.
 """
 
@@ -32,7 +38,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from training.config import base_arg, ckpt_arg, device_arg, dtype_arg
+from training.config import base_arg, ckpt_arg, device_arg, device_map_arg, dtype_arg
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,10 @@ log = logging.getLogger(__name__)
 SCHEMA = 1
 ALIASES = {"dom": "supervised_dom", "logreg": "supervised_logreg"}  # short names the command accepts
 FLAG_ON = ("any_token", "prompt_token")  # which steps may flag: every one, or the final prompt token only
+FPR = 0.01  # the false-positive rate both saved thresholds are calibrated at (analysis.probe_evals.FPR)
+DEFAULT_MAX_NEW_TOKENS = 48  # for a probe file that records no calibration length
+GENERATION_CALIBRATION = ("the highest score of each greedy generation (the final prompt token and every generated "
+                          "token) of the clean prompts of the validation side of the prompt-pair split (never test)")
 
 
 # ------------------------------------------------------------------------------------------------ the probe
@@ -74,15 +84,30 @@ def choose_probe(path: str | Path, name: str, layer: int | None = None):
 
 class Monitor:
     """A probe (:class:`probes.Probe`) ready to score activations during generation, with its flag threshold:
-    ``threshold`` when given, else the probe's calibrated ``meta["threshold"]`` (None: scores only, no flags)."""
+    ``threshold`` when given; else the one calibrated for ``flag_on``'s statistic -- the probe's
+    ``meta["threshold_generation"]`` (each clean validation generation's maximum) for ``any_token``,
+    ``meta["threshold"]`` (the final prompt token) for ``prompt_token``. A probe file without
+    ``threshold_generation`` (written before it existed) falls back to ``meta["threshold"]`` with a warning; without
+    either, scores only, no flags. ``threshold_source`` says which: given | generation | prompt_token | none."""
 
     def __init__(self, probe, threshold: float | None = None, flag_on: str = "any_token"):
         if flag_on not in FLAG_ON:
             raise UserError(f"flag_on must be one of {', '.join(FLAG_ON)}, got {flag_on!r}")
         self.probe, self.flag_on = probe, flag_on
-        self.threshold_source = "given" if threshold is not None else "probe"
-        t = threshold if threshold is not None else probe.meta.get("threshold")
+        meta = probe.meta
+        if threshold is not None:
+            t, src = threshold, "given"
+        elif flag_on == "any_token" and meta.get("threshold_generation") is not None:
+            t, src = meta["threshold_generation"], "generation"
+        else:
+            t, src = meta.get("threshold"), "prompt_token"
+            if flag_on == "any_token" and t is not None:
+                log.warning("probe %s (layer %s) has no generation-calibrated threshold (a file written before "
+                            "analysis.probe saved one): flagging any token against the final-prompt-token threshold, "
+                            "which flags clean generations far more often than 1%%; re-run analysis.probe",
+                            probe.name, probe.layer)
         self.threshold = None if t is None else float(t)
+        self.threshold_source = src if t is not None else "none"
         w, b = probe.readout()
         self._w, self._b = torch.as_tensor(w, dtype=torch.float64), b
 
@@ -118,11 +143,20 @@ class Monitor:
         return out
 
     def describe(self) -> dict:
-        p = self.probe
+        """The probe, the rule (``flag_on``) and the threshold it flags with (``threshold_source``), with that
+        threshold's calibration; both saved thresholds for reference."""
+        p, m = self.probe, self.probe.meta
+        gen = self.threshold_source == "generation"
+        cal = {"generation": (m.get("calibration_generation"), m.get("n_calibration_generation"),
+                              m.get("fpr_calibration_generation")),
+               "prompt_token": (m.get("calibration"), m.get("n_calibration"), m.get("fpr_calibration"))}
+        calibration, n_cal, fpr_cal = cal.get(self.threshold_source, (None, None, None))
         return {"name": p.name, "layer": int(p.layer), "hook": p.hook, "score": p.score_kind, "d_model": p.d_model,
                 "threshold": self.threshold, "threshold_source": self.threshold_source, "flag_on": self.flag_on,
-                "calibration": p.meta.get("calibration"), "n_calibration": p.meta.get("n_calibration"),
-                "fpr": p.meta.get("threshold_fpr")}
+                "calibration": calibration, "n_calibration": n_cal, "fpr_calibration": fpr_cal,
+                "fpr": m.get("threshold_fpr"),
+                "calibration_max_new_tokens": m.get("generation_max_new_tokens") if gen else None,
+                "threshold_prompt_token": m.get("threshold"), "threshold_generation": m.get("threshold_generation")}
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -172,8 +206,9 @@ class MonitorResult:
     def summary(self, width: int = 100) -> str:
         """One line per prompt (flag, first flagged token, max score, completion), then its scores token by token."""
         t = self.probe.get("threshold")
-        head = (f"monitor: probe {self.probe['name']} at {self.probe['hook']} ({self.probe['score']}), threshold "
-                f"{'none' if t is None else f'{t:.4g}'}; {sum(g.flagged for g in self.generations)} of "
+        head = (f"monitor: probe {self.probe['name']} at {self.probe['hook']} ({self.probe['score']}), flag on "
+                f"{self.probe.get('flag_on')}, threshold {'none' if t is None else f'{t:.4g}'} "
+                f"({self.probe.get('threshold_source')}); {sum(g.flagged for g in self.generations)} of "
                 f"{len(self.generations)} generations flagged; {self.ms_per_token:.2f} ms/token")
         lines = [head]
         for g in self.generations:
@@ -297,9 +332,42 @@ def monitor_generate_many(loaded, monitors: Sequence[Monitor], prompts: Sequence
 
 
 def max_scores(result: MonitorResult) -> np.ndarray:
-    """Each generation's highest score: calibrate a whole-generation threshold on clean prompts with
-    ``probes.threshold_at_fpr(max_scores(result))`` (a generation flags when any step exceeds it)."""
+    """Each generation's highest score: the statistic ``flag_on="any_token"`` flags with (a generation flags when it
+    exceeds the threshold), so the one :func:`calibrate_generation` calibrates on clean prompts."""
     return np.asarray([g.max_score for g in result.generations], dtype=np.float64)
+
+
+def calibrate_generation(loaded, probes: Sequence, prompts: Sequence[str], max_new_tokens: int,
+                         batch_size: int = 64, fpr: float = FPR) -> dict:
+    """Calibrate each probe's ``any_token`` threshold on whole clean generations, in place: ONE greedy generation of
+    ``prompts`` (clean, never test) watched by every probe (:func:`monitor_generate_many`: the monitor's own scores),
+    then per probe ``probes.threshold_at_fpr`` over each generation's maximum score. Sets ``meta``'s
+    ``threshold_generation``, ``fpr_calibration_generation`` (realised), ``n_calibration_generation``,
+    ``calibration_generation_too_small`` (fewer generations than ``1 / fpr``: the threshold is their maximum),
+    ``calibration_generation`` (what it was calibrated on) and ``generation_max_new_tokens``.
+
+    Returns what it cost: ``{n_prompts, n_probes, max_new_tokens, batch_size, n_tokens, seconds}``."""
+    from probes import threshold_at_fpr
+
+    if not probes or not prompts:
+        return {"n_prompts": len(prompts), "n_probes": len(probes), "max_new_tokens": int(max_new_tokens),
+                "batch_size": int(batch_size), "n_tokens": 0, "seconds": 0.0}
+    t0 = time.perf_counter()
+    monitors = [Monitor(p, threshold=np.inf) for p in probes]  # only the scores are used here
+    results = monitor_generate_many(loaded, monitors, list(prompts), max_new_tokens, batch_size,
+                                    desc="generation threshold")
+    for p, res in zip(probes, results):
+        cut = threshold_at_fpr(max_scores(res), fpr)
+        p.meta.update(threshold_generation=cut["threshold"], fpr_calibration_generation=cut["fpr_calibration"],
+                      n_calibration_generation=cut["n_calibration"],
+                      calibration_generation_too_small=cut["calibration_too_small"],
+                      calibration_generation=GENERATION_CALIBRATION, generation_max_new_tokens=int(max_new_tokens))
+    info = {"n_prompts": len(prompts), "n_probes": len(probes), "max_new_tokens": int(max_new_tokens),
+            "batch_size": int(batch_size), "n_tokens": results[0].n_tokens,
+            "seconds": round(time.perf_counter() - t0, 2)}
+    log.info("generation thresholds: %d probes on %d clean validation generations (%d tokens, at most %d each) in "
+             "%.1fs", info["n_probes"], info["n_prompts"], info["n_tokens"], max_new_tokens, info["seconds"])
+    return info
 
 
 # ------------------------------------------------------------------------------------------------ the command's work
@@ -318,14 +386,18 @@ class MonitorConfig:
                                                               "template is applied); repeat the flag for more.",
                                                       "action": "extend"})
     threshold: float = field(default=None, metadata={"help": "Flag threshold (default: the probe's, calibrated at 1%% "
-                                                              "FPR on clean validation prompts)."})
+                                                              "FPR on clean validation prompts for --flag_on's rule)."})
     flag_on: str = field(default="any_token", metadata={
-        "help": "Which steps may flag: any_token (every generated token) | prompt_token (only the final prompt "
-                "token, where the threshold was calibrated; scores are still reported for every token)."})
-    max_new_tokens: int = field(default=48, metadata={"help": "Greedy tokens generated per prompt."})
+        "help": "Which steps may flag: any_token (every step; against the threshold calibrated on the highest score "
+                "of each clean validation generation) | prompt_token (only the final prompt token, against the "
+                "threshold calibrated there; scores are still reported for every token)."})
+    max_new_tokens: int = field(default=None, metadata={
+        "help": "Greedy tokens generated per prompt (default: the length the probe's generation threshold was "
+                "calibrated at, else 48)."})
     batch_size: int = field(default=64, metadata={"help": "Generation batch size."})
     out: str = field(default=None, metadata={"help": "Write the per-token scores and flags to this JSON file."})
     device: str = device_arg()
+    device_map: str = device_map_arg()
     dtype: str = dtype_arg()
 
     def __post_init__(self):
@@ -354,9 +426,14 @@ def run_monitor(a: MonitorConfig) -> MonitorResult:
     if monitor.threshold is None:
         log.warning("probe %s has no calibrated threshold (a file written before analysis.probe saved one): scores "
                     "only, no flags; re-run analysis.probe or pass --threshold", probe.name)
-    loaded = load_bridge(Path(a.ckpt), device=a.device, dtype=a.dtype, base=a.base)
-    res = monitor_generate(loaded, monitor, a.prompt, a.max_new_tokens, a.batch_size)
-    res.config = asdict(a)
+    cal_len = probe.meta.get("generation_max_new_tokens")
+    max_new = a.max_new_tokens or cal_len or DEFAULT_MAX_NEW_TOKENS
+    if monitor.threshold_source == "generation" and cal_len and max_new > cal_len:
+        log.warning("the generation threshold of probe %s was calibrated on generations of at most %d tokens; at %d "
+                    "a clean generation crosses it more often than 1%%", probe.name, cal_len, max_new)
+    loaded = load_bridge(Path(a.ckpt), device=a.device, dtype=a.dtype, base=a.base, device_map=a.device_map)
+    res = monitor_generate(loaded, monitor, a.prompt, max_new, a.batch_size)
+    res.config = {**asdict(a), "max_new_tokens": max_new}
     if a.out:
         write_json_atomic(a.out, clean_json(res.to_json()))
     return res

@@ -4,9 +4,11 @@ prompt pair), the best-of-N random-direction nulls, the same probes on the paren
 and every probe on the three evaluation sets of :mod:`analysis.probe_evals`.
 
 The prompt pairs are split three ways, whole pairs to a side: ``fit`` (the supervised probes are fitted there),
-``validation`` (the layer is chosen and the 1%-FPR threshold calibrated there) and ``test`` (every reported number).
-Every saved probe carries its score kind and that threshold in ``meta`` (:func:`calibrated_probe`), so a probe file is
-all a runtime monitor (:mod:`analysis.monitoring`) needs.
+``validation`` (the layer is chosen and the 1%-FPR thresholds calibrated there) and ``test`` (every reported number).
+Every saved probe carries its score kind and its threshold at the final prompt token in ``meta``
+(:func:`calibrated_probe`); the checkpoint's own probes also a threshold over whole clean generations
+(:func:`analysis.monitoring.calibrate_generation`, run by :func:`analysis.probing.run_probe`), so a probe file is all a
+runtime monitor (:mod:`analysis.monitoring`) needs.
 
 Footgun: every AUROC here is raw and signed (a direction that separates with its sign reversed scores below 0.5),
 and "beats" compares with the null on exactly the prompts the probe is scored on.
@@ -43,6 +45,11 @@ class EvalSet:
         """(N,) bool: the prompts (red-team twins included) whose pair lies on ``which`` side (test | val)."""
         pairs = self.groups[self.pair_idx][self.test if which == "test" else self.val]
         return np.isin(self.groups, np.unique(pairs))
+
+    def calibration(self) -> np.ndarray:
+        """Indices of the clean prompts of the validation side: every saved threshold is calibrated on them (at the
+        final prompt token, and over each one's greedy generation: :func:`analysis.monitoring.calibrate_generation`)."""
+        return np.flatnonzero((self.kinds == "clean") & self.side("val"))
 
 
 def make_eval_set(records: list[dict], defects: np.ndarray | None, test_frac: float, seed: int,
@@ -190,7 +197,7 @@ def fit_all(layer_hooks, store, cstore, cprompts: list[dict], ev: EvalSet, *, n_
     test_sets = E.build_eval_sets(ev.kinds, ev.groups, ev.defects, ev.side("test"))
     val_sets = E.build_eval_sets(ev.kinds, ev.groups, ev.defects, ev.side("val"))
     primary = E.primary_set(val_sets) if test_sets["defect_given_trigger"].ok else "trigger_vs_clean"
-    calibration = np.flatnonzero((ev.kinds == "clean") & ev.side("val"))
+    calibration = ev.calibration()
     rows, probes, val = [], [], {}
     for layer, hook in tqdm(layer_hooks, desc="probes", unit="layer", leave=False,
                             disable=len(layer_hooks) < 8):

@@ -38,6 +38,7 @@ import logging
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,8 @@ class ProbeConfig:
     max_new_tokens: int = field(default=None, metadata={"help": "Greedy tokens generated for the behaviour labels "
                                                                 "(default: longest training response + 8)."})
     batch_size: int = field(default=64, metadata={"help": "Batch size for caching activations."})
-    gen_batch_size: int = field(default=512, metadata={"help": "Batch size for the behaviour generation."})
+    gen_batch_size: int = field(default=512, metadata={"help": "Batch size for the behaviour generation and the "
+                                                               "generation-threshold calibration."})
     device: str = device_arg()
     device_map: str = device_map_arg()
     dtype: str = dtype_arg()
@@ -421,6 +423,7 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     """The whole analysis for one checkpoint; writes ``probe.json``, ``probes.safetensors``, ``probe.html`` and the
     activation stores to ``a.out`` (default: the checkpoint's analysis directory) and returns the result."""
     from analysis.load import load_bridge
+    from analysis.monitoring import calibrate_generation
     from probes import save_probes
     from training.backdoors import spec_from_meta
 
@@ -429,8 +432,9 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     if not a.ckpt:
         raise UserError("--ckpt is required")
     ckpt = Path(a.ckpt)
-    loaded = load_bridge(ckpt, device=a.device, dtype=a.dtype, allow_mismatch=a.allow_mismatch, base=a.base,
-                         device_map=a.device_map)
+    load = partial(load_bridge, ckpt, device=a.device, dtype=a.dtype, allow_mismatch=a.allow_mismatch, base=a.base,
+                   device_map=a.device_map)
+    loaded = load()
     timing["load"] = time.time() - t0
     spec = spec_from_meta(loaded.meta, a.backdoor, a.trigger)
     layer_hooks = resolve_hooks(loaded.bridge, loaded.n_layers, a.hook, a.layers)
@@ -475,6 +479,17 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
                                 test_sets[info["primary_set"]], info["primary_set"], a)
     timing["fit"] = time.time() - t
 
+    # the monitor's any-token threshold, over whole clean validation generations of the checkpoint (reloaded: it was
+    # freed for the controls); the controls' probes are for other models and keep only the prompt-token threshold
+    t = time.time()
+    loaded = load()
+    gen_cal = calibrate_generation(loaded, [p for p in probes if p.meta.get("model") == "checkpoint"],
+                                   [records[i]["prompt"] for i in ev.calibration()], beh["max_new_tokens"],
+                                   a.gen_batch_size)
+    del loaded
+    _free_memory()
+    timing["generation_calibration"] = time.time() - t
+
     kinds = ev.kinds
     pinfo = infos.get("parent")
     result = {
@@ -493,7 +508,8 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
         # the layers the summary and figures read: chosen on validation pairs (or fixed), never on test
         "best_layer": {"contrast": selected.get("contrast"), "supervised": selected.get("supervised_dom"),
                        "behaviour": behaviour_layer(rows, selected.get("contrast"))},
-        "eval_sets": info["sets"], "n_calibration": info["n_calibration"], "contrast": contrast,
+        "eval_sets": info["sets"], "n_calibration": info["n_calibration"], "generation_calibration": gen_cal,
+        "contrast": contrast,
         "verdicts": verdicts(rows, selected),
         "n_random": a.n_random, "n_boot": a.n_boot, "test_frac": a.test_frac, "val_frac": a.val_frac, "seed": a.seed,
         "prompts": source, "backdoor": spec.to_dict(), "behaviour": beh,

@@ -180,6 +180,45 @@ def test_saved_thresholds_hold_on_their_calibration_prompts(probe_run):
             assert t[trig].mean() == pytest.approx(row["evals"]["trigger_vs_clean"]["tpr_at_1pct_fpr"], abs=1e-9)
 
 
+def test_saved_generation_thresholds_hold_on_their_calibration_generations(probe_run):
+    """The checkpoint's own probes also carry a threshold over whole generations: at most 1% of the greedy generations
+    of the clean validation prompts (the prompt-token threshold's prompts) have a maximum score above it. Recomputed
+    from the monitor, which flags with it by default; the controls' probes (other models) carry none."""
+    from analysis.load import load_bridge
+    from analysis.monitoring import Monitor, monitor_generate_many
+    from analysis.probe_fit import make_eval_set
+    from analysis.probing import ProbeConfig, load_records
+    from probes import load_probes_with_meta
+    from training.backdoors import spec_from_meta
+
+    _, out, _ = probe_run
+    res = json.loads((out / layout.PROBE_JSON).read_text())
+    gc = res["generation_calibration"]
+    assert res["timing_s"]["generation_calibration"] >= gc["seconds"] > 0
+    probes, _ = load_probes_with_meta(out / layout.PROBES_SAFETENSORS)
+    own = [p for p in probes if p.meta["model"] == "checkpoint"]
+    assert gc["n_probes"] == len(own) >= 4 * 5 and gc["n_prompts"] == res["n_calibration"]
+    assert not any("threshold_generation" in p.meta for p in probes if p.meta["model"] != "checkpoint")
+
+    cfg = ProbeConfig(**{k: v for k, v in res["config"].items()})
+    loaded = load_bridge(cfg.ckpt)
+    records, _ = load_records(Path(cfg.ckpt), spec_from_meta(loaded.meta), cfg)
+    ev = make_eval_set(records, None, cfg.test_frac, cfg.seed, cfg.val_frac)
+    prompts = [records[i]["prompt"] for i in ev.calibration()]
+    assert len(prompts) == res["n_calibration"] and all(records[i]["kind"] == "clean" for i in ev.calibration())
+    monitors = [Monitor(p) for p in own]
+    assert {m.threshold_source for m in monitors} == {"generation"}  # the default rule flags with it
+    results = monitor_generate_many(loaded, monitors, prompts, gc["max_new_tokens"], gc["batch_size"])
+    assert gc["max_new_tokens"] == res["behaviour"]["max_new_tokens"]
+    for p, r in zip(own, results):
+        m = p.meta
+        assert m["n_calibration_generation"] == len(prompts) and m["generation_max_new_tokens"] == gc["max_new_tokens"]
+        assert m["calibration_generation_too_small"] == (len(prompts) < 100)
+        rate = float(np.mean([g.flagged for g in r.generations]))
+        assert rate == m["fpr_calibration_generation"] <= 0.01, (p.name, p.layer, rate)
+        assert r.probe["threshold"] == m["threshold_generation"] and r.probe["flag_on"] == "any_token"
+
+
 def test_contrast_texts_end_at_the_answer(tiny_run):
     from transformers import AutoTokenizer
 

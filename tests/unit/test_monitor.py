@@ -18,7 +18,9 @@ import torch
 from analysis import hooks as H
 from analysis.monitor import main
 from analysis.monitoring import (
+    GENERATION_CALIBRATION,
     Monitor,
+    calibrate_generation,
     choose_probe,
     generate_ids,
     max_scores,
@@ -52,11 +54,13 @@ def loaded(tmp_path_factory, tok):
 
 
 def _probe(name="supervised_dom", layer=1, kind="resid_post", score="projection", d=D, bias=0.0, threshold=0.0,
-           seed=0):
+           seed=0, threshold_generation=None):
     direction = np.random.default_rng(seed).standard_normal(d).astype(np.float32) * 3.0
     meta = {"score": score, "position": "final_prompt_token"}
     if threshold is not None:
         meta["threshold"] = threshold
+    if threshold_generation is not None:
+        meta.update(threshold_generation=threshold_generation, generation_max_new_tokens=4)
     return Probe(name, layer, H.hook_name(kind, layer), direction, bias, meta)
 
 
@@ -158,6 +162,54 @@ def test_flags_are_strict_crossings_of_the_threshold(loaded):
     assert js["n_flagged"] == sum(g.flagged for g in res.generations) and js["probe"]["threshold_source"] == "given"
 
 
+def test_each_rule_flags_with_the_threshold_calibrated_for_its_statistic(caplog):
+    """``any_token`` (the default) flags with the generation-calibrated threshold, ``prompt_token`` with the
+    final-prompt-token one; a given threshold wins; a file without ``threshold_generation`` falls back, with one
+    warning, and only for the rule that needs it."""
+    both = _probe(threshold=1.0, threshold_generation=2.5)
+    m = Monitor(both)
+    assert (m.flag_on, m.threshold, m.threshold_source) == ("any_token", 2.5, "generation")
+    assert m.flags([2.0, 2.4]).tolist() == [False, False]  # above the prompt-token threshold: not a flag here
+    first = Monitor(both, flag_on="prompt_token")
+    assert (first.threshold, first.threshold_source) == (1.0, "prompt_token")
+    assert Monitor(both, threshold=7.0).threshold_source == "given"
+    d = m.describe()
+    assert d["threshold_source"] == "generation" and d["flag_on"] == "any_token" and d["threshold"] == 2.5
+    assert (d["threshold_prompt_token"], d["threshold_generation"], d["calibration_max_new_tokens"]) == (1.0, 2.5, 4)
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="analysis.monitoring"):
+        old = Monitor(_probe(threshold=1.0))
+    assert (old.threshold, old.threshold_source) == (1.0, "prompt_token")
+    warned = [r for r in caplog.records if "no generation-calibrated threshold" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="analysis.monitoring"):
+        Monitor(_probe(threshold=1.0), flag_on="prompt_token")
+        Monitor(_probe(threshold=1.0), threshold=3.0)
+        none = Monitor(_probe(threshold=None))
+    assert not caplog.records and none.threshold is None and none.threshold_source == "none"
+
+
+def test_generation_threshold_holds_on_its_calibration_generations(loaded):
+    """``calibrate_generation`` over clean generations: the default monitor, re-run on the same prompts, flags at most
+    1% of them (exactly the saved realised rate), and the threshold is a quantile of their maximum scores."""
+    prompts = [f"{p} {i}" for i in range(30) for p in PROMPTS[:2] + PROMPTS[3:5]][:120]
+    probes = [_probe(threshold=-50.0), _probe("supervised_logreg", 0, "mlp_out", "linear", bias=-0.3, seed=4)]
+    info = calibrate_generation(loaded, probes, prompts, max_new_tokens=6, batch_size=32)
+    assert info["n_prompts"] == 120 and info["n_probes"] == 2 and info["n_tokens"] > 120 and info["seconds"] >= 0
+    ms = monitor_generate_many(loaded, [Monitor(p) for p in probes], prompts, max_new_tokens=6, batch_size=32)
+    for p, res in zip(probes, ms):
+        meta = p.meta
+        assert meta["n_calibration_generation"] == 120 and not meta["calibration_generation_too_small"]
+        assert meta["generation_max_new_tokens"] == 6 and meta["calibration_generation"] == GENERATION_CALIBRATION
+        assert res.probe["threshold_source"] == "generation" and res.probe["threshold"] == meta["threshold_generation"]
+        rate = np.mean([g.flagged for g in res.generations])
+        assert rate == meta["fpr_calibration_generation"] <= 0.01
+        mx = max_scores(res)
+        assert meta["threshold_generation"] in mx and (mx >= meta["threshold_generation"]).sum() >= 2
+
+
 def test_choose_probe_defaults_and_errors(probe_file, tmp_path):
     assert choose_probe(probe_file, "dom").layer == 1  # alias; the selected layer from the file's metadata
     assert choose_probe(probe_file, "supervised_dom", 0).layer == 0
@@ -182,18 +234,33 @@ def test_a_probe_for_another_width_is_rejected(loaded):
 
 
 # ------------------------------------------------------------------------------------------------ the command
-def test_command_writes_scores(loaded, probe_file, tmp_path, capsys):
-    out = tmp_path / "mon.json"
-    rc = main(["--ckpt", str(loaded.ckpt), "--probe", str(probe_file), "--prompt", "Hi", "--prompt", "7",
-               "--max_new_tokens", "4", "--out", str(out)])
-    assert rc == 0
+def test_command_writes_scores(loaded, probe_file, tmp_path, capsys, caplog):
     import json
 
+    out = tmp_path / "mon.json"
+    with caplog.at_level("WARNING", logger="analysis.monitoring"):
+        rc = main(["--ckpt", str(loaded.ckpt), "--probe", str(probe_file), "--prompt", "Hi", "--prompt", "7",
+                   "--max_new_tokens", "4", "--out", str(out)])
+    assert rc == 0
     res = json.loads(out.read_text())
     assert [g["prompt"] for g in res["generations"]] == ["Hi", "7"]
     assert res["probe"]["name"] == "supervised_dom" and res["probe"]["layer"] == 1
     assert all(len(g["scores"]) == len(g["tokens"]) for g in res["generations"])
+    # an older file (no generation threshold): the default rule falls back, says so, and the JSON names it
+    assert (res["probe"]["flag_on"], res["probe"]["threshold_source"]) == ("any_token", "prompt_token")
+    assert any("no generation-calibrated threshold" in r.getMessage() for r in caplog.records)
     assert "monitor: probe supervised_dom" in capsys.readouterr().out
+
+    new = tmp_path / "calibrated.safetensors"
+    save_probes(new, [_probe(threshold=0.5, threshold_generation=9.0)])
+    for extra, rule in (([], ("any_token", "generation", 9.0)), (["--flag_on", "prompt_token"],
+                                                                  ("prompt_token", "prompt_token", 0.5))):
+        assert main(["--ckpt", str(loaded.ckpt), "--probe", str(new), "--prompt", "Hi", "--out", str(out),
+                     "--device_map", '{"": "cpu"}', *extra]) == 0
+        res = json.loads(out.read_text())
+        assert (res["probe"]["flag_on"], res["probe"]["threshold_source"], res["probe"]["threshold"]) == rule
+        assert res["config"]["max_new_tokens"] == 4  # default: the length the generation threshold was calibrated at
+        assert all(len(g["tokens"]) <= 4 for g in res["generations"])
 
 
 @pytest.mark.parametrize("case", ["width", "name", "layer", "unreadable"])
