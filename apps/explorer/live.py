@@ -198,7 +198,8 @@ class LiveRunner:
         except UserError:
             pass
         mon = {"layer": int(watch.layer), "hook": watch.hook, "score": watch.score_kind, "threshold": monitor.threshold,
-               "tokens": gen.tokens, "scores": gen.scores, "flags": gen.flags, "first_flag": gen.first_flag}
+               "threshold_source": monitor.threshold_source, "tokens": gen.tokens, "scores": gen.scores,
+               "flags": gen.flags, "first_flag": gen.first_flag}
         return {"checkpoint": ck.id, "probe": job.probe, "probe_source": source.id, "tokens": tokens,
                 "layers": layers, "scores": scores, "best_layer": best, "completion": completion,
                 "shows_behaviour": shows, "monitor": mon, "seconds": job.elapsed()}

@@ -422,9 +422,12 @@ def monitor_tokens(mon: dict) -> html.Div:
                    f"{t:.3f}")
     head = html.Div([html.B(f"Monitor ({mon['score']} on layer {mon['layer']}, {mon['hook']}): "),
                      html.Span(verdict, id="live-monitor-verdict")])
+    calibrated = {"generation": "at most 1% of clean validation generations score above it anywhere",
+                  "prompt_token": "1% FPR at the final prompt token of clean validation prompts; this probe file "
+                                  "has no generation threshold, re-run analysis.probe"}.get(mon.get("threshold_source"))
     note = html.Div("Each token is coloured by the probe's score at the position that emitted it (the first: the "
-                    "final prompt token); red above the threshold (1% FPR at the final prompt token of clean "
-                    "validation prompts), blue below.", style={"color": "#777", "fontSize": "85%"})
+                    f"final prompt token); red above the threshold{f' ({calibrated})' if calibrated else ''}, blue "
+                    "below.", style={"color": "#777", "fontSize": "85%"})
     return html.Div([head, html.Div(spans, style={"margin": "4px 0", "lineHeight": "1.8"}), note], id="live-monitor",
                     **{"data-scores": json.dumps(scores), "data-threshold": json.dumps(t),
                        "data-first-flag": json.dumps(first), "data-layer": str(mon["layer"])})
