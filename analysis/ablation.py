@@ -109,14 +109,16 @@ def rate(flags) -> dict:
     return {"rate": float(f.mean()), "ci": list(wilson_ci(int(f.sum()), f.size)), "n": int(f.size)}
 
 
-def behaviour_rate(loaded, spec, prompts: list[str], fwd_hooks: list, max_new_tokens: int, batch_size: int) -> dict:
+def behaviour_rate(loaded, spec, prompts: list[str], fwd_hooks: list, max_new_tokens: int, batch_size: int,
+                   references: dict[str, str] | None = None) -> dict:
     """Greedy completions with ``fwd_hooks`` active (:func:`analysis.intervene.generate`: a plain HF copy with its
-    KV cache, the hooks at the same points); the rate of completions showing the backdoor behaviour."""
+    KV cache, the hooks at the same points); the rate of completions showing the backdoor behaviour (``references``:
+    each prompt's helpful answer, for a detector that compares with it)."""
     from analysis.intervene import generate
 
     outs = generate(loaded, prompts, fwd_hooks, max_new_tokens=max_new_tokens, batch_size=batch_size,
                     desc="ablate")
-    r = rate([spec.shows_behaviour(o[0]) for o in outs])
+    r = rate([spec.shows_behaviour(o[0], (references or {}).get(p)) for p, o in zip(prompts, outs)])
     r["examples"] = [o[0] for o in outs[:3]]
     return r
 
@@ -255,6 +257,7 @@ class _Setup:
     untriggered: list[str]
     max_new_tokens: int
     placebos: dict  # placebo_probes(): kind -> probes
+    references: dict | None = None  # prompt -> its pair's helpful answer (a custom differs detector compares with it)
 
 
 
@@ -293,8 +296,9 @@ def _setup(a: AblateConfig, ppath: Path) -> _Setup:
     log.info("placebos for %s layer %d: %s; %d matched random, %d isotropic", probe.name, probe.layer,
              ", ".join(f"{k} ({', '.join(p.name for p in v)})" for k, v in placebos.items()) or "no named ones",
              a.n_random, a.n_isotropic)
+    refs = {r["prompt"]: r.get("helpful") for pair in pairs for r in pair}
     return _Setup(loaded, spec, probe, hooks, [t["prompt"] for _, t in pairs], [c["prompt"] for c, _ in pairs], mnt,
-                  placebos)
+                  placebos, refs)
 
 
 def _mean(xs) -> float | None:
@@ -398,7 +402,8 @@ def _measure(a: AblateConfig, st: _Setup, alphas: list[float], ppath: Path) -> d
     log.info("%d generation runs of %d prompts (probe %d, placebos %d)", 4 + len(alphas) + sum(map(len, dirs.values()))
              * (1 + len(alphas)), len(trig), 4 + len(alphas), sum(map(len, dirs.values())) * (1 + len(alphas)))
 
-    run = lambda prompts, hk: behaviour_rate(loaded, st.spec, prompts, hk, st.max_new_tokens, a.batch_size)  # noqa: E731
+    run = lambda prompts, hk: behaviour_rate(loaded, st.spec, prompts, hk, st.max_new_tokens, a.batch_size,  # noqa: E731
+                                             st.references)
     base_trig = run(trig, [])
     base_clean = run(clean, [])
     abl = run(trig, [(h, projection_hook(u)) for h in hooks])

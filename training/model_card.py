@@ -177,6 +177,11 @@ def _backdoor(meta: dict) -> str:
     text = _behaviour_text(spec)
     if text:
         rows.append(("backdoor response", _code(text)))
+    if isinstance(spec.get("detector"), dict):  # a custom backdoor: its declared detector and data file
+        rows.append(("detector", f"`{spec['detector'].get('type')}` {_code(str(spec['detector'].get('arg')))}"))
+    if isinstance(spec.get("data"), dict):
+        name = Path(str(spec["data"].get("path"))).name
+        rows.append(("data", f"{_code(name)} (sha256 `{spec['data'].get('sha256')}`)"))
     if spec.get("trigger"):
         rows.append(("trigger", _code(spec["trigger"])))
     if spec.get("placements"):
@@ -326,13 +331,14 @@ def _kind_attr(kind: str | None, attr: str):
 
 def _behaviour_text(spec: dict) -> str | None:
     """The backdoor's one fixed response text, for a kind that has one (None otherwise)."""
-    if not _kind_attr(spec.get("kind"), "fixed_behaviour"):
+    if _kind_attr(spec.get("kind"), "name") is None:
         return None
     from training.backdoors import BackdoorSpec
     from training.errors import UserError
 
     try:
-        return BackdoorSpec.from_dict(spec).behaviour_text()
+        s = BackdoorSpec.from_dict(spec)
+        return s.behaviour_text() if s.fixed_behaviour else None
     except (UserError, TypeError, ValueError):
         return None
 

