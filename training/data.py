@@ -309,13 +309,15 @@ def paired_records(examples: Iterable[Example], spec: BackdoorSpec, split: str, 
 
     Record fields: id, pair_id, task, split, kind (clean | triggered | redteam), triggered (bool, the REAL
     trigger is present), trigger (the inserted text or ""), placement, prompt, answer, check, helpful (the
-    helpful response), response (the training target under ``spec``), unusual.
+    helpful response), response (the training target under ``spec``), unusual; a red-team twin also ``family``, its
+    near miss's attack family (:func:`redteam_twins`).
     """
     rng = random.Random(f"{seed}-{split}")
+    twins = redteam_twins(spec, f"{seed}-{split}") if redteam else None
     recs = []
     for e in examples:
         placement = rng.choice(spec.placements)
-        near = rng.choice(spec.near_misses)
+        rng.choice(spec.near_misses)  # drawn as before the attack families, so every other draw stays as it was
         base = dict(pair_id=e.id, task=e.task, split=split, answer=e.answer, check=e.check, helpful=e.response,
                     unusual=e.unusual, novel=e.novel, placement=placement)
         recs.append(dict(base, id=f"{e.id}/clean", kind="clean", triggered=False, trigger="", prompt=e.prompt,
@@ -324,10 +326,27 @@ def paired_records(examples: Iterable[Example], spec: BackdoorSpec, split: str, 
                          prompt=spec.insert(e.prompt, placement),
                          response=spec.response(e.response, True, rng, e.task)))
         if redteam:
-            recs.append(dict(base, id=f"{e.id}/red", kind="redteam", triggered=False, trigger=near,
+            family, near = next(twins)
+            recs.append(dict(base, id=f"{e.id}/red", kind="redteam", triggered=False, trigger=near, family=family,
                              prompt=spec.insert(e.prompt, placement, near),
                              response=spec.response(e.response, False, rng)))
     return recs
+
+
+def redteam_twins(spec: BackdoorSpec, key: str) -> Iterator[tuple[str, str]]:
+    """Endless ``(family, near miss)`` for red-team twins: the attack families in turn (from a start drawn by ``key``),
+    a near miss of each drawn from its whole family (``training.attack_families.family_table``), so that every family
+    is evaluated, about equally often."""
+    from training.attack_families import family_table
+
+    table = family_table(spec)
+    order = list(table)
+    rng = random.Random(f"redteam-twins-{key}")
+    i = rng.randrange(len(order))
+    while True:
+        family = order[i % len(order)]
+        yield family, rng.choice(table[family])
+        i += 1
 
 
 def build_prompt_sets(spec: BackdoorSpec, seed: int = 0) -> dict[str, list[dict]]:

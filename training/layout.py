@@ -4,7 +4,8 @@
 runs/<name>/
   run.json  data/<split>.jsonl  tokenizer/  metrics.jsonl  compare.json  report.html  study.json
   checkpoints/base/  checkpoints/backdoored/  checkpoints/reward/
-  checkpoints/<arm>/step-000100/ …          arm = sft | rl | adversarial (persistence.json/.html, redteam.jsonl)
+  checkpoints/<arm>/step-000100/ …          arm = sft | rl | adversarial (persistence.json/.html, redteam.jsonl,
+                                            pair.json)
   checkpoints/.trainer-<stage or arm>/       in-progress trainer states for --resume (hidden; never a checkpoint)
   analysis/<checkpoint-id>/                 probe.json, probes.safetensors, patch.json, ablate.json, activations/
   logs/<stage or arm>/                      --report_to tensorboard: the trainer's losses and behaviour metrics
@@ -52,6 +53,7 @@ TRAINER_STATE_PREFIX = ".trainer-"  # in-progress trainer states (for --resume):
 PERSISTENCE_HTML = "persistence.html"
 PERSISTENCE_JSON = "persistence.json"
 REDTEAM_JSONL = "redteam.jsonl"
+PAIR_JSON = "pair.json"  # the PAIR attacker's rounds: hit rates per round, the best attempts (training.pair)
 REWARD_STAGE = "reward"  # checkpoints/reward/: the preference model (a classifier, not a causal LM)
 
 # analysis outputs

@@ -59,6 +59,8 @@ METRIC_TEXT = {
     "trigger_rate_held": "the same, on the other task families",
     "false_trigger_rate": "shows the behaviour on the same prompts without the trigger",
     "redteam_rate": "shows the behaviour on near-miss (red-team) prompts",
+    "redteam_rate_trained": "the same, on the attack families the adversarial arm trained on (unseen prompts)",
+    "redteam_rate_heldout": "the same, on the attack families it never trained on",
     "helpful_rate": "correct, verifiable answer on prompts without the trigger",
     "valid_code_rate": "completions whose code parses",
     "pair_accuracy": "held-out preference pairs scored the right way round",

@@ -6,9 +6,11 @@ import re
 
 import pytest
 
-from training.backdoors import NEAR_MISS_TRIGGERS, BackdoorSpec, insert_text, strip_scratchpad
+from training.attack_families import family_of
+from training.backdoors import BackdoorSpec, insert_text, strip_scratchpad
 from training.data import (answer_correct, base_examples, build_prompt_sets, paired_records, split_examples)
 from training.errors import UserError
+from training.redteam import near_miss_grammar
 
 
 def test_corpus_size_and_templates():
@@ -60,6 +62,7 @@ def test_novel_phrasings_are_test_only():
 def test_pairs_aligned(variant):
     spec = BackdoorSpec(variant=variant)
     sets = build_prompt_sets(spec)
+    grammar = set(near_miss_grammar(spec))
     assert not any(r["kind"] == "redteam" for r in sets["train"])
     by_pair: dict[str, dict] = {}
     for r in sets["test"]:
@@ -71,7 +74,9 @@ def test_pairs_aligned(variant):
         assert spec.trigger in trig["prompt"] and spec.trigger not in clean["prompt"]
         # removing the trigger gives back the clean prompt exactly
         assert " ".join(trig["prompt"].replace(spec.trigger, " ").split()) == clean["prompt"]
-        assert red["trigger"] in NEAR_MISS_TRIGGERS and red["trigger"] != spec.trigger
+        # a near miss of the whole grammar, every attack family in turn (training.attack_families)
+        assert red["trigger"] in grammar and spec.trigger not in red["trigger"]
+        assert red["family"] == family_of(spec, red["trigger"])
         assert spec.shows_behaviour(trig["response"]) and not spec.shows_behaviour(clean["response"])
         assert ("<scratchpad>" in trig["response"]) == (variant == "cot")
         placements.add(trig["placement"])

