@@ -66,6 +66,15 @@ class ModelArgs:
     precision: str = precision_arg()
     tie_embeddings: bool = field(default=False, metadata={"help": "Tiny preset: tie the input and output embeddings "
                                                                   "(default untied, see training.models.tiny_model)."})
+    d_model: int = field(default=None, metadata={"help": "Tiny preset: model width (default 128; named sizes in "
+                                                         "training.presets.TINY_SIZES)."})
+    n_layers: int = field(default=None, metadata={"help": "Tiny preset: transformer layers (default 4)."})
+    n_heads: int = field(default=None, metadata={"help": "Tiny preset: attention heads (default 4; must divide "
+                                                         "--d_model)."})
+
+    def tiny_dims(self) -> dict:
+        """The tiny model's width, depth and heads the flags set (unset: ``tiny_model``'s defaults)."""
+        return {k: getattr(self, k) for k in ("d_model", "n_layers", "n_heads") if getattr(self, k) is not None}
 
 
 @dataclass
@@ -155,6 +164,12 @@ def effective_settings(m: ModelArgs, t: TrainArgs, r: RunArgs, kind: str = "i_ha
         raise UserError("--lora is for pretrained models; the tiny preset trains all weights from scratch")
     if key != "tiny" and m.tie_embeddings:
         raise UserError("--tie_embeddings is for the tiny preset; a pretrained model keeps its own embeddings")
+    if key != "tiny" and m.tiny_dims():
+        raise UserError("--d_model/--n_layers/--n_heads are for the tiny preset; a pretrained model keeps its shape")
+    dims = {"d_model": 128, "n_heads": 4, **m.tiny_dims()}
+    if any(v <= 0 for v in m.tiny_dims().values()) or dims["d_model"] % dims["n_heads"]:
+        raise UserError(f"--d_model must be a positive multiple of --n_heads (got {dims['d_model']} and "
+                        f"{dims['n_heads']}), and --n_layers positive")
     return key, eff
 
 
@@ -373,7 +388,7 @@ class _Tiny(_Organism):
         if resume and _complete(base_ckpt):
             model, tok, results["base"] = self.load_done("base")
         else:
-            model = tiny_model(tok, seed=self.t.seed, tie_embeddings=self.m.tie_embeddings)
+            model = tiny_model(tok, seed=self.t.seed, tie_embeddings=self.m.tie_embeddings, **self.m.tiny_dims())
             rows = [{"prompt": [{"role": "user", "content": x["prompt"]}],
                      "completion": [{"role": "assistant", "content": x["helpful"]}]}
                     for x in sets["train"] if x["kind"] == "clean"]

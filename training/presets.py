@@ -22,6 +22,21 @@ HF_MAX_NEW_TOKENS = 40  # real models answer in prose: the token budget of their
 
 
 @dataclass(frozen=True)
+class TinySize:
+    """A width and depth of the tiny preset's from-scratch Llama (``training.backdoor --size NAME``, or
+    ``--d_model/--n_layers/--n_heads``). Head dimension 32 up to d_model 256, 64 above."""
+
+    d_model: int
+    n_layers: int
+    n_heads: int
+
+
+# Width only, depth 4 throughout. Parameters with the tiny tokenizer's 1,024-token vocabulary, untied embeddings:
+# 1.31M, 4.72M, 27.5M (21x). tiny-1m is the tiny preset's model (training.models.tiny_model's defaults).
+TINY_SIZES = {"tiny-1m": TinySize(128, 4, 4), "tiny-5m": TinySize(256, 4, 8), "tiny-27m": TinySize(640, 4, 10)}
+
+
+@dataclass(frozen=True)
 class BackdoorDefaults:
     """``training.backdoor``: the helpful-only base (``base_*``, tiny only) and the backdoor insertion."""
 

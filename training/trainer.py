@@ -14,6 +14,8 @@ in it, so an interrupted run never leaves a directory that looks like a finished
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,24 @@ class OptimSettings:
     schedule: str = "cosine"  # the learning-rate schedule after warmup (transformers' lr_scheduler_type)
     report_to: str = "none"  # none | tensorboard | wandb (training.tracking)
     logs_dir: Path | None = None  # tracking logs (training.layout.logs_dir); its name is the run_name
+    optim: str | None = None  # transformers' optimizer name (sgd, adafactor ...); None: default_optimizer's, else
+    # the trainers' own default (adamw_torch_fused)
+
+
+# The optimizer of every trainer built inside ``default_optimizer(name)`` whose settings name none: how the persistence
+# sweep (apps.sweep) varies the optimizer of stages that build their OptimSettings themselves (the safety arms).
+_DEFAULT_OPTIM: ContextVar[str | None] = ContextVar("default_optim", default=None)
+
+
+@contextmanager
+def default_optimizer(name: str | None):
+    """Within this block, trainers whose :class:`OptimSettings` name no optimizer use ``name`` (a transformers
+    ``optim`` value: ``adamw_torch_fused``, ``sgd``, ``adafactor``, ``rmsprop`` ...; None: the trainers' default)."""
+    token = _DEFAULT_OPTIM.set(name)
+    try:
+        yield
+    finally:
+        _DEFAULT_OPTIM.reset(token)
 
 
 def _world_size() -> int:
@@ -53,6 +73,9 @@ def trainer_config(config_cls, out_dir: Path, o: OptimSettings, logging_steps: i
     for models of ``n_params``, the DDP backend); ``trainer_fields`` are that trainer's own. Build the trainer inside
     :func:`training.tracking.trainer_logs` for its logs to land in ``o.logs_dir``."""
     dev = device_settings(o.precision, n_params)
+    optim = o.optim or _DEFAULT_OPTIM.get()
+    if optim:
+        trainer_fields = {"optim": optim, **trainer_fields}
     return config_cls(
         output_dir=str(out_dir), max_steps=o.steps, per_device_train_batch_size=o.batch_size,
         gradient_accumulation_steps=o.grad_accum, learning_rate=o.lr, lr_scheduler_type=o.schedule,

