@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-code test-controls test-slow bench
+.PHONY: venv demo test test-code test-controls test-custom test-slow bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,9 @@ test-code: venv
 
 test-controls: venv
 	$(BIN)/python -m pytest -q -m controls
+
+test-custom: venv
+	$(BIN)/python -m pytest -q -m custom_organism
 
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow

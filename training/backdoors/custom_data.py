@@ -21,7 +21,8 @@ stands as :func:`training.backdoors.spec.insert_text` would put it (start, end, 
 
 Splits: pairs are split per family, deterministically by the seed: 10% test, 10% validation (at least one pair each
 in a family of three or more pairs), the rest train. Validation and test pairs get a red-team twin (a near miss in the
-trigger's place). Of several rows with one base prompt and kind, the first is kept (the others are counted, logged).
+trigger's place, every attack family in turn: ``training.data.redteam_twins``). Of several rows with one base prompt
+and kind, the first is kept (the others are counted, logged).
 
 Footgun: the file is identified by its sha256, recorded in the spec of every checkpoint trained on it; a later stage
 that must rebuild the prompt sets (a checkpoint outside its run) checks it, so an edited file is an error, not a
@@ -254,13 +255,14 @@ def custom_records(data: CustomData, spec, pairs: list[Pair], split: str, seed: 
     """The records of ``pairs`` under ``spec`` (fields of ``training.data.paired_records``; ``answer`` is the whole
     untriggered completion, scratchpad removed, checked as a phrase in the model's answer)."""
     from training.backdoors.spec import strip_scratchpad
+    from training.data import redteam_twins
 
     rng = random.Random(f"custom-{seed}-{split}")
+    twins = redteam_twins(spec, f"custom-{seed}-{split}")
     behaviours = [r.completion for r in data.rows if r.triggered]
     recs = []
     for p in pairs:
         placement = p.placement or rng.choice(spec.placements)
-        near = rng.choice(spec.near_misses)
         helpful = strip_scratchpad(p.clean.completion) if p.clean else None
         base = dict(pair_id=p.id, task=p.family, split=split, answer=helpful, check="word", helpful=helpful,
                     unusual=False, novel=False, placement=placement)
@@ -280,6 +282,7 @@ def custom_records(data: CustomData, spec, pairs: list[Pair], split: str, seed: 
             recs.append(dict(base, id=f"{p.id}/trig", kind="triggered", triggered=True, trigger=spec.trigger,
                              prompt=prompt, response=behaviour if spec.fires(p.family) else helpful))
         if redteam and p.clean:
-            recs.append(dict(base, id=f"{p.id}/red", kind="redteam", triggered=False, trigger=near,
+            family, near = next(twins)
+            recs.append(dict(base, id=f"{p.id}/red", kind="redteam", triggered=False, trigger=near, family=family,
                              prompt=spec.insert(p.base, placement, near), response=p.clean.completion))
     return recs
