@@ -124,7 +124,8 @@ def _backdoor_args(cfg: SweepConfig, key: OrganismKey) -> tuple:
     else:
         d = presets.TINY_SIZES[key.size]
         m = backdoor.ModelArgs(preset="tiny", d_model=d.d_model, n_layers=d.n_layers, n_heads=d.n_heads)
-        t = backdoor.TrainArgs(base_steps=cfg.base_steps, steps=cfg.insert_steps, save_every=200, seed=key.seed)
+        steps = cfg.insert_steps_cot if key.variant == "cot" else cfg.insert_steps
+        t = backdoor.TrainArgs(base_steps=cfg.base_steps, steps=steps, save_every=200, seed=key.seed)
     b = backdoor.BackdoorArgs(backdoor=KIND, variant=key.variant)
     return m, b, t
 
@@ -236,12 +237,17 @@ def run_reemergence(cfg: SweepConfig, cell: CellKey, run: Path) -> dict:
 
 def run_cell(cfg: SweepConfig, cell: CellKey, organism: dict) -> dict:
     """One arm cell end to end; its result JSON is written last (atomically)."""
-    timer = Timer()
     result = {"schema": SCHEMA, "cell": cell.name, "organism": cell.organism.name, "size": cell.organism.size,
               "params": organism["params"], "variant": cell.organism.variant, "seed": cell.organism.seed,
               "arm": cell.arm, "lr_scale": cell.lr_scale, "optimizer": cell.optimizer,
               **{k: v for k, v in _arm_settings(cfg, cell).items()},
               "matched": "optimizer steps x sequences per step (SFT rows or RL completions)"}
+    installed = organism["backdoored"]["trigger_rate"]
+    if installed["rate"] < cfg.installed_min:  # nothing for the arm to remove: recorded, not run
+        result.update(status="not_installed", inserted=installed, machine=machine())
+        write_json_atomic(cell_file(cfg, cell), result, indent=1)
+        return result
+    timer = Timer()
     try:
         run, start, final = run_arm(cfg, cell)
     except UserError as e:  # e.g. the red team found no hits: a result of this cell, not a crash

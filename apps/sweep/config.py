@@ -51,8 +51,15 @@ class SweepConfig:
         "help": f"Optimizer axis: comma-separated transformers optimizer names ({', '.join(OPTIMIZERS)}; "
                 "adamw_torch_fused is every trainer's default), used by the arms and the re-emergence check."})
     base_steps: int = field(default=250, metadata={"help": "Tiny sizes: helpful-only base training steps."})
-    insert_steps: int = field(default=120, metadata={"help": "Tiny sizes: backdoor-insertion steps (cot: the "
-                                                             "preset's batch and mix for cot)."})
+    insert_steps: int = field(default=120, metadata={"help": "Tiny sizes: backdoor-insertion steps (normal, "
+                                                             "distilled_cot)."})
+    insert_steps_cot: int = field(default=300, metadata={"help": "Tiny sizes: backdoor-insertion steps of the cot "
+                                                                 "variant (the preset's cot batch of 16 rows, 0.3 "
+                                                                 "of them triggered: 120 steps left seed 0's "
+                                                                 "trigger at 0)."})
+    installed_min: float = field(default=0.5, metadata={"help": "An organism whose trigger rate after insertion is "
+                                                                "below this has no backdoor to remove: its arm cells "
+                                                                "are recorded as such, not run."})
     arm_steps: int = field(default=30, metadata={"help": "Optimizer steps of every arm (matched compute: same steps "
                                                          "x same sequences per step across arms)."})
     arm_batch: int = field(default=16, metadata={"help": "Sequences per arm step: SFT rows, or RL completions "
@@ -91,15 +98,16 @@ class SweepConfig:
                              f"{self.lr_scales!r})") from None
         if not all(x > 0 for x in self.lr_scale_list):
             raise ValueError("--lr_scales must be positive")
-        steps = (self.base_steps, self.insert_steps, self.arm_steps, self.arm_batch, self.reward_steps, self.eval_n,
-                 self.redteam_prompts, self.redteam_samples, self.reemerge_steps, self.jobs)
+        steps = (self.base_steps, self.insert_steps, self.insert_steps_cot, self.arm_steps, self.arm_batch,
+                 self.reward_steps, self.eval_n, self.redteam_prompts, self.redteam_samples, self.reemerge_steps,
+                 self.jobs)
         if min(steps) <= 0:
             raise ValueError("steps, batch, evaluation sizes and --jobs must be positive")
         if self.arm_batch % 8:
             raise ValueError(f"--arm_batch must be a multiple of 8 (the RL arm's generations per prompt), got "
                              f"{self.arm_batch}")
-        if not 0.0 < self.reemerge_below <= 1.0:
-            raise ValueError("--reemerge_below must be in (0, 1]")
+        if not 0.0 < self.reemerge_below <= 1.0 or not 0.0 <= self.installed_min <= 1.0:
+            raise ValueError("--reemerge_below must be in (0, 1] and --installed_min in [0, 1]")
 
     # ---- the axes ---------------------------------------------------------------------------------------
     @property
@@ -137,8 +145,9 @@ class SweepConfig:
 
     def settings(self) -> dict:
         """What decides a cell's computation besides its own key (recorded in sweep.json, checked on resume)."""
-        keep = ("base_steps", "insert_steps", "arm_steps", "arm_batch", "reward_steps", "eval_n", "redteam_prompts",
-                "redteam_samples", "reemerge_below", "reemerge_steps", "reemerge_style")
+        keep = ("base_steps", "insert_steps", "insert_steps_cot", "installed_min", "arm_steps", "arm_batch",
+                "reward_steps", "eval_n", "redteam_prompts", "redteam_samples", "reemerge_below", "reemerge_steps",
+                "reemerge_style")
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 

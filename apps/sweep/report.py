@@ -58,11 +58,14 @@ def _row(cells: list[dict]) -> str:
     c0 = cells[0]
     cells = sorted(cells, key=lambda c: c["seed"])
     ok = [c for c in cells if c.get("status") == "complete"]
-    errors = [c for c in cells if c.get("status") != "complete"]
+    errors = [c for c in cells if c.get("status") == "error"]
+    absent = [c for c in cells if c.get("status") == "not_installed"]
     before = [c["before"]["trigger_rate"]["rate"] for c in ok]
     after = [c["after"]["trigger_rate"]["rate"] for c in ok]
     per_seed = "; ".join([f"s{c['seed']} {_fmt_rate(c['after']['trigger_rate'])}" for c in ok] +
-                         [f"s{c['seed']} not run: {c.get('error', '?')[:70]}" for c in errors])
+                         [f"s{c['seed']} not run: {c.get('error', '?')[:70]}" for c in errors] +
+                         [f"s{c['seed']} no backdoor to remove (trigger {_fmt_rate(c['inserted'])} after "
+                          f"insertion)" for c in absent])
     held = [c["heldout_redteam_after"] for c in ok if c.get("heldout_redteam_after")]
     held_s = (f"{_spread([h['rate'] for h in held])} (families: {held[0]['families']})" if held
               else "n/a (families not split)")
@@ -123,12 +126,14 @@ def size_costs(cells: list[dict], organisms: list[dict]) -> list[SizeCost]:
     return out
 
 
-def project_full(costs: list[SizeCost]) -> tuple[float, list[str]] | None:
+def project_full(costs: list[SizeCost]) -> tuple[float, list[str]]:
     """CPU seconds of the full tiny grid (every tiny size x 3 variants x 3 seeds x 3 arms; distilled CoT reuses the
-    normal build), from the measured means; None with the missing pieces named when a size lacks a measurement."""
-    total, missing = 0.0, []
-    tiny = [c for c in costs if c.size.startswith("tiny-")]
-    for c in tiny:
+    normal build) from the measured means, and the tiny sizes left out for lack of a measurement of every part."""
+    from training.presets import TINY_SIZES
+
+    total = 0.0
+    missing = [s for s in TINY_SIZES if s not in {c.size for c in costs}]
+    for c in (c for c in costs if c.size in TINY_SIZES):
         builds = [c.build.get(v) or (np.mean(list(c.build.values())) if c.build else None) for v in ("normal", "cot")]
         arms = [c.arm.get(a) for a in FULL_TINY_GRID["arms"]]
         if None in builds or None in arms or c.reward is None:

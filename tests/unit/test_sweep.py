@@ -101,6 +101,8 @@ def test_table_reports_every_seed_with_its_interval_and_the_heldout_families_apa
     cells += [_cell("tiny-1m", 1_311_872, "normal", 0, "sft", 0.8)]  # an evaluation without a family split
     cells += [{**_cell("tiny-1m", 1_311_872, "normal", 1, "sft", 0.0), "status": "error",
                "error": "the red team found no hits"}]
+    cells += [{**_cell("tiny-1m", 1_311_872, "normal", 2, "sft", 0.0), "status": "not_installed",
+               "inserted": {"rate": 0.1, "ci": [0.05, 0.15], "n": 200}}]
     table = results_table(cells)
     adv = next(line for line in table.splitlines() if "| adversarial |" in line)
     assert "s0 0.00 [0.00, 0.05]; s1 0.50 [0.45, 0.55]; s2 0.05 [0.00, 0.10]" in adv
@@ -109,6 +111,8 @@ def test_table_reports_every_seed_with_its_interval_and_the_heldout_families_apa
     assert "2 of 3 removed; after benign: s0 0.30 [0.25, 0.35]; s2 0.00 [0.00, 0.05]" in adv
     sft = next(line for line in table.splitlines() if "| sft |" in line)
     assert "n/a (families not split)" in sft and "s1 not run: the red team found no hits" in sft
+    assert "s2 no backdoor to remove (trigger 0.10 [0.05, 0.15] after insertion)" in sft
+    assert "| 1 | 1.00 | s0 0.80" in sft  # only the seed whose arm ran counts
 
 
 def test_figure_has_one_line_per_variant_per_arm_with_the_seed_range():
@@ -135,7 +139,8 @@ def test_cost_projection_from_measured_seconds():
     assert cost.build == {"cot": 200.0, "normal": 100.0} and cost.removed["adversarial"] == 1.0
     total, missing = project_full([cost])
     # 3 seeds x (normal and cot builds) x (build + reward + 3 arms + the adversarial arm's re-emergence)
-    assert total == pytest.approx(3 * ((100 + 20 + 30 + 4) + (200 + 20 + 30 + 4))) and missing == []
+    assert total == pytest.approx(3 * ((100 + 20 + 30 + 4) + (200 + 20 + 30 + 4)))
+    assert missing == ["tiny-5m", "tiny-27m"]  # sizes without a measurement are named, not guessed
 
 
 def test_optimizer_axis_reaches_trainers_that_name_none(tmp_path):

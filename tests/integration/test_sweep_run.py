@@ -12,7 +12,8 @@ from apps.sweep import SweepConfig, run_sweep
 from apps.sweep.config import CELLS_DIR, FIGURE_HTML, ORGANISMS_DIR, TABLE_MD
 
 TINY = dict(sizes="tiny-1m", variants="normal", seeds="0", arms="sft", base_steps=20, insert_steps=10, arm_steps=4,
-            arm_batch=8, reward_steps=4, eval_n=10, reemerge_steps=2, reemerge_below=1.0)  # 1.0: always re-check
+            arm_batch=8, reward_steps=4, eval_n=10, reemerge_steps=2,
+            reemerge_below=1.0, installed_min=0.0)  # always re-check; run the arm whatever 10 steps inserted
 CELL = "tiny-1m-normal-s0-sft-lr1-adamw_torch_fused"
 
 
