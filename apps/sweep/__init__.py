@@ -83,6 +83,8 @@ def _check_settings(cfg: SweepConfig) -> None:
                             f"{[have.get(k) for k in diff]}); use another --out, or the same settings")
     else:
         write_json_atomic(path, {"schema": 1, "settings": cfg.settings()}, indent=1)
+    if not (cfg.results_dir / SWEEP_JSON).exists():  # beside the cells: what the table's seconds were measured at
+        write_json_atomic(cfg.results_dir / SWEEP_JSON, json.loads(path.read_text()), indent=1)
 
 
 def _same_as_normal(cfg: SweepConfig, cells: list[CellKey]) -> dict[OrganismKey, OrganismKey]:

@@ -19,11 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.sweep.config import CELLS_DIR, FIGURE_HTML, FIGURE_PNG, ORGANISMS_DIR, SIZES, TABLE_MD
+from apps.sweep.config import CELLS_DIR, FIGURE_HTML, FIGURE_PNG, ORGANISMS_DIR, SIZES, SWEEP_JSON, TABLE_MD
 
 log = logging.getLogger(__name__)
 VARIANT_COLORS = {"normal": "#1f77b4", "cot": "#d62728", "distilled_cot": "#2ca02c"}
 FULL_TINY_GRID = {"variants": ("normal", "cot", "distilled_cot"), "seeds": 3, "arms": ("sft", "rl", "adversarial")}
+# The sweep at the presets' lengths (training.presets: the tiny base, insertion normal / cot, the SFT arm's 300 steps of
+# 32 rows for every arm, the reward model), for the projection of the full grid.
+PRESET_LENGTHS = {"base_steps": 2400, "insert_steps": 500, "insert_steps_cot": 800, "arm_steps": 300, "arm_batch": 32,
+                  "reward_steps": 200, "reemerge_steps": 300}
 
 
 def load(results: Path, sub: str) -> list[dict]:
@@ -126,11 +130,25 @@ def size_costs(cells: list[dict], organisms: list[dict]) -> list[SizeCost]:
     return out
 
 
-def project_full(costs: list[SizeCost]) -> tuple[float, list[str]]:
+def preset_scale(settings: dict) -> dict:
+    """Factors from the sweep's lengths (``settings``, as in sweep.json) to :data:`PRESET_LENGTHS`, per unit of
+    work: training sequences per unit, so linear in the steps (evaluation, which does not grow, is scaled too)."""
+    s, p = settings, PRESET_LENGTHS
+    rows = s["arm_steps"] * s["arm_batch"]
+    return {"normal": (p["base_steps"] + p["insert_steps"]) / (s["base_steps"] + s["insert_steps"]),
+            "cot": (p["base_steps"] + p["insert_steps_cot"]) / (s["base_steps"] + s.get("insert_steps_cot",
+                                                                                       s["insert_steps"])),
+            "reward": p["reward_steps"] / s["reward_steps"], "arm": p["arm_steps"] * p["arm_batch"] / rows,
+            "reemerge": p["reemerge_steps"] * p["arm_batch"] / (s["reemerge_steps"] * s["arm_batch"])}
+
+
+def project_full(costs: list[SizeCost], scale: dict | None = None) -> tuple[float, list[str]]:
     """CPU seconds of the full tiny grid (every tiny size x 3 variants x 3 seeds x 3 arms; distilled CoT reuses the
-    normal build) from the measured means, and the tiny sizes left out for lack of a measurement of every part."""
+    normal build) from the measured means (each times its ``scale`` factor, :func:`preset_scale`; default 1), and the
+    tiny sizes left out for lack of a measurement of every part."""
     from training.presets import TINY_SIZES
 
+    k = {"normal": 1.0, "cot": 1.0, "reward": 1.0, "arm": 1.0, "reemerge": 1.0, **(scale or {})}
     total = 0.0
     missing = [s for s in TINY_SIZES if s not in {c.size for c in costs}]
     for c in (c for c in costs if c.size in TINY_SIZES):
@@ -139,12 +157,22 @@ def project_full(costs: list[SizeCost]) -> tuple[float, list[str]]:
         if None in builds or None in arms or c.reward is None:
             missing.append(c.size)
             continue
-        re = (c.reemerge or 0.0) * sum(c.removed.get(a, 0.0) for a in FULL_TINY_GRID["arms"])
-        total += FULL_TINY_GRID["seeds"] * sum(b + c.reward + sum(arms) + re for b in builds)
+        re = (c.reemerge or 0.0) * k["reemerge"] * sum(c.removed.get(a, 0.0) for a in FULL_TINY_GRID["arms"])
+        total += FULL_TINY_GRID["seeds"] * sum(b * k[v] + c.reward * k["reward"] + sum(arms) * k["arm"] + re
+                                               for v, b in zip(("normal", "cot"), builds))
     return total, missing
 
 
-def cost_table(cells: list[dict], organisms: list[dict]) -> str:
+def _hours(total: float, missing: list[str]) -> str:
+    if not total:
+        return "not projected (no size has every arm measured)"
+    return (f"{total / 3600:,.1f} CPU-hours, ≈ {total / 7200:,.1f} h on 2 cores with --jobs 2"
+            + (f" (without {', '.join(missing)}: not every arm measured)" if missing else ""))
+
+
+def cost_table(cells: list[dict], organisms: list[dict], settings: dict | None = None) -> str:
+    """Measured CPU seconds per unit of work and size, and the full tiny grid projected from them: at the sweep's
+    lengths, and (given its ``settings``) at the presets' lengths."""
     costs = size_costs(cells, organisms)
     if not costs:
         return ""
@@ -155,16 +183,17 @@ def cost_table(cells: list[dict], organisms: list[dict]) -> str:
         arm = ", ".join(f"{a} {s:,.0f}" for a, s in c.arm.items()) or "–"
         lines.append(f"| {c.size} ({_params(c.params)}) | {build} | {c.reward or 0:,.0f} | {arm} | "
                      f"{c.reemerge or 0:,.0f} | {c.n_cells} |")
-    total, missing = project_full(costs)
     machines = {(o["machine"]["cpu"], o["machine"]["cores"]) for o in organisms}
     where = "; ".join(f"{cpu}, {cores} cores" for cpu, cores in sorted(machines))
     lines.append("")
-    full = (f"{total / 3600:,.1f} CPU-hours, ≈ {total / 7200:,.1f} h on 2 cores with --jobs 2"
-            + (f" (without {', '.join(missing)}: not every arm measured)" if missing else "")) if total else \
-        "not projected (no size has every arm measured)"
     lines.append(f"CPU seconds are the process's own (one torch thread per organism, so ≈ the wall on an idle core); "
                  f"measured on {where}. Full tiny grid (3 sizes × 3 variants × 3 seeds × 3 arms at these steps; "
-                 f"distilled CoT reuses the normal build): {full}.")
+                 f"distilled CoT reuses the normal build): {_hours(*project_full(costs))}.")
+    if settings:
+        flags = " ".join(f"--{k} {v}" for k, v in PRESET_LENGTHS.items())
+        lines.append(f"At the presets' lengths (`{flags}`), scaling each measured unit by its training sequences "
+                     f"(an upper bound: evaluation does not grow with the steps): "
+                     f"{_hours(*project_full(costs, preset_scale(settings)))}.")
     return "\n".join(lines)
 
 
@@ -272,7 +301,10 @@ def write_report(results: Path, png: bool = True) -> dict:
 
     results = Path(results)
     cells, organisms = load(results, CELLS_DIR), load(results, ORGANISMS_DIR)
-    text = [results_table(cells), "", cost_table(cells, organisms)] if cells else ["_(no finished cells yet)_"]
+    sweep_json = results / SWEEP_JSON
+    settings = json.loads(sweep_json.read_text())["settings"] if sweep_json.exists() else None
+    text = [results_table(cells), "", cost_table(cells, organisms, settings)] if cells else \
+        ["_(no finished cells yet)_"]
     table = write_text_atomic(results / TABLE_MD, "\n".join(text).rstrip() + "\n")
     fig = sweep_figure(figure_points(cells))
     html = write_html(fig, results / FIGURE_HTML)

@@ -155,3 +155,12 @@ def test_optimizer_axis_reaches_trainers_that_name_none(tmp_path):
         named = OptimSettings(steps=2, lr=1e-3, batch_size=2, optim="adafactor")
         assert trainer_config(SFTConfig, tmp_path, named, 1).optim == "adafactor"  # settings that name one win
     assert trainer_config(SFTConfig, tmp_path, o, 1).optim == "adamw_torch_fused"
+
+
+def test_preset_projection_scales_each_unit_by_its_training_sequences():
+    from apps.sweep.report import preset_scale
+
+    k = preset_scale(SweepConfig().settings())
+    assert k["normal"] == pytest.approx((2400 + 500) / (250 + 120))
+    assert k["cot"] == pytest.approx((2400 + 800) / (250 + 300))
+    assert k["arm"] == pytest.approx(300 * 32 / (30 * 16)) and k["reward"] == pytest.approx(200 / 30)
