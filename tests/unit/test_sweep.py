@@ -61,6 +61,8 @@ def test_distilled_cot_organism_is_the_normal_computation_on_the_tiny_preset():
     assert build_fingerprint("tiny-1m", "distilled_cot", 0, cfg) == normal
     assert build_fingerprint("tiny-1m", "cot", 0, cfg) != normal
     assert build_fingerprint("tiny-1m", "normal", 1, cfg) != normal
+    smol = build_fingerprint("smollm2-135m", "normal", 0, cfg)  # its own answers come later, the same for both
+    assert build_fingerprint("smollm2-135m", "distilled_cot", 0, cfg) == smol != normal
 
 
 def test_restyled_rows_keep_the_answer_checkable():
