@@ -125,7 +125,7 @@ def _backdoor_args(cfg: SweepConfig, key: OrganismKey) -> tuple:
         d = presets.TINY_SIZES[key.size]
         m = backdoor.ModelArgs(preset="tiny", d_model=d.d_model, n_layers=d.n_layers, n_heads=d.n_heads)
         steps = cfg.insert_steps_cot if key.variant == "cot" else cfg.insert_steps
-        t = backdoor.TrainArgs(base_steps=cfg.base_steps, steps=steps, save_every=200, seed=key.seed)
+        t = backdoor.TrainArgs(base_steps=cfg.base_steps, steps=steps, save_every=100, seed=key.seed)
     b = backdoor.BackdoorArgs(backdoor=KIND, variant=key.variant)
     return m, b, t
 
