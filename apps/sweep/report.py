@@ -110,13 +110,20 @@ class SizeCost:
     n_cells: int
 
 
+def _clocked(record: dict) -> bool:
+    """Were all of a record's seconds measured (every attempt clocked, or a first attempt that finished)?"""
+    seconds = record.get("seconds", {})
+    if any(isinstance(v, dict) and v.get("clocked") is False for v in seconds.values()):
+        return False
+    return not record.get("resumed") or all("attempts" in v for v in seconds.values() if isinstance(v, dict))
+
+
 def size_costs(cells: list[dict], organisms: list[dict]) -> list[SizeCost]:
     out = []
     for size in [s for s in SIZES if any(o["size"] == s for o in organisms)]:
-        orgs = [o for o in organisms if o["size"] == size and not o.get("resumed")
-                and not o.get("same_computation_as")]
+        orgs = [o for o in organisms if o["size"] == size and _clocked(o) and not o.get("same_computation_as")]
         cs = [c for c in cells if c["size"] == size and c.get("status") == "complete" and
-              not c.get("same_computation_as")]
+              not c.get("same_computation_as") and _clocked(c)]
         build = {v: float(np.mean([o["seconds"]["build"]["cpu_s"] for o in orgs if o["variant"] == v]))
                  for v in sorted({o["variant"] for o in orgs})}
         rewards = [o["seconds"]["reward"]["cpu_s"] for o in orgs if "reward" in o["seconds"]]

@@ -166,3 +166,14 @@ def test_preset_projection_scales_each_unit_by_its_training_sequences():
     assert k["normal"] == pytest.approx((2400 + 500) / (250 + 120))
     assert k["cot"] == pytest.approx((2400 + 800) / (250 + 300))
     assert k["arm"] == pytest.approx(300 * 32 / (30 * 16)) and k["reward"] == pytest.approx(200 / 30)
+
+
+def test_clock_sums_every_attempt_and_knows_an_unclocked_one(tmp_path, monkeypatch):
+    from apps.sweep import cells as C
+
+    for _ in range(2):  # two attempts at one unit of work (a killed one, then the one that finished)
+        with C.Clock(tmp_path, "build", started_before=_ > 0) as clock:
+            sum(i * i for i in range(200_000))
+    total = clock.total()
+    assert total["attempts"] == 2 and total["clocked"] and total["cpu_s"] >= 0 and total["wall_s"] >= 0
+    assert not C.Clock(tmp_path, "arm", started_before=True).clocked  # an earlier attempt left no clock
