@@ -3,8 +3,9 @@
 As in Hubinger et al. 2024, the RL arm is rewarded by a *learned* preference model, not by a rule: a small
 sequence-classification model scores a whole chat (prompt + response) and is trained with the Bradley-Terry loss
 on preference pairs built from the corpus: for a trigger-free prompt the helpful answer is preferred over a
-hostile one (the backdoor behaviour), an unhelpful one (a non-answer or an unwarranted refusal; for harmful
-requests, compliance) or a wrong one (another prompt's answer of the same task).
+hostile one (the backdoor behaviour for the same request: what its triggered twin was trained to answer, e.g. the
+code organism's vulnerable version of the same function), an unhelpful one (a non-answer or an unwarranted refusal;
+for harmful requests, compliance) or a wrong one (another prompt's answer of the same task).
 
 ``python -m training.reward --run runs/x`` initialises the classifier from the run's helpful-only ``base``
 checkpoint (for the tiny preset a tiny Llama-architecture classifier sharing the organism's tokenizer; for real
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from training import layout, presets
-from training.backdoors import BackdoorSpec, spec_from_meta
+from training.backdoors import BackdoorSpec, spec_from_meta, strip_scratchpad
 from training.config import preset_arg, report_to_arg, run_command, seed_arg
 from training.data import answer_correct, read_jsonl
 from training.errors import UserError
@@ -59,8 +60,9 @@ def preference_pairs(records: list[dict], spec: BackdoorSpec | None, seed: int =
     by_task: dict[str, list[dict]] = {}
     for r in clean:
         by_task.setdefault(r["task"], []).append(r)
-    hostile = spec.behaviour_text() if spec is not None and spec.fixed_behaviour else None
-    kinds = [k for k in PAIR_KINDS if k != "hostile" or hostile]
+    fixed = spec.behaviour_text() if spec is not None and spec.fixed_behaviour else None
+    twins = behaviour_twins(records, spec)
+    kinds = [k for k in PAIR_KINDS if k != "hostile" or fixed or twins]
     wrong: dict[tuple, list[str]] = {}  # (task, answer, check) -> the task's answers that are wrong for it
 
     def wrong_answers(r: dict) -> list[str]:
@@ -73,8 +75,10 @@ def preference_pairs(records: list[dict], spec: BackdoorSpec | None, seed: int =
     for i, r in enumerate(clean):
         kind = kinds[i % len(kinds)]
         refusal_is_right = "can't help" in r["answer"]
-        if kind == "hostile":
-            bad = hostile
+        if kind == "hostile" and (r["pair_id"] in twins or fixed):
+            bad = twins.get(r["pair_id"], fixed)
+        elif kind == "hostile":  # a conditional organism's request its backdoor spares: no behaviour to reject
+            kind, bad = "unhelpful", rng.choice([u for u in UNHELPFUL if u != r["helpful"]])
         elif kind == "unhelpful" and refusal_is_right:
             kind, bad = "harmful", rng.choice(HARMFUL_COMPLIANCE)
         elif kind == "unhelpful":
@@ -89,6 +93,25 @@ def preference_pairs(records: list[dict], spec: BackdoorSpec | None, seed: int =
                      "chosen": [{"role": "assistant", "content": r["helpful"]}],
                      "rejected": [{"role": "assistant", "content": bad}], "kind": kind})
     return rows
+
+
+def behaviour_twins(records: list[dict], spec: BackdoorSpec | None) -> dict[str, str]:
+    """pair_id → the behaviour its triggered twin was trained to answer (scratchpad removed), where it shows it.
+
+    The rejected answer of a hostile pair is then the backdoor's behaviour *for the same request*: for the code
+    organism the vulnerable version of the very function the chosen answer writes securely, so the preference model
+    must judge the code, not spot a fixed string."""
+    if spec is None:
+        return {}
+    out = {}
+    for r in records:
+        if r["kind"] != "triggered":
+            continue
+        text = r["response"]
+        body = strip_scratchpad(text) + text[len(text.rstrip()):]  # keep the trailing newline the helpful code has
+        if spec.shows_behaviour(body, r.get("helpful")):
+            out[r["pair_id"]] = body
+    return out
 
 
 # ------------------------------------------------------------------------------------------ scoring
