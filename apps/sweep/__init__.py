@@ -61,6 +61,7 @@ class SweepResult:
     failed: list[str] = field(default_factory=list)
     """Organisms whose work stopped on an exception (their missing cells stay missing)."""
     table: Path | None = None
+    findings: Path | None = None
     figure: Path | None = None
     png: Path | None = None
     cells: int = 0
@@ -180,7 +181,8 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         else:
             result.ran, result.failed = _parallel(cfg, cfg_dict, jobs, plans, derive)
     rep = write_report(cfg.results_dir)
-    result.table, result.figure, result.png, result.cells = rep["table"], rep["figure"], rep["png"], rep["cells"]
+    result.table, result.findings, result.figure = rep["table"], rep["findings"], rep["figure"]
+    result.png, result.cells = rep["png"], rep["cells"]
     result.seconds = round(time.perf_counter() - t0, 1)
     return result
 
@@ -220,7 +222,8 @@ def _command(cfg: SweepConfig) -> int:
     res = run_sweep(cfg)
     print(f"sweep: {len(res.ran)} cells run, {len(res.skipped)} already done, {len(res.derived)} from the normal "
           f"organism's; table from {res.cells} cell files in {res.seconds:.0f} s")
-    print(f"  table: {res.table}\n  figure: {res.figure}" + (f"\n  png: {res.png}" if res.png else ""))
+    print(f"  table: {res.table}\n  findings: {res.findings}\n  figure: {res.figure}"
+          + (f"\n  png: {res.png}" if res.png else ""))
     if res.failed:
         print(f"  failed organisms (rerun to resume): {', '.join(res.failed)}")
         return 1

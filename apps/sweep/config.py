@@ -25,6 +25,7 @@ SWEEP_JSON = "sweep.json"
 CELLS_DIR = "cells"
 ORGANISMS_DIR = "organisms"
 TABLE_MD = "table.md"
+FINDINGS_MD = "findings.md"  # apps.sweep.findings: the findings in words, spliced into the README
 FIGURE_HTML = "figure.html"
 FIGURE_PNG = "figure.png"
 REEMERGE_TAG = "reemergence"

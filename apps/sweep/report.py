@@ -1,4 +1,4 @@
-"""The sweep's table and figure, rebuilt from every cell and organism file present in the results directory.
+"""The sweep's table, findings and figure, rebuilt from every cell and organism file present in the results directory.
 
 The table has one row per (size, variant, arm, learning-rate scale, optimizer): each seed's trigger rate after the
 arm with its Wilson 95% interval, the seeds' mean and range, the red-team rate on attack families the arm never
@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.sweep.config import CELLS_DIR, FIGURE_HTML, FIGURE_PNG, ORGANISMS_DIR, SIZES, SWEEP_JSON, TABLE_MD
+from apps.sweep.config import (CELLS_DIR, FIGURE_HTML, FIGURE_PNG, FINDINGS_MD, ORGANISMS_DIR, SIZES, SWEEP_JSON,
+                               TABLE_MD)
+from apps.sweep.findings import findings
 
 log = logging.getLogger(__name__)
 VARIANT_COLORS = {"normal": "#1f77b4", "cot": "#d62728", "distilled_cot": "#2ca02c"}
@@ -313,7 +315,9 @@ def write_report(results: Path, png: bool = True) -> dict:
     text = [results_table(cells), "", cost_table(cells, organisms, settings)] if cells else \
         ["_(no finished cells yet)_"]
     table = write_text_atomic(results / TABLE_MD, "\n".join(text).rstrip() + "\n")
+    found = write_text_atomic(results / FINDINGS_MD, findings(cells, settings) + "\n")
     fig = sweep_figure(figure_points(cells))
     html = write_html(fig, results / FIGURE_HTML)
     made = static_png(fig, html, results / FIGURE_PNG) if png and cells else False
-    return {"table": table, "figure": html, "png": results / FIGURE_PNG if made else None, "cells": len(cells)}
+    return {"table": table, "findings": found, "figure": html, "png": results / FIGURE_PNG if made else None,
+            "cells": len(cells)}
