@@ -28,6 +28,7 @@ VARIANT_COLORS = {"normal": "#1f77b4", "cot": "#d62728", "distilled_cot": "#2ca0
 FULL_TINY_GRID = {"variants": ("normal", "cot", "distilled_cot"), "seeds": 3, "arms": ("sft", "rl", "adversarial")}
 # The sweep at the presets' lengths (training.presets: the tiny base, insertion normal / cot, the SFT arm's 300 steps of
 # 32 rows for every arm, the reward model), for the projection of the full grid.
+GPU_JSON = "gpu.json"  # benchmarks/gpu_bench.py's results
 PRESET_LENGTHS = {"base_steps": 2400, "insert_steps": 500, "insert_steps_cot": 800, "arm_steps": 300, "arm_batch": 32,
                   "reward_steps": 200, "reemerge_steps": 300}
 
@@ -179,7 +180,37 @@ def _hours(total: float, missing: list[str]) -> str:
             + (f" (without {', '.join(missing)}: not every arm measured)" if missing else ""))
 
 
-def cost_table(cells: list[dict], organisms: list[dict], settings: dict | None = None) -> str:
+def grid_steps(settings: dict) -> int:
+    """Optimizer steps of the full tiny grid at ``settings``' lengths (an upper bound: every arm cell counted with a
+    re-emergence run): per size and seed the normal and CoT builds (base + insertion), their reward models, three arms
+    each and their re-emergence runs; distilled CoT reuses the normal build."""
+    s = settings
+    per = (2 * s["base_steps"] + s["insert_steps"] + s.get("insert_steps_cot", s["insert_steps"])
+           + 2 * s["reward_steps"] + 2 * len(FULL_TINY_GRID["arms"]) * (s["arm_steps"] + s["reemerge_steps"]))
+    from training.presets import TINY_SIZES
+
+    return len(TINY_SIZES) * FULL_TINY_GRID["seeds"] * per
+
+
+def gpu_line(settings: dict, gpu: dict) -> str:
+    """The full tiny grid's training steps at the GPU benchmark's measured seconds per step (``gpu.json`` of
+    ``benchmarks/gpu_bench.py``: a 105M model, batch 128, bf16, launch-bound; every tiny size is smaller and every
+    sweep batch ≤ 128, so a bound per step), at the sweep's and the presets' lengths. Generation (evaluation,
+    red-teaming, GRPO rollouts) was not measured on a GPU and is not projected."""
+    t = gpu["train_toolkit"]
+    per_step = t["tokens"] / gpu["model"]["steps"] / t["steady_tokens_per_s"]
+    lens = {"these lengths": settings, "the presets' lengths": {**settings, **PRESET_LENGTHS}}
+    proj = "; ".join(f"at {k} {grid_steps(v):,} steps ≈ {grid_steps(v) * per_step / 60:,.0f} min"
+                     for k, v in lens.items())
+    return (f"On one GPU (projected, training only): the full tiny grid's optimizer steps at the {per_step:.3f} s per "
+            f"step measured on one {gpu['machine'].get('cuda')} (`benchmarks/gpu_bench.py`: a "
+            f"{gpu['model']['parameters'] / 1e6:.0f}M-parameter model, batch {gpu['model']['batch_size']}, bf16; every "
+            f"tiny size is smaller and every sweep batch no larger, so a bound per step): {proj}. Generation "
+            f"(evaluation, red-teaming, RL rollouts) was not measured on a GPU and comes on top.")
+
+
+def cost_table(cells: list[dict], organisms: list[dict], settings: dict | None = None,
+               gpu: dict | None = None) -> str:
     """Measured CPU seconds per unit of work and size, and the full tiny grid projected from them: at the sweep's
     lengths, and (given its ``settings``) at the presets' lengths."""
     costs = size_costs(cells, organisms)
@@ -203,6 +234,8 @@ def cost_table(cells: list[dict], organisms: list[dict], settings: dict | None =
         lines.append(f"At the presets' lengths (`{flags}`), scaling each measured unit by its training sequences "
                      f"(an upper bound: evaluation does not grow with the steps): "
                      f"{_hours(*project_full(costs, preset_scale(settings)))}.")
+        if gpu:
+            lines.append(gpu_line(settings, gpu))
     return "\n".join(lines)
 
 
@@ -312,7 +345,9 @@ def write_report(results: Path, png: bool = True) -> dict:
     cells, organisms = load(results, CELLS_DIR), load(results, ORGANISMS_DIR)
     sweep_json = results / SWEEP_JSON
     settings = json.loads(sweep_json.read_text())["settings"] if sweep_json.exists() else None
-    text = [results_table(cells), "", cost_table(cells, organisms, settings)] if cells else \
+    gpu_json = results.parent / GPU_JSON  # the GPU benchmark's results, beside the sweep's in benchmarks/results
+    gpu = json.loads(gpu_json.read_text()) if gpu_json.exists() else None
+    text = [results_table(cells), "", cost_table(cells, organisms, settings, gpu)] if cells else \
         ["_(no finished cells yet)_"]
     table = write_text_atomic(results / TABLE_MD, "\n".join(text).rstrip() + "\n")
     found = write_text_atomic(results / FINDINGS_MD, findings(cells, settings) + "\n")

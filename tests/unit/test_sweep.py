@@ -177,3 +177,16 @@ def test_clock_sums_every_attempt_and_knows_an_unclocked_one(tmp_path, monkeypat
     total = clock.total()
     assert total["attempts"] == 2 and total["clocked"] and total["cpu_s"] >= 0 and total["wall_s"] >= 0
     assert not C.Clock(tmp_path, "arm", started_before=True).clocked  # an earlier attempt left no clock
+
+
+def test_gpu_projection_counts_the_grids_training_steps():
+    from apps.sweep.report import gpu_line, grid_steps
+
+    s = {"base_steps": 250, "insert_steps": 120, "insert_steps_cot": 300, "reward_steps": 30, "arm_steps": 30,
+         "reemerge_steps": 30}
+    # per size and seed: 2 bases, normal and CoT insertion, 2 reward models, 2 organisms x 3 arms x (arm + re-emergence)
+    assert grid_steps(s) == 3 * 3 * (500 + 420 + 60 + 6 * 60)
+    gpu = {"train_toolkit": {"tokens": 300_000, "steady_tokens_per_s": 10_000}, "model": {"steps": 300,
+           "parameters": 104_613_120, "batch_size": 128}, "machine": {"cuda": "NVIDIA H200"}}
+    line = gpu_line(s, gpu)  # 0.1 s per step
+    assert "0.100 s per step" in line and f"{grid_steps(s):,} steps ≈ {grid_steps(s) * 0.1 / 60:,.0f} min" in line
