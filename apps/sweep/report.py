@@ -211,8 +211,7 @@ def gpu_line(settings: dict, gpu: dict) -> str:
 
 def cost_table(cells: list[dict], organisms: list[dict], settings: dict | None = None,
                gpu: dict | None = None) -> str:
-    """Measured CPU seconds per unit of work and size, and the full tiny grid projected from them: at the sweep's
-    lengths, and (given its ``settings``) at the presets' lengths."""
+    """Measured CPU seconds per unit of work and size, then :func:`cost_notes`."""
     costs = size_costs(cells, organisms)
     if not costs:
         return ""
@@ -223,12 +222,21 @@ def cost_table(cells: list[dict], organisms: list[dict], settings: dict | None =
         arm = ", ".join(f"{a} {s:,.0f}" for a, s in c.arm.items()) or "–"
         lines.append(f"| {c.size} ({_params(c.params)}) | {build} | {c.reward or 0:,.0f} | {arm} | "
                      f"{c.reemerge or 0:,.0f} | {c.n_cells} |")
+    return "\n".join(lines + ["", cost_notes(cells, organisms, settings, gpu)])
+
+
+def cost_notes(cells: list[dict], organisms: list[dict], settings: dict | None = None,
+               gpu: dict | None = None) -> str:
+    """What the full tiny grid costs, projected from the measured units: on this machine at the sweep's lengths and
+    (given its ``settings``) at the presets' lengths, and (given ``gpu.json``) its training on one GPU."""
+    costs = size_costs(cells, organisms)
+    if not costs:
+        return ""
     machines = {(o["machine"]["cpu"], o["machine"]["cores"]) for o in organisms}
     where = "; ".join(f"{cpu}, {cores} cores" for cpu, cores in sorted(machines))
-    lines.append("")
-    lines.append(f"CPU seconds are the process's own (one torch thread per organism, so ≈ the wall on an idle core); "
-                 f"measured on {where}. Full tiny grid (3 sizes × 3 variants × 3 seeds × 3 arms at these steps; "
-                 f"distilled CoT reuses the normal build): {_hours(*project_full(costs))}.")
+    lines = [f"CPU seconds are the process's own (one torch thread per organism, so ≈ the wall on an idle core); "
+             f"measured on {where}. Full tiny grid (3 sizes × 3 variants × 3 seeds × 3 arms at these steps; "
+             f"distilled CoT reuses the normal build): {_hours(*project_full(costs))}."]
     if settings:
         flags = " ".join(f"--{k} {v}" for k, v in PRESET_LENGTHS.items())
         lines.append(f"At the presets' lengths (`{flags}`), scaling each measured unit by its training sequences "
@@ -350,7 +358,9 @@ def write_report(results: Path, png: bool = True) -> dict:
     text = [results_table(cells), "", cost_table(cells, organisms, settings, gpu)] if cells else \
         ["_(no finished cells yet)_"]
     table = write_text_atomic(results / TABLE_MD, "\n".join(text).rstrip() + "\n")
-    found = write_text_atomic(results / FINDINGS_MD, findings(cells, settings) + "\n")
+    cost = cost_notes(cells, organisms, settings, gpu)
+    found = write_text_atomic(results / FINDINGS_MD, findings(cells, settings) + (f"\n\nCost. {cost}" if cost else "")
+                              + "\n")
     fig = sweep_figure(figure_points(cells))
     html = write_html(fig, results / FIGURE_HTML)
     made = static_png(fig, html, results / FIGURE_PNG) if png and cells else False
