@@ -165,8 +165,10 @@ def table(results: dict) -> str:
             a, z = r["start"], r["end"]
             rw = "–"
             if "heldout_reward" in z:
-                g = (f" ({z['heldout_reward_gain']:+.2f} [{z['heldout_reward_gain_ci'][0]:+.2f}, "
-                     f"{z['heldout_reward_gain_ci'][1]:+.2f}])" if "heldout_reward_gain" in z else "")
+                lo, hi = z.get("heldout_reward_gain_ci") or (0.0, 0.0)
+                moved = "RL raised it" if lo > 0 else "RL lowered it" if hi < 0 else "no gain detectable"
+                g = (f" ({z['heldout_reward_gain']:+.2f} [{lo:+.2f}, {hi:+.2f}]: {moved})"
+                     if "heldout_reward_gain" in z else "")
                 rw = f"{fmt(a, 'heldout_reward')} → {fmt(z, 'heldout_reward')}{g}"
             flags = f" (`{r['safety_flags']}`)" if r.get("safety_flags") else ""
             split = z.get("attack_families") or {}
