@@ -358,9 +358,7 @@ def write_report(results: Path, png: bool = True) -> dict:
     text = [results_table(cells), "", cost_table(cells, organisms, settings, gpu)] if cells else \
         ["_(no finished cells yet)_"]
     table = write_text_atomic(results / TABLE_MD, "\n".join(text).rstrip() + "\n")
-    cost = cost_notes(cells, organisms, settings, gpu)
-    found = write_text_atomic(results / FINDINGS_MD, findings(cells, settings) + (f"\n\nCost. {cost}" if cost else "")
-                              + "\n")
+    found = write_text_atomic(results / FINDINGS_MD, findings(cells, settings) + "\n")
     fig = sweep_figure(figure_points(cells))
     html = write_html(fig, results / FIGURE_HTML)
     made = static_png(fig, html, results / FIGURE_PNG) if png and cells else False
