@@ -228,7 +228,7 @@ def train_reward(a: RewardArgs) -> int:
     from training.checkpoint import save_checkpoint, verify_checkpoint
     from training.models import n_parameters
     from training.tracking import check_report_to, log_behaviour, trainer_logs
-    from training.trainer import OptimSettings, trainer_config
+    from training.trainer import OptimSettings, last_checkpoint, trainer_config
 
     if not a.run:
         raise UserError("--run is required")
@@ -269,14 +269,7 @@ def train_reward(a: RewardArgs) -> int:
     with trainer_logs(optim.report_to, optim.logs_dir):
         trainer = RewardTrainer(model=model, args=cfg, processing_class=tok,
                                 train_dataset=Dataset.from_list([{k: p[k] for k in cols} for p in train_pairs]))
-    last = None
-    if a.resume and trainer_dir.exists():
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(str(trainer_dir))
-        if last:
-            log.info("resuming reward training from %s", last)
-    trainer.train(resume_from_checkpoint=last)
+    trainer.train(resume_from_checkpoint=last_checkpoint(trainer_dir) if a.resume else None)
     model = trainer.model
     if state.is_main_process:
         metrics = pair_accuracy(model, tok, eval_pairs)

@@ -175,12 +175,25 @@ def sft_train(model, tokenizer, rows: list[dict], out_dir: Path, o: OptimSetting
     with tracking.trainer_logs(o.report_to, o.logs_dir):
         trainer = _trainer_class()(model=model, args=cfg, train_dataset=ds,
                                    processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
-    last = None
-    if resume and out_dir.exists():
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(str(out_dir))
-        if last:
-            log.info("resuming from %s", last)
-    trainer.train(resume_from_checkpoint=last)
+    trainer.train(resume_from_checkpoint=last_checkpoint(out_dir) if resume else None)
     return trainer.model
+
+
+def last_checkpoint(trainer_dir: Path) -> str | None:
+    """The newest complete trainer checkpoint under ``trainer_dir`` to resume from, or None.
+
+    Footgun: the HF Trainer writes ``checkpoint-N/`` in place, model first and ``trainer_state.json`` last, so a run
+    killed mid-save leaves a directory that ``get_last_checkpoint`` picks and ``train`` then fails to load. A checkpoint
+    counts only once its ``trainer_state.json`` exists; a newer incomplete one is skipped with a warning.
+    """
+    trainer_dir = Path(trainer_dir)
+    if not trainer_dir.is_dir():
+        return None
+    steps = sorted((int(p.name.split("-")[1]), p) for p in trainer_dir.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[1].isdigit())
+    for _, path in reversed(steps):
+        if (path / "trainer_state.json").is_file():
+            log.info("resuming from %s", path)
+            return str(path)
+        log.warning("skipping incomplete checkpoint %s (no trainer_state.json: killed while saving)", path)
+    return None

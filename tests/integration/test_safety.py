@@ -307,9 +307,13 @@ def test_resume_after_kill_continues(run, caplog):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (run / "checkpoints" / "sft" / "step-000040").exists(), "killed too late to test resuming"
+    half = state.parent / "checkpoint-39"  # a kill mid-save leaves weights without trainer_state.json
+    half.mkdir(exist_ok=True)
+    (half / "model.safetensors").write_bytes(b"")
     caplog.set_level("INFO")
     assert safety_main([*argv, "--resume"]) == 0
     assert any("resuming from" in r.getMessage() and "checkpoint-" in r.getMessage() for r in caplog.records)
+    assert any("incomplete checkpoint" in r.getMessage() and "checkpoint-39" in r.getMessage() for r in caplog.records)
     assert [p.name for p in _steps(run, "sft")] == ["step-000010", "step-000020", "step-000030", "step-000040"]
     _check_contract(run, "sft", bd)
     # a second --resume of a finished arm only fills in what is missing

@@ -41,7 +41,7 @@ from training.safety.config import (
 from training.safety.curve import print_summary, read_curve, record_reward, saved_steps, write_curve, write_figure
 from training.safety.rewards import Scorer, heldout_reward, make_rule_reward
 from training.tracking import log_behaviour, trainer_logs
-from training.trainer import OptimSettings, lora_config, sft_train, trainer_config
+from training.trainer import OptimSettings, last_checkpoint, lora_config, sft_train, trainer_config
 
 log = logging.getLogger(__name__)
 
@@ -392,14 +392,7 @@ class Arm:
 
     def _last_state(self) -> str | None:
         """The trainer state to resume from (``--resume``), if any."""
-        if not (self.plan.run_args.resume and self.plan.trainer_dir.exists()):
-            return None
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(str(self.plan.trainer_dir))
-        if last:
-            log.info("resuming from %s", last)
-        return last
+        return last_checkpoint(self.plan.trainer_dir) if self.plan.run_args.resume else None
 
     def _train_sft(self, model, records: list[dict], callback) -> None:
         sft_train(model, self.tokenizer, sft_rows(records), self.plan.trainer_dir, self._optim("cosine"),
