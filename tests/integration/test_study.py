@@ -39,3 +39,5 @@ def test_study_end_to_end(tiny_rm_run, tmp_path, capsys):
     stages = study["seconds"]["stages"]
     assert {"safety (sft)", "ablate (backdoored)", "report"} <= set(stages)
     assert 0 < sum(stages.values()) <= study["seconds"]["total"] + 1  # each rounded to 0.1 s
+    # every finished stage's seconds are also kept as it finishes, for a study resumed over several sessions
+    assert json.loads((run / layout.STUDY_STAGES_JSON).read_text()) == stages and not study["seconds"]["earlier_stages"]
