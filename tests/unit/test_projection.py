@@ -1,0 +1,47 @@
+"""``benchmarks/projection.py``: the formula its table states, term by term."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def proj():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("projection", ROOT / "benchmarks" / "projection.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_terms(proj):
+    n, peak, bw = 8e9, 1e15, 4e12
+    work = {"train_tokens": 10**6, "forward_tokens": 3 * 10**6, "step_rows": 64_000, "steps": 1_000}
+    one = proj.stage_seconds(work, 0.5, n_params=n, peak=peak, bandwidth=bw)
+    assert one["train"] == pytest.approx(4 * n * 1e6 / 5e14)  # 64 s
+    assert one["forward"] == pytest.approx(2 * n * 3e6 / 5e14)  # 96 s
+    assert one["decode"] == pytest.approx(1_000 * 2 * n / bw)  # 64 rows a step: bandwidth-bound, 4 s
+    eight = proj.stage_seconds(work, 0.5, n_params=n, cards=8, peak=peak, bandwidth=bw)
+    assert eight["train"] == pytest.approx(one["train"] / 8)  # only training is data-parallel
+    assert (eight["forward"], eight["decode"]) == (one["forward"], one["decode"])
+    wide = proj.stage_seconds({**work, "step_rows": 1_000 * 4_096}, 0.5, n_params=n, peak=peak, bandwidth=bw)
+    assert wide["decode"] == pytest.approx(1_000 * 2 * n * 4_096 / 5e14)  # 4,096 rows a step: compute-bound
+
+
+def test_study_totals_and_measured_u(proj):
+    gpu = {"train_toolkit": {"steady_tokens_per_s": 50_000}, "model": {"parameters": 10**8}}
+    assert proj.measured_u(gpu) == pytest.approx(50_000 * 6e8 / proj.H100_PEAK)
+    study = {"seconds": {"stages": {"a": 10.0}, "earlier_stages": {"b": 5.0}},
+             "work": {"a": {"train_tokens": 100, "forward_tokens": 0, "step_rows": 0, "steps": 0},
+                      "b": {"train_tokens": 0, "forward_tokens": 50, "step_rows": 4, "steps": 2}}}
+    p = proj.project(study, gpu)
+    assert p["measured_total_s"] == 15.0 and p["stages"]["b"]["measured_s"] == 5.0
+    for key, total in p["totals"].items():
+        assert total == pytest.approx(sum(s["projected_s"][key] for s in p["stages"].values()))
+    assert p["totals"]["assumed_8"] < p["totals"]["assumed_1"] < p["totals"]["measured_1"]
