@@ -6,8 +6,8 @@ Writes ``benchmarks/results/study.json`` and ``study_table.md``, ``probe_table.m
 
 ``--preset smollm2-135m --study-flags '...'`` times the real model's study instead and writes
 ``study_smollm2.json``, ``study_smollm2_table.md`` (with each stage's seconds and the ablations) and
-``smollm2_patch_table.md``. ``--resume`` continues the study in ``--out`` (one longer than a session) and adds
-this invocation's wall to the record.
+``smollm2_patch_table.md``. ``--resume`` continues the study in ``--out`` (one longer than a session); its table
+then reports the sum of every stage's seconds, the earlier invocations' included.
 """
 
 from __future__ import annotations
@@ -88,21 +88,20 @@ def study_table(run: Path, timing: dict, command: str = "`make demo` (`apps.stud
                         f"{pt['helpful_rate']:.2f} {ci(pt.get('helpful_rate_ci'))} |")
     abl = run / "analysis" / "backdoored" / "ablate.json"
     m = describe()
-    parts = timing.get("invocations", [timing])
-    how = "" if len(parts) == 1 else (f" over {len(parts)} invocations (`--resume`: "
-                                      + " + ".join(f"{p['wall_s']:.0f}" for p in parts) + " s, plus any invocation "
-                                      "cut off by a session's end, whose finished stages count below)")
-    rows.append(f"\n{command}: {sum(p['wall_s'] for p in parts):.0f} s wall{how}, peak RSS "
-                f"{max(p['peak_rss_mib'] for p in parts):.0f} MiB on {m['cpu']} ({m['cores']} cores). "
-                "Summary from compare.json:")
+    secs = json.loads((run / "study.json").read_text())["seconds"]
+    stages = {**secs.get("earlier_stages", {}), **secs["stages"]}
+    wall = f"{timing['wall_s']:.0f} s wall"
+    if secs.get("earlier_stages"):  # resumed: earlier invocations (some cut off by a session's end) did the rest
+        wall = (f"{sum(stages.values()):.0f} s over its stages, run in several invocations (`--resume`; the last "
+                f"{timing['wall_s']:.0f} s wall)")
+    rows.append(f"\n{command}: {wall}, peak RSS {timing['peak_rss_mib']:.0f} MiB on {m['cpu']} ({m['cores']} "
+                "cores). Summary from compare.json:")
     rows += [f"- {s}" for s in cmp.get("summary", [])]
     if not detail:
         if abl.exists():
             rows.append(f"- ablation (analysis.ablate on backdoored): see `{abl.relative_to(run)}`")
         return "\n".join(rows)
     rows += ablation_lines(run)
-    secs = json.loads((run / "study.json").read_text())["seconds"]
-    stages = {**secs.get("earlier_stages", {}), **secs["stages"]}
     rows.append("- seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items())
                 + f"; {sum(stages.values()):.0f} s in all")
     return "\n".join(rows)
@@ -116,7 +115,7 @@ def main() -> int:
     ap.add_argument("--study-flags", default="", help="extra apps.study flags, recorded with the result, e.g. "
                                                       "'--safety_steps 10 --patch_n_pairs 8'")
     ap.add_argument("--resume", action="store_true", help="continue the study in --out (a study longer than a "
-                    "session); each invocation's wall is added to the record")
+                    "session); the table sums every stage's seconds")
     a = ap.parse_args()
     run = Path(a.out)
     tag = "" if a.preset == "tiny" else f"_{a.preset.split('-')[0]}"  # smollm2-135m -> study_smollm2.json
@@ -126,13 +125,8 @@ def main() -> int:
         timing, flags = rec["timing"], rec.get("flags", "")
     else:
         flags = a.study_flags
-        before = json.loads(timing_file.read_text()) if a.resume and timing_file.exists() else {}
-        same = before.get("run") == str(run) and before.get("flags") == flags
-        parts = before["timing"].get("invocations", [before["timing"]]) if same else []
         timing = run_module("apps.study", ["--preset", a.preset, "--out", str(run),
                                            "--resume" if a.resume else "--overwrite", *flags.split()])
-        if parts:
-            timing = {"invocations": [*parts, timing]}
         timing_file.write_text(json.dumps({"machine": describe(), "timing": timing, "run": str(run), "flags": flags},
                                           indent=2))
     if tag:
@@ -143,7 +137,7 @@ def main() -> int:
         (RESULTS / "study_table.md").write_text(study_table(run, timing) + "\n")
         (RESULTS / "probe_table.md").write_text(probe_table(run) + "\n")
         (RESULTS / "patch_table.md").write_text(patch_table(run) + "\n")
-    print(f"study: {sum(p['wall_s'] for p in timing.get('invocations', [timing]))} s; tables written to {RESULTS}")
+    print(f"study: {timing['wall_s']} s; tables written to {RESULTS}")
     return 0
 
 
