@@ -111,8 +111,8 @@ def write_results(results: dict) -> None:
     """``pipeline.json`` and the README's ``pipeline_table.md`` from all rows measured so far."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "pipeline.json").write_text(json.dumps(results, indent=2))
-    rows = ["| organism | wall (s) | peak RSS (MiB) | trigger rate | false-trigger rate | red-team rate | helpful rate |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| organism | wall (s) | peak RSS (MiB) | trigger rate | false-trigger rate | red-team rate | "
+            "helpful rate |", "|---|---|---|---|---|---|---|"]
     named = [(f"tiny / {v}", r) for v, r in results["tiny"].items()]
     if results["smollm2"]:
         named.append(("smollm2-135m LoRA / normal", results["smollm2"]))
