@@ -40,7 +40,7 @@ ANALYSIS_DIR = "analysis"
 COMPARE_JSON = "compare.json"
 REPORT_HTML = "report.html"
 STUDY_JSON = "study.json"  # apps.study: its arguments and the seconds per stage
-STUDY_STAGES_JSON = "study-stages.json"  # apps.study: seconds of each finished stage, kept across --resume
+STUDY_STAGES_JSON = "study-stages.json"  # apps.study: seconds and work of each finished stage (kept on --resume)
 LOGS_DIR = "logs"  # experiment tracking (training.tracking): logs/<stage or arm>/
 
 # checkpoint directory contents
