@@ -63,7 +63,7 @@ def project(study: dict, gpu: dict) -> dict:
         stages[name] = {"measured_s": seconds.get(name), "work": work,
                         "projected_s": {f"{k}_{c}": stage_seconds(work, u, cards=c)["total"]
                                         for k, u in us.items() for c in (1, CARDS)}}
-    totals = {k: sum(s["projected_s"][k] for s in stages.values()) for k in next(iter(stages.values()))["projected_s"]}
+    totals = {f"{k}_{c}": sum(s["projected_s"][f"{k}_{c}"] for s in stages.values()) for k in us for c in (1, CARDS)}
     return {"u": us, "target_params": TARGET_PARAMS, "peak_flops": H100_PEAK, "bandwidth": H100_BANDWIDTH,
             "cards": CARDS, "stages": stages, "totals": totals,
             "measured_total_s": sum(v for v in seconds.values())}
