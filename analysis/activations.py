@@ -237,7 +237,7 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
                       hooks: Sequence[str] | None = None, positions: str | Sequence[int] = "final",
                       batch_size: int = 32, progress: bool = True, *, chat: bool = True,
                       add_special_tokens: bool | None = None, store_dtype: str = "float32",
-                      padding_side: str = PADDING_SIDE) -> ActivationStore:
+                      padding_side: str = PADDING_SIDE, reuse: Sequence[Path] = ()) -> ActivationStore:
     """Cache ``hooks`` at ``positions`` for every prompt into ``out_dir``; reuse a matching store.
 
     (Long, on purpose: half of it is this docstring; the rest is one pass in order — reuse check, batches, atomic
@@ -254,6 +254,9 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
         add_special_tokens: None = off when the tokenizer has a chat template, else on (see ``encode_prompts``).
         store_dtype: ``"float32"`` (default) or ``"float16"``.
         padding_side: ``"right"`` (default) or ``"left"``; activations are the same either way.
+        reuse: other store directories that may hold these very activations (same key: weights, hooks, positions,
+            prompts, tokenization, dtypes); when ``out_dir`` has none, the first match is linked into it (hard
+            links, else copies) with this call's labels instead of running the model again.
 
     Returns the :class:`ActivationStore`; ``store.get(hook)`` is ``(n_prompts, d_model)`` for residual hooks.
     """
@@ -286,6 +289,9 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
         return existing
     if out.exists() and not (out / MANIFEST).exists() and any(out.iterdir()):
         raise UserError(f"refusing to replace a non-empty directory that is not an activation store: {out}")
+    for other in reuse:
+        if Path(other).resolve() != out.resolve() and (found := _matching_store(Path(other), key)) is not None:
+            return _link_store(found, out, labels)
 
     tok = loaded.tokenizer
     rows = encode_prompts(tok, texts, chat=chat, add_special_tokens=add_special_tokens)
@@ -368,6 +374,28 @@ def _write_all(mms, tmp, files, shapes, hook, act, mask, idx, n, max_len, dtype)
         real = vals[b][m[b]]
         row[:len(real)] = real
         mm[i] = row
+
+
+def _link_store(src: ActivationStore, out: Path, labels: dict) -> ActivationStore:
+    """A copy of the store ``src`` at ``out`` with ``labels`` (its arrays hard-linked where the file system allows:
+    stores are written once and never modified, so the two share the bytes safely)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        names = [f for per in src.manifest["files"].values() for f in per.values()] + [LENGTHS_FILE]
+        for f in names:
+            try:
+                os.link(src.path / f, tmp / f)
+            except OSError:
+                shutil.copy2(src.path / f, tmp / f)
+        write_json_atomic(tmp / MANIFEST, {**src.manifest, "labels": labels, "reused_from": str(src.path)},
+                          allow_nan=True)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("activation store %s: the same activations as %s (linked, not recomputed)", out, src.path)
+    return ActivationStore.open(out)
 
 
 def _matching_store(out: Path, key: dict) -> ActivationStore | None:

@@ -276,15 +276,24 @@ def _prompt_dicts(records: list[dict], defects: np.ndarray | None) -> list[dict]
 
 
 def cache_model(loaded, records, defects, hook_names, act_dir: Path, prefix: str, batch_size: int):
-    """Cache the prompts and the contrast texts of one model; returns ``(prompt_store, contrast_store, prompts)``."""
+    """Cache the prompts and the contrast texts of one model; returns ``(prompt_store, contrast_store, prompts)``.
+
+    A model already cached on the same prompts for a sibling analysis (``<analysis>/*/activations/``: a run's
+    checkpoints share their parent and their decoy, and the parent is often a checkpoint analysed itself) is linked
+    from there, not run again."""
     from analysis.activations import cache_activations
     from analysis.contrast import all_contrast_prompts
 
+    def siblings(name: str) -> list[Path]:
+        return sorted(act_dir.parent.parent.glob(f"*/{act_dir.name}/*{name}"))
+
     store = cache_activations(loaded, _prompt_dicts(records, defects), act_dir / f"{prefix}{STORE_PROMPTS}",
-                              hooks=hook_names, positions="final", batch_size=batch_size)
+                              hooks=hook_names, positions="final", batch_size=batch_size,
+                              reuse=siblings(STORE_PROMPTS))
     cprompts = all_contrast_prompts(loaded.tokenizer)  # the defection questions and the control sets
     cstore = cache_activations(loaded, cprompts, act_dir / f"{prefix}{STORE_CONTRAST}", hooks=hook_names,
-                               positions="final", batch_size=batch_size, chat=False, progress=False)
+                               positions="final", batch_size=batch_size, chat=False, progress=False,
+                               reuse=siblings(STORE_CONTRAST))
     return store, cstore, cprompts
 
 

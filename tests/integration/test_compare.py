@@ -128,6 +128,16 @@ def test_compare_run(compared, monkeypatch):
                                      "arm": "sft", "step": 10}
     assert sorted(cmp["computed"]["probe"]) == sorted(ids)
     assert sorted(cmp["computed"]["patch"]) == ["backdoored", "sft-step-000010"]
+    # the parent's activations are computed once, for base's own probe, and linked for the later checkpoints
+    from analysis.activations import ActivationStore
+
+    acts = cmp_run / layout.ANALYSIS_DIR
+    own = ActivationStore.open(acts / "base" / layout.ACTIVATIONS_DIR / "prompts")
+    for cid in ("backdoored", "sft-step-000010"):
+        linked = ActivationStore.open(acts / cid / layout.ACTIVATIONS_DIR / "parent-prompts")
+        assert Path(linked.manifest["reused_from"]).parent.parent.name in ("base", "backdoored")
+        assert linked.weights_sha256 == own.weights_sha256
+        assert (linked.get(linked.hooks[-1]) == own.get(own.hooks[-1])).all()
 
     # every result file the commands wrote reads back through its type, unchanged
     from analysis.results import CompareResult, PatchResult, ProbeResult

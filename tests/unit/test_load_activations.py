@@ -231,6 +231,31 @@ def test_reuse_relabel_and_rebuild(loaded, ckpts, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp or old dirs left behind
 
 
+def test_reuse_links_a_matching_store_from_elsewhere(loaded, ckpts, tmp_path):
+    """A store of the same model on the same prompts elsewhere (a sibling checkpoint's parent store) is linked into
+    the new place with the new labels, without a forward pass; the source keeps its labels; a store of other weights
+    is not taken."""
+    src = cache_activations(loaded, PROMPTS, tmp_path / "a" / "parent-prompts", progress=False)
+    other = cache_activations(load_bridge(ckpts["b"]), PROMPTS, tmp_path / "b" / "prompts", progress=False)
+    counter = ForwardCounter(loaded)
+    try:
+        relabelled = [dict(p, role="parent") for p in PROMPTS]
+        got = cache_activations(loaded, relabelled, tmp_path / "c" / "parent-prompts", progress=False,
+                                reuse=[other.path, src.path])
+        assert counter.n == 0
+    finally:
+        counter.close()
+    np.testing.assert_array_equal(got.get(H.resid_post(1)), src.get(H.resid_post(1)))
+    assert got.labels["role"].tolist() == ["parent"] * 5 and "role" not in ActivationStore.open(src.path).labels
+    assert ActivationStore.open(tmp_path / "c" / "parent-prompts").manifest["reused_from"] == str(src.path)
+    counter = ForwardCounter(loaded)
+    try:  # only stores of other weights on offer: computed
+        cache_activations(loaded, PROMPTS, tmp_path / "d", progress=False, reuse=[other.path])
+        assert counter.n > 0
+    finally:
+        counter.close()
+
+
 def test_padding_side_does_not_change_activations(loaded, tmp_path):
     hooks = [H.resid_post(0), H.attn_out(1), H.resid_post(1)]
     right = cache_activations(loaded, PROMPTS, tmp_path / "r", hooks=hooks, batch_size=5, progress=False)
