@@ -3,7 +3,8 @@ inputs: the work each stage of a measured study did (``study.json``'s ``work``, 
 the throughput measured on a GPU (``benchmarks/results/gpu.json``).
 
 Usage: ``python benchmarks/projection.py --study runs/s/study.json``  (the SmolLM2 study at its default lengths)
-Writes ``benchmarks/results/projection.json`` and ``projection.md``.
+Writes ``benchmarks/results/projection.json``, ``projection.md`` (docs/results.md) and ``projection_summary.md``
+(the README's paragraph).
 
 The formula, per stage (N parameters of the target model, P the card's dense bf16 peak, W its memory bandwidth,
 u the fraction of P reached):
@@ -101,6 +102,20 @@ def table(p: dict, study_path: str, args: dict) -> str:
     return "\n".join(rows)
 
 
+def summary(p: dict) -> str:
+    """The README's paragraph: the totals, the formula and its measured inputs in one place."""
+    t, w, c = p["totals"], p["stages"], p["cards"]
+    tokens = sum(s["work"]["train_tokens"] for s in w.values()), sum(s["work"]["forward_tokens"] for s in w.values())
+    steps = sum(s["work"]["steps"] for s in w.values())
+    return (f"**On an {p['target_params'] / 1e9:.0f}B model** (projected, not run; `benchmarks/projection.py`): the "
+            f"SmolLM2 study's measured work ({tokens[0]:,} tokens trained, {tokens[1]:,} read by forward passes, "
+            f"{steps:,} decode steps) costs {_h(t['measured_1'])} on one H100 and {_h(t[f'measured_{c}'])} on "
+            f"{c} (training data-parallel) at the utilisation u = {p['u']['measured']:.3f} the trainer reached on an "
+            f"H200, {_h(t['assumed_1'])} and {_h(t[f'assumed_{c}'])} at an assumed u = {p['u']['assumed']:.2f}: per "
+            "stage (4N·trained + 2N·read) / (P·u) plus each decode step's max(2N bytes / bandwidth, 2N·rows / (P·u)); "
+            "docs/results.md has it per stage.")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--study", required=True, help="study.json of a finished apps.study run")
@@ -114,6 +129,7 @@ def main() -> int:
     (RESULTS / "projection.json").write_text(json.dumps(p, indent=1))
     md = table(p, a.study, study.get("args", {}))
     (RESULTS / "projection.md").write_text(md + "\n")
+    (RESULTS / "projection_summary.md").write_text(summary(p) + "\n")
     print(md)
     return 0
 

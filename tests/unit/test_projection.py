@@ -45,3 +45,6 @@ def test_study_totals_and_measured_u(proj):
     for key, total in p["totals"].items():
         assert total == pytest.approx(sum(s["projected_s"][key] for s in p["stages"].values()))
     assert p["totals"]["assumed_8"] < p["totals"]["assumed_1"] < p["totals"]["measured_1"]
+    line = proj.summary(p)
+    assert "100 tokens trained, 50 read" in line and "2 decode steps" in line
+    assert proj._h(p["totals"]["measured_1"]) in line and proj._h(p["totals"]["assumed_8"]) in line
