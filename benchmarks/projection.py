@@ -107,13 +107,12 @@ def summary(p: dict) -> str:
     t, w, c = p["totals"], p["stages"], p["cards"]
     tokens = sum(s["work"]["train_tokens"] for s in w.values()), sum(s["work"]["forward_tokens"] for s in w.values())
     steps = sum(s["work"]["steps"] for s in w.values())
-    return (f"**On an {p['target_params'] / 1e9:.0f}B model** (projected, not run; `benchmarks/projection.py`): the "
-            f"SmolLM2 study's measured work ({tokens[0]:,} tokens trained, {tokens[1]:,} read by forward passes, "
-            f"{steps:,} decode steps) costs {_h(t['measured_1'])} on one H100 and {_h(t[f'measured_{c}'])} on "
-            f"{c} (training data-parallel) at the utilisation u = {p['u']['measured']:.3f} the trainer reached on an "
-            f"H200, {_h(t['assumed_1'])} and {_h(t[f'assumed_{c}'])} at an assumed u = {p['u']['assumed']:.2f}: per "
-            "stage (4N·trained + 2N·read) / (P·u) plus each decode step's max(2N bytes / bandwidth, 2N·rows / (P·u)); "
-            "docs/results.md has it per stage.")
+    return (f"**An {p['target_params'] / 1e9:.0f}B model, on paper** (`benchmarks/projection.py`): the SmolLM2 "
+            f"study's counted work ({tokens[0]:,} tokens trained, {tokens[1]:,} read, {steps:,} decode steps) at "
+            "t = (4N·trained + 2N·read)/(P·u) + Σ max(2N/W, 2N·rows/(P·u)) per decode step: "
+            f"{_h(t['measured_1'])} on one H100, {_h(t[f'measured_{c}'])} on {c} at the u = "
+            f"{p['u']['measured']:.3f} measured on an H200; {_h(t['assumed_1'])} and {_h(t[f'assumed_{c}'])} at an "
+            f"assumed u = {p['u']['assumed']:.2f}.")
 
 
 def main() -> int:
