@@ -17,7 +17,7 @@ For every layer (residual stream after the block, at the final prompt token of h
 Outputs in ``--out`` (default ``<run>/analysis/<checkpoint-id>/``): ``probe.json``, ``probes.safetensors``,
 ``probe.html`` (offline), ``behaviour.json`` (the greedy completions behind the behaviour labels, reused on a rerun)
 and ``activations/`` (``prompts``, ``contrast``, ``parent-prompts``, ``parent-contrast``: activation stores, reused
-on a rerun).
+on a rerun, and linked from a sibling analysis that already cached the same model on the same prompts).
 
 Main footgun: a high triggered-vs-clean AUROC alone says the input holds the trigger, not that the model intends to
 defect. On small models random directions already separate the classes, and a supervised probe does as well on the
