@@ -79,6 +79,11 @@ class _Stages:
         self.seconds: dict[str, float] = {}  # this invocation's stages (a resumed study skips finished ones)
         self.work: dict[str, dict] = {}
 
+    def finished(self, name: str) -> bool:
+        """Did an earlier invocation of this study finish stage ``name``? (Its seconds are then the stage's own: a
+        rerun that only reuses its outputs would record a few seconds over them.)"""
+        return name in self.earlier["seconds"]
+
     def __call__(self, i: int, name: str, fn):
         """Run stage ``i`` (a library call); one that returns non-zero stops the study."""
         from training.io import write_json_atomic
@@ -171,7 +176,8 @@ def run(a: StudyArgs) -> int:
                                 ckpt=str(bd), method=arm, overwrite=True, lora=lora, **steps)
             stage(i, f"safety ({arm})", lambda: safety.run(*cfg))
         i += 1
-    stage(i, "probes + patching (compare)", lambda: run_compare(replace(compare, no_html=True)))
+    if not (a.resume and stage.finished("probes + patching (compare)")):
+        stage(i, "probes + patching (compare)", lambda: run_compare(replace(compare, no_html=True)))
     i += 1
     if "conditional" in controls:
         cond = layout.checkpoint_dir(out, "conditional")

@@ -47,3 +47,14 @@ def test_study_end_to_end(tiny_rm_run, tmp_path, capsys):
     assert work["probes + patching (compare)"]["train_tokens"] > 0  # attribution patching's backward
     assert work["probes + patching (compare)"]["forward_tokens"] > work["report"]["forward_tokens"]
     assert work["ablate (backdoored)"]["steps"] > 0 and work["ablate (backdoored)"]["train_tokens"] == 0
+
+    # resumed once more: every finished stage keeps its seconds (compare is not rerun over its own outputs); only the
+    # report runs again
+    capsys.readouterr()
+    assert main(["--out", str(run), "--resume", "--controls", "", "--safety_steps", "20", "--probe_n", "24",
+                 "--n_random", "100", "--patch_n_pairs", "6", "--ablate_n", "12", "--ablate_n_random", "2"]) == 0
+    again = json.loads((run / layout.STUDY_JSON).read_text())
+    assert list(again["seconds"]["stages"]) == ["report"]
+    assert again["seconds"]["earlier_stages"] == {k: v for k, v in stages.items() if k != "report"}
+    kept = json.loads((run / layout.STUDY_STAGES_JSON).read_text())
+    assert kept["seconds"] == {**stages, **again["seconds"]["stages"]}
