@@ -90,12 +90,11 @@ def study_table(run: Path, timing: dict, command: str = "`make demo` (`apps.stud
     m = describe()
     secs = json.loads((run / "study.json").read_text())["seconds"]
     stages = {**secs.get("earlier_stages", {}), **secs["stages"]}
-    wall = f"{timing['wall_s']:.0f} s wall"
+    wall = f"{timing['wall_s']:.0f} s wall, peak RSS {timing['peak_rss_mib']:.0f} MiB"
     if secs.get("earlier_stages"):  # resumed: earlier invocations (some cut off by a session's end) did the rest
-        wall = (f"{sum(stages.values()):.0f} s over its stages, run in several invocations (`--resume`; the last "
-                f"{timing['wall_s']:.0f} s wall)")
-    rows.append(f"\n{command}: {wall}, peak RSS {timing['peak_rss_mib']:.0f} MiB on {m['cpu']} ({m['cores']} "
-                "cores). Summary from compare.json:")
+        wall = (f"{sum(stages.values()):.0f} s over its stages, run in several invocations (`--resume`; the last: "
+                f"{wall})")
+    rows.append(f"\n{command}: {wall} on {m['cpu']} ({m['cores']} cores). Summary from compare.json:")
     rows += [f"- {s}" for s in cmp.get("summary", [])]
     if not detail:
         if abl.exists():
