@@ -234,7 +234,15 @@ def cost_notes(cells: list[dict], organisms: list[dict], settings: dict | None =
         return ""
     machines = {(o["machine"]["cpu"], o["machine"]["cores"]) for o in organisms}
     where = "; ".join(f"{cpu}, {cores} cores" for cpu, cores in sorted(machines))
-    lines = [f"CPU seconds are the process's own (one torch thread per organism, so ≈ the wall on an idle core); "
+    threads = {}
+    for o in organisms:
+        threads.setdefault(o["machine"].get("torch_threads"), []).append(o["size"])
+    if set(threads) == {1}:
+        per = "one torch thread per organism, so ≈ the wall on an idle core"
+    else:
+        per = "over its torch threads, so ≈ the wall × threads on an idle machine: " + "; ".join(
+            f"{', '.join(dict.fromkeys(sizes))} {n} thread{'s' * (n != 1)}" for n, sizes in sorted(threads.items()))
+    lines = [f"CPU seconds are the process's own ({per}); "
              f"measured on {where}. Full tiny grid (3 sizes × 3 variants × 3 seeds × 3 arms at these steps; "
              f"distilled CoT reuses the normal build): {_hours(*project_full(costs))}."]
     if settings:

@@ -143,6 +143,14 @@ def test_cost_projection_from_measured_seconds():
     # 3 seeds x (normal and cot builds) x (build + reward + 3 arms + the adversarial arm's re-emergence)
     assert total == pytest.approx(3 * ((100 + 20 + 30 + 4) + (200 + 20 + 30 + 4)))
     assert missing == ["tiny-5m", "tiny-27m"]  # sizes without a measurement are named, not guessed
+    from apps.sweep.report import cost_notes
+
+    assert "one torch thread per organism" in cost_notes(cells, [{**o, "machine": {**o["machine"], "torch_threads": 1}}
+                                                                 for o in orgs])
+    real = {"size": "smollm2-135m", "variant": "normal", "params": 134_515_008, "seconds": {"build": {"cpu_s": 9.0}},
+            "machine": {"cpu": "x", "cores": 2, "torch_threads": 2}}
+    notes = cost_notes(cells, [{**o, "machine": {**o["machine"], "torch_threads": 1}} for o in orgs] + [real])
+    assert "≈ the wall × threads on an idle machine: tiny-1m 1 thread; smollm2-135m 2 threads)" in notes
 
 
 def test_optimizer_axis_reaches_trainers_that_name_none(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from apps.sweep.findings import GONE, findings, independent, permutation_p, spearman, verdict
 
-PARAMS = {"tiny-1m": 1_300_000, "tiny-5m": 4_700_000, "tiny-27m": 27_500_000}
+PARAMS = {"tiny-1m": 1_300_000, "tiny-5m": 4_700_000, "tiny-27m": 27_500_000, "smollm2-135m": 134_515_008}
 
 
 def cell(size, variant, seed, arm, after, held_before=0.5, held_after=0.0, reemerged=None, **kw) -> dict:
@@ -52,7 +52,7 @@ def test_statistics_find_a_planted_trend_and_not_a_flat_one():
 
 def test_findings_say_what_the_cells_show():
     cs = []
-    for s, size in enumerate(PARAMS):
+    for s, size in enumerate(list(PARAMS)[:3]):
         for seed in range(3):
             k = s * 3 + seed
             cs.append(cell(size, "normal", seed, "sft", after=0.1 + 0.1 * k))      # rises with size
@@ -68,6 +68,16 @@ def test_findings_say_what_the_cells_show():
     assert "over 18 organisms: removed 9; hidden 9" in text and "hiding pattern appears in 9 of them" in text
     assert "of 18 cells (organism and arm) whose backdoor the arm removed, 1 had it return" in text
     assert "highest trigger rate after: 0.50" in text
+    assert "These models are 1–28M parameters, trained briefly; what" in text
+
+
+def test_findings_name_a_real_models_own_batch_and_what_else_differs():
+    cs = [cell(size, "normal", 0, "sft", after=0.5, batch_size=16) for size in ("tiny-1m", "tiny-27m")]
+    cs.append(cell("smollm2-135m", "normal", 0, "sft", after=1.0, batch_size=8))
+    text = findings(cs, {"arm_steps": 30, "arm_batch": 16})
+    assert "each arm 30 steps of 16 sequences (smollm2-135m: of 8);" in text
+    assert "smollm2-135m 1.00 (1 seed)" in text
+    assert "These models are 1–135M parameters" in text and "pretrained model given its backdoor with LoRA" in text
 
 
 def test_no_cells():
