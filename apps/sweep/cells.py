@@ -252,7 +252,7 @@ def run_arm(cfg: SweepConfig, cell: CellKey) -> tuple[Path, dict, dict]:
     args = safety.SafetyArgs(method=cell.arm, steps=s["steps"], save_every=0, lr=s["lr"], batch_size=s["batch_size"],
                              reward_model=str(layout.checkpoint_dir(org, layout.REWARD_STAGE)),
                              redteam_prompts=cfg.redteam_prompts, redteam_samples=cfg.redteam_samples,
-                             seed=cell.organism.seed)
+                             seed=cell.organism.seed, attacker=str(layout.checkpoint_dir(org, "base")))
     run_args = safety.SafetyRunArgs(out=str(run), resume=True, eval_n=cfg.eval_n, eval_samples=0,
                                     **(RL_REWARD_EVAL if cell.arm == "rl" else {}))
     with _optimizer(cell.optimizer):

@@ -198,3 +198,23 @@ def test_gpu_projection_counts_the_grids_training_steps():
            "parameters": 104_613_120, "batch_size": 128}, "machine": {"cuda": "NVIDIA H200"}}
     line = gpu_line(s, gpu)  # 0.1 s per step
     assert "0.100 s per step" in line and f"{grid_steps(s):,} steps ≈ {grid_steps(s) * 0.1 / 60:,.0f} min" in line
+
+
+def test_an_arm_attacks_with_its_organisms_base(tmp_path, monkeypatch):
+    """The adversarial arm's PAIR attacker is the organism's helpful base, which lives beside the organism, not in the
+    arm's own run directory (the SmolLM2 preset runs PAIR rounds; its first sweep cell failed looking there)."""
+    from apps.sweep import cells as C
+    from training import layout, safety
+    from training.safety import curve
+
+    seen = {}
+    monkeypatch.setattr(safety, "run", lambda model, backdoor, args, run_args: seen.update(args=args, model=model))
+    monkeypatch.setattr(curve, "curve_points", lambda d: [type("P", (), {"metrics": {"step": s}})() for s in (0, 30)])
+    cfg = SweepConfig(out=str(tmp_path), sizes="smollm2-135m", variants="normal", seeds="0", arms="adversarial")
+    cell = grid(cfg)[0]
+    (C.organism_dir(cfg, cell.organism) / layout.DATA_DIR).mkdir(parents=True)
+    run, start, final = C.run_arm(cfg, cell)
+    org = C.organism_dir(cfg, cell.organism)
+    assert seen["args"].attacker == str(layout.checkpoint_dir(org, "base"))
+    assert seen["model"].ckpt == str(layout.checkpoint_dir(org, "backdoored")) and seen["model"].lora
+    assert (start, final) == ({"step": 0}, {"step": 30}) and run == C.cell_run_dir(cfg, cell)
