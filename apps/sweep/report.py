@@ -101,7 +101,7 @@ def results_table(cells: list[dict]) -> str:
 # ------------------------------------------------------------------------------------------------ cost
 @dataclass
 class SizeCost:
-    """Mean CPU seconds (one thread) of each unit of work at one size, from the files present."""
+    """Mean CPU seconds (over its torch threads) of each unit of work at one size, from the files present."""
 
     size: str
     params: int
@@ -220,8 +220,9 @@ def cost_table(cells: list[dict], organisms: list[dict], settings: dict | None =
     for c in costs:
         build = ", ".join(f"{v} {s:,.0f}" for v, s in c.build.items()) or "–"
         arm = ", ".join(f"{a} {s:,.0f}" for a, s in c.arm.items()) or "–"
-        lines.append(f"| {c.size} ({_params(c.params)}) | {build} | {c.reward or 0:,.0f} | {arm} | "
-                     f"{c.reemerge or 0:,.0f} | {c.n_cells} |")
+        unit = lambda x: "–" if x is None else f"{x:,.0f}"  # noqa: E731  (none measured: no such work ran)
+        lines.append(f"| {c.size} ({_params(c.params)}) | {build} | {unit(c.reward)} | {arm} | "
+                     f"{unit(c.reemerge)} | {c.n_cells} |")
     return "\n".join(lines + ["", cost_notes(cells, organisms, settings, gpu)])
 
 
@@ -241,7 +242,8 @@ def cost_notes(cells: list[dict], organisms: list[dict], settings: dict | None =
         per = "one torch thread per organism, so ≈ the wall on an idle core"
     else:
         per = "over its torch threads, so ≈ the wall × threads on an idle machine: " + "; ".join(
-            f"{', '.join(dict.fromkeys(sizes))} {n} thread{'s' * (n != 1)}" for n, sizes in sorted(threads.items()))
+            f"{', '.join(sorted(set(sizes), key=SIZES.index))} " + (f"{n} thread{'s' * (n != 1)}" if n else "threads not recorded")
+            for n, sizes in sorted(threads.items(), key=lambda kv: kv[0] or 0))
     lines = [f"CPU seconds are the process's own ({per}); "
              f"measured on {where}. Full tiny grid (3 sizes × 3 variants × 3 seeds × 3 arms at these steps; "
              f"distilled CoT reuses the normal build): {_hours(*project_full(costs))}."]

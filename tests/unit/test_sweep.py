@@ -151,6 +151,10 @@ def test_cost_projection_from_measured_seconds():
             "machine": {"cpu": "x", "cores": 2, "torch_threads": 2}}
     notes = cost_notes(cells, [{**o, "machine": {**o["machine"], "torch_threads": 1}} for o in orgs] + [real])
     assert "≈ the wall × threads on an idle machine: tiny-1m 1 thread; smollm2-135m 2 threads)" in notes
+    from apps.sweep.report import cost_table
+
+    row = next(line for line in cost_table(cells, orgs + [real]).splitlines() if line.startswith("| smollm2"))
+    assert row == "| smollm2-135m (134.5M) | normal 9 | – | – | – | 0 |"  # what never ran is not a 0
 
 
 def test_optimizer_axis_reaches_trainers_that_name_none(tmp_path):

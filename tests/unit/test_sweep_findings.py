@@ -75,7 +75,7 @@ def test_findings_name_a_real_models_own_batch_and_what_else_differs():
     cs = [cell(size, "normal", 0, "sft", after=0.5, batch_size=16) for size in ("tiny-1m", "tiny-27m")]
     cs.append(cell("smollm2-135m", "normal", 0, "sft", after=1.0, batch_size=8))
     text = findings(cs, {"arm_steps": 30, "arm_batch": 16})
-    assert "each arm 30 steps of 16 sequences (smollm2-135m: of 8);" in text
+    assert "smollm2-135m (1 organism); each arm 30 steps of 16 sequences (smollm2-135m: of 8);" in text
     assert "smollm2-135m 1.00 (1 seed)" in text
     assert "These models are 1–135M parameters" in text and "pretrained model given its backdoor with LoRA" in text
 
