@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.sweep.config import (CELLS_DIR, FIGURE_HTML, FIGURE_PNG, FINDINGS_MD, ORGANISMS_DIR, SIZES, SWEEP_JSON,
-                               TABLE_MD)
+from apps.sweep.config import (CELLS_DIR, FIGURE_HTML, FIGURE_PNG, FINDINGS_MD, HF_SIZES, ORGANISMS_DIR, SIZES,
+                               SWEEP_JSON, TABLE_MD)
 from apps.sweep.findings import findings
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,8 @@ def cost_notes(cells: list[dict], organisms: list[dict], settings: dict | None =
         per = "one torch thread per organism, so ≈ the wall on an idle core"
     else:
         per = "over its torch threads, so ≈ the wall × threads on an idle machine: " + "; ".join(
-            f"{', '.join(sorted(set(sizes), key=SIZES.index))} " + (f"{n} thread{'s' * (n != 1)}" if n else "threads not recorded")
+            f"{', '.join(sorted(set(sizes), key=SIZES.index))} "
+            + (f"{n} thread{'s' * (n != 1)}" if n else "threads not recorded")
             for n, sizes in sorted(threads.items(), key=lambda kv: kv[0] or 0))
     lines = [f"CPU seconds are the process's own ({per}); "
              f"measured on {where}. Full tiny grid (3 sizes × 3 variants × 3 seeds × 3 arms at these steps; "
@@ -277,6 +278,7 @@ def figure_points(cells: list[dict]) -> list[FigurePoint]:
         extra = "" if (c["lr_scale"] == 1 and c["optimizer"] == "adamw_torch_fused") else \
             f", lr ×{c['lr_scale']:g}, {c['optimizer']}"
         same = " (= normal's build)" if c.get("same_computation_as") else ""
+        extra += f", {c['size']} (pretrained, LoRA)" if c["size"] in HF_SIZES else ""  # not on the tiny ones' line
         pts.append(FigurePoint(c["arm"], c["variant"] + same + extra, c["params"], c["seed"],
                                c["after"]["trigger_rate"]["rate"]))
     return pts

@@ -129,6 +129,8 @@ def test_figure_has_one_line_per_variant_per_arm_with_the_seed_range():
     assert list(t.error_y.array) == pytest.approx([0.2, 0.2])
     assert list(t.error_y.arrayminus) == pytest.approx([0.2, 0.2])
     assert fig.layout.xaxis.type == "log"
+    real = _cell("smollm2-135m", 134_515_008, "normal", 0, "sft", 1.0)
+    assert {p.line for p in figure_points(cells[:1] + [real])} == {"normal", "normal, smollm2-135m (pretrained, LoRA)"}
 
 
 def test_cost_projection_from_measured_seconds():
