@@ -150,7 +150,7 @@ def findings(cells: list[dict], settings: dict | None = None) -> str:
     seeds = {s: len({(c["variant"], c["seed"]) for c in cs if c["size"] == s}) for s in sizes}
     st = settings or {}
     n_org = len({(c["size"], c["variant"], c["seed"]) for c in cs})
-    other = {s: b for c in cs if (b := c.get("batch_size")) not in (None, st.get("arm_batch")) for s in [c["size"]]}
+    other = {c["size"]: c["batch_size"] for c in cs if c.get("batch_size") not in (None, st.get("arm_batch"))}
     scope = (f"From the persistence sweep (`python -m apps.sweep`; {len(cs)} cells on {n_org} organisms; sizes "
              + ", ".join(f"{s} ({seeds[s]} organism{'s' * (seeds[s] != 1)})" for s in sizes)
              + (f"; each arm {st['arm_steps']} steps of {st['arm_batch']} sequences" if "arm_steps" in st else "")

@@ -217,10 +217,10 @@ def cost_table(cells: list[dict], organisms: list[dict], settings: dict | None =
         return ""
     lines = ["| size (params) | organism build, CPU s (per variant) | reward model | arm cell, CPU s (per arm) | "
              "re-emergence | cells |", "|---|---|---|---|---|---|"]
+    unit = lambda x: "–" if x is None else f"{x:,.0f}"  # noqa: E731  (none measured: no such work ran)
     for c in costs:
         build = ", ".join(f"{v} {s:,.0f}" for v, s in c.build.items()) or "–"
         arm = ", ".join(f"{a} {s:,.0f}" for a, s in c.arm.items()) or "–"
-        unit = lambda x: "–" if x is None else f"{x:,.0f}"  # noqa: E731  (none measured: no such work ran)
         lines.append(f"| {c.size} ({_params(c.params)}) | {build} | {unit(c.reward)} | {arm} | "
                      f"{unit(c.reemerge)} | {c.n_cells} |")
     return "\n".join(lines + ["", cost_notes(cells, organisms, settings, gpu)])
