@@ -362,7 +362,7 @@ def write_summary() -> str:
                     part += (f" (defect given trigger: AUROC {_span([x['auroc'] for x in d])}, "
                              f"p {_span([x['random_p_value'] for x in d], '.3f')})")
                 parts.append(part)
-            lines.append(f"- **{kind}, {_organism(stage)}** ({len(cs)} cells: {_cells_of(cs)}): " + "; ".join(parts)
+            lines.append(f"- **{kind}, {_organism(stage)}** ({len(cs)} cell{'s' * (len(cs) != 1)}: {_cells_of(cs)}): " + "; ".join(parts)
                          + ".")
         con = [(c, r) for c in cells if label(c) == kind and c.get("contrast") for r in c["contrast"].values() if r]
         if con:
