@@ -362,8 +362,8 @@ def write_summary() -> str:
                     part += (f" (defect given trigger: AUROC {_span([x['auroc'] for x in d])}, "
                              f"p {_span([x['random_p_value'] for x in d], '.3f')})")
                 parts.append(part)
-            lines.append(f"- **{kind}, {_organism(stage)}** ({len(cs)} cell{'s' * (len(cs) != 1)}: {_cells_of(cs)}): " + "; ".join(parts)
-                         + ".")
+            n = f"{len(cs)} cell{'s' * (len(cs) != 1)}"
+            lines.append(f"- **{kind}, {_organism(stage)}** ({n}: {_cells_of(cs)}): " + "; ".join(parts) + ".")
         con = [(c, r) for c in cells if label(c) == kind and c.get("contrast") for r in c["contrast"].values() if r]
         if con:
             warned = sum(bool(r["salience_warning"]) for _, r in con)
