@@ -175,6 +175,9 @@ def record_run(run: Path, kernel: str, threads: int = 1, analyse_it: bool = Fals
         probes = analyse(run, kind, env)
     elif all((run / "analysis" / s / "probe.json").exists() for s in ("backdoored", "conditional")):
         probes = {"probes": probe_summary(run), "contrast": contrast_summaries(run)}
+        done = [s for s in ("backdoored", "conditional") if (run / "analysis" / s / "ablate.json").exists()]
+        if done:  # ablations run by hand with the cell's arguments (no wall time)
+            probes["ablation"] = {s: ablation_summary(run, s) for s in done}
     else:
         probes = {}
     name = cell_name(kind, seed, kernel, preset)
