@@ -101,7 +101,7 @@ def results_table(cells: list[dict]) -> str:
 # ------------------------------------------------------------------------------------------------ cost
 @dataclass
 class SizeCost:
-    """Mean CPU seconds (over its torch threads) of each unit of work at one size, from the files present."""
+    """Mean CPU seconds of each unit of work at one size, from the files present (:func:`_cpu_s`)."""
 
     size: str
     params: int
@@ -121,18 +121,31 @@ def _clocked(record: dict) -> bool:
     return not record.get("resumed") or all("attempts" in v for v in seconds.values() if isinstance(v, dict))
 
 
+def _threads(record: dict) -> int | None:
+    return record.get("machine", {}).get("torch_threads")
+
+
+def _cpu_s(records: list[dict], unit: str) -> list[float]:
+    """The CPU seconds of ``unit`` in ``records``, from the one-thread runs where any ran: ``--jobs 2`` gives each
+    process one thread, and over two threads a process's CPU seconds also count the time its threads spin waiting
+    for each other (tiny-27m's two-thread builds took about twice the CPU seconds of its one-thread builds)."""
+    rs = [r for r in records if unit in r["seconds"]]
+    ones = [r for r in rs if _threads(r) == 1]
+    return [r["seconds"][unit]["cpu_s"] for r in ones or rs]
+
+
 def size_costs(cells: list[dict], organisms: list[dict]) -> list[SizeCost]:
     out = []
     for size in [s for s in SIZES if any(o["size"] == s for o in organisms)]:
         orgs = [o for o in organisms if o["size"] == size and _clocked(o) and not o.get("same_computation_as")]
         cs = [c for c in cells if c["size"] == size and c.get("status") == "complete" and
               not c.get("same_computation_as") and _clocked(c)]
-        build = {v: float(np.mean([o["seconds"]["build"]["cpu_s"] for o in orgs if o["variant"] == v]))
+        build = {v: float(np.mean(_cpu_s([o for o in orgs if o["variant"] == v], "build")))
                  for v in sorted({o["variant"] for o in orgs})}
-        rewards = [o["seconds"]["reward"]["cpu_s"] for o in orgs if "reward" in o["seconds"]]
-        arm = {a: float(np.mean([c["seconds"]["arm"]["cpu_s"] for c in cs if c["arm"] == a]))
+        rewards = _cpu_s(orgs, "reward")
+        arm = {a: float(np.mean(_cpu_s([c for c in cs if c["arm"] == a], "arm")))
                for a in sorted({c["arm"] for c in cs})}
-        re = [c["seconds"]["reemergence"]["cpu_s"] for c in cs if "reemergence" in c["seconds"]]
+        re = _cpu_s(cs, "reemergence")
         removed = {a: float(np.mean([bool(c.get("reemergence")) for c in cs if c["arm"] == a])) for a in arm}
         params = next(o["params"] for o in organisms if o["size"] == size)
         out.append(SizeCost(size, params, build, float(np.mean(rewards)) if rewards else None, arm,
@@ -241,10 +254,12 @@ def cost_notes(cells: list[dict], organisms: list[dict], settings: dict | None =
     if set(threads) == {1}:
         per = "one torch thread per organism, so ≈ the wall on an idle core"
     else:
-        per = "over its torch threads, so ≈ the wall × threads on an idle machine: " + "; ".join(
+        per = ("from the one-thread runs where a unit had any, as `--jobs 2` gives each process one thread, else "
+               "over the run's threads, which counts their waiting too: an upper bound; threads per size: "
+               + "; ".join(
             f"{', '.join(sorted(set(sizes), key=SIZES.index))} "
             + (f"{n} thread{'s' * (n != 1)}" if n else "threads not recorded")
-            for n, sizes in sorted(threads.items(), key=lambda kv: kv[0] or 0))
+            for n, sizes in sorted(threads.items(), key=lambda kv: kv[0] or 0)))
     lines = [f"CPU seconds are the process's own ({per}); "
              f"measured on {where}. Full tiny grid (3 sizes × 3 variants × 3 seeds × 3 arms at these steps; "
              f"distilled CoT reuses the normal build): {_hours(*project_full(costs))}."]

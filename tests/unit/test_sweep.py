@@ -152,7 +152,12 @@ def test_cost_projection_from_measured_seconds():
     real = {"size": "smollm2-135m", "variant": "normal", "params": 134_515_008, "seconds": {"build": {"cpu_s": 9.0}},
             "machine": {"cpu": "x", "cores": 2, "torch_threads": 2}}
     notes = cost_notes(cells, [{**o, "machine": {**o["machine"], "torch_threads": 1}} for o in orgs] + [real])
-    assert "≈ the wall × threads on an idle machine: tiny-1m 1 thread; smollm2-135m 2 threads)" in notes
+    assert "threads per size: tiny-1m 1 thread; smollm2-135m 2 threads)" in notes
+    # a unit measured over one thread and over two: the projection (one thread per --jobs 2 process) takes the former
+    two = {**orgs[0], "seconds": {"build": {"cpu_s": 190.0}}, "machine": {"cpu": "x", "cores": 2, "torch_threads": 2}}
+    one = {**orgs[0], "machine": {"cpu": "x", "cores": 2, "torch_threads": 1}}
+    assert size_costs(cells, [one, two])[0].build == {"normal": 100.0}
+    assert size_costs(cells, [two])[0].build == {"normal": 190.0}  # none over one thread: the two-thread runs
     from apps.sweep.report import cost_table
 
     row = next(line for line in cost_table(cells, orgs + [real]).splitlines() if line.startswith("| smollm2"))
