@@ -126,14 +126,14 @@ def behaviour_rate(loaded, spec, prompts: list[str], fwd_hooks: list, max_new_to
 @torch.no_grad()
 def final_token_activations(loaded, prompts: list[str], hook: str, batch_size: int = 64) -> np.ndarray:
     """``(n_prompts, d_model)`` activations at ``hook`` at each prompt's final token."""
+    from analysis.activations import run_hooks
     from analysis.load import encode_prompts, final_prompt_positions, pad_batch, pad_id
 
     rows = encode_prompts(loaded.tokenizer, prompts)
     out = []
     for i in range(0, len(rows), batch_size):
         ids, mask = pad_batch(rows[i:i + batch_size], pad_id(loaded.tokenizer))
-        _, cache = loaded.bridge.run_with_cache(ids.to(loaded.device), attention_mask=mask.to(loaded.device),
-                                                names_filter=[hook], return_cache_object=False, return_type=None)
+        cache = run_hooks(loaded, ids.to(loaded.device), mask.to(loaded.device), [hook])
         fin = final_prompt_positions(mask).to(loaded.device)
         act = cache[hook]
         out.append(act[torch.arange(act.shape[0], device=act.device), fin].float().cpu().numpy())

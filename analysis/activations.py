@@ -1,13 +1,13 @@
 """Cache chosen hook points at chosen token positions for a prompt set, streamed to an on-disk store.
 
-One forward pass per batch through the bridge (``run_with_cache(names_filter=hooks)``), the requested positions
-gathered out of each cached ``(batch, pos, ...)`` tensor, and written straight into a memory-mapped ``.npy`` file
-per (hook, position) -- nothing accumulates in memory, so peak memory is one batch whatever the number of prompts.
-The store is written into a temporary sibling directory and renamed into place at the end, so a crash never
-leaves a store that looks complete; ``manifest.json`` (present only in a complete store) records the checkpoint's
-``weights_sha256``, prompt ids, labels, hooks, positions, dtypes and shapes. A second call with the same
-checkpoint hash, hooks, positions, prompts and tokenization reuses the store without any forward pass; a new
-checkpoint hash rebuilds it.
+One forward pass per batch through the bridge (:func:`run_hooks`: ``run_with_cache(names_filter=hooks)``, stopped just
+past the deepest requested hook), the requested positions gathered out of each cached ``(batch, pos, ...)`` tensor,
+and written straight into a memory-mapped ``.npy`` file per (hook, position) -- nothing accumulates in memory, so
+peak memory is one batch whatever the number of prompts. The store is written into a temporary sibling directory
+and renamed into place at the end, so a crash never leaves a store that looks complete; ``manifest.json`` (present
+only in a complete store) records the checkpoint's ``weights_sha256``, prompt ids, labels, hooks, positions, dtypes
+and shapes. A second call with the same checkpoint hash, hooks, positions, prompts and tokenization reuses the store
+without any forward pass; a new checkpoint hash rebuilds it.
 
 Positions: ``"final"`` (default) is the final prompt token -- the token just before the assistant's first
 response token, i.e. the last token of the chat-formatted prompt. A list of negative offsets counts back from
@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
+from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from analysis import hooks as H
 from analysis.load import (
@@ -318,8 +319,7 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
         bar = tqdm(total=n, unit="prompt", desc="activations", disable=not progress)
         with torch.no_grad():
             for idx, input_ids, mask in _iter_batches(rows, batch_size, pad_id(tok), padding_side, loaded.device):
-                _, cache = bridge.run_with_cache(input_ids, attention_mask=mask, names_filter=hooks,
-                                                 return_cache_object=False, return_type=None)
+                cache = run_hooks(loaded, input_ids, mask, hooks)
                 final = final_prompt_positions(mask)  # (B,)
                 rows_b = torch.arange(len(idx), device=final.device)
                 for h in hooks:
@@ -353,6 +353,24 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ActivationStore.open(out)
+
+
+def run_hooks(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              hooks: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The bridge's activations at ``hooks`` on one batch (``run_with_cache``'s dict), from a forward stopped just past
+    the deepest of them (:func:`analysis.hooks.stop_point`): what lies above, the final norm and the unembedding over
+    every position at least, cannot change them."""
+    bridge = loaded.bridge
+    stop = H.stop_point(hooks, loaded.n_layers)
+    with bridge.hooks(fwd_hooks=[(stop, _stop_forward)] if stop in bridge.hook_dict else []):
+        _, cache = bridge.run_with_cache(input_ids, attention_mask=attention_mask, names_filter=list(hooks),
+                                         return_cache_object=False, return_type=None)
+    return cache
+
+
+def _stop_forward(tensor, hook):
+    """Ends the forward here; ``run_with_cache`` catches it (as for its own ``stop_at_layer``), its cache filled."""
+    raise StopAtLayerException(tensor)
 
 
 def _memmap(mms, tmp, files, shapes, hook, key, shape, dtype) -> np.memmap:

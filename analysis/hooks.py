@@ -85,6 +85,18 @@ def parse_hook(name: str) -> tuple[str, int] | None:
     return _SUFFIX_TO_KIND[m.group(2)], int(m.group(1))
 
 
+def stop_point(names: Iterable[str], n_layers: int) -> str | None:
+    """The hook point just past the deepest of ``names``, where a forward that only reads them can stop: the blocks
+    above it, the final norm and the unembedding over every position change none of them. ``blocks.{l + 1}.hook_in``,
+    or ``ln_final.hook_in`` after the last block; None when a name is not inside a block (``hook_embed``, the final
+    norm's hooks ...)."""
+    layers = [_NAME_RE.match(n) for n in names]
+    if not layers or not all(layers):
+        return None
+    top = max(int(m.group(1)) for m in layers) + 1
+    return f"blocks.{top}.hook_in" if top < n_layers else "ln_final.hook_in"
+
+
 def validate_layers(n_layers: int, layers: Sequence[int] | int) -> list[int]:
     """Check layer indices against ``n_layers``; return them as non-negative ints.
 

@@ -153,6 +153,7 @@ class LiveRunner:
     def _run(self, job: Job, ck: Checkpoint) -> dict:
         import torch
 
+        from analysis.activations import run_hooks
         from analysis.load import encode_prompts
         from analysis.monitoring import Monitor, monitor_generate
 
@@ -175,8 +176,7 @@ class LiveRunner:
         hooks = list(dict.fromkeys(p.hook for p in chosen))
         x = torch.tensor([ids], device=loaded.device)
         with torch.no_grad():
-            _, cache = loaded.bridge.run_with_cache(x, attention_mask=torch.ones_like(x), names_filter=hooks,
-                                                    return_cache_object=False, return_type=None)
+            cache = run_hooks(loaded, x, torch.ones_like(x), hooks)
         scores = np.stack([p.fitted_score(cache[p.hook][0].float().cpu().numpy()) for p in chosen])  # (L, T)
         del cache
         tokens = [tok.decode([i]) for i in ids]

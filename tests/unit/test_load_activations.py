@@ -88,11 +88,11 @@ def loaded(ckpts):
 
 
 class ForwardCounter:
-    """Counts forward passes of the HF model a bridge wraps."""
+    """Counts forward passes of the HF model a bridge wraps (as they start: caching stops them past its last hook)."""
 
     def __init__(self, loaded):
         self.n = 0
-        self.handle = loaded.bridge.original_model.register_forward_hook(self._hook)
+        self.handle = loaded.bridge.original_model.register_forward_pre_hook(self._hook)
 
     def _hook(self, *_):
         self.n += 1
@@ -165,12 +165,22 @@ def test_hook_helpers(loaded):
         H.validate_hooks(loaded.bridge, [H.resid_post(5)])
     with pytest.raises(UserError, match="switched off"):
         H.validate_hooks(loaded.bridge, ["blocks.0.attn.hook_result"])
+    assert H.stop_point([H.resid_pre(0), H.attn_z(0)], 2) == "blocks.1.hook_in"
+    assert H.stop_point([H.resid_post(0), H.mlp_out(1)], 2) == "ln_final.hook_in"
+    assert H.stop_point([H.resid_post(0), "ln_final.hook_out"], 2) is None and H.stop_point([], 2) is None
 
 
 def test_cache_matches_bridge_and_hf(loaded, ckpts, tmp_path):
     hooks = [H.resid_post(0), H.resid_post(1), H.resid_pre(1), H.attn_z(0), H.mlp_out(1)]
-    store = cache_activations(loaded, PROMPTS, tmp_path / "acts", hooks=hooks, positions=[-1, -2], batch_size=2,
-                              progress=False)
+    unembed = loaded.bridge.original_model.get_output_embeddings()
+    calls = []
+    handle = unembed.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        store = cache_activations(loaded, PROMPTS, tmp_path / "acts", hooks=hooks, positions=[-1, -2], batch_size=2,
+                                  progress=False)
+    finally:
+        handle.remove()
+    assert calls == []  # the forward stopped past the last block: no logits computed for the cache
     assert store.ids == [p["id"] for p in PROMPTS] and len(store) == 5
     assert store.get(H.resid_post(0)).shape == (5, 64)
     assert store.get(H.attn_z(0)).shape == (5, 4, 16)  # per head
