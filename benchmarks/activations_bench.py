@@ -2,7 +2,7 @@
 
 1. Throughput: ``analysis.activations.cache_activations`` (bridge, every layer's ``resid_post`` at the final prompt
    token, written to disk) against ``hf_forward_hidden_states`` on a freshly loaded HF model (same prompts, same
-   batches), both timed in this run, best of 3. Target: ratio ≤ 1.3.
+   batches), both timed in this run, best of 3. Target: ratio ≤ 1.2 (issue 18).
 2. Memory: the caching command in fresh processes for 1,000 and 10,000 prompts; peak RSS should stay flat.
 
 Usage: ``python benchmarks/activations_bench.py --ckpt runs/x/checkpoints/backdoored``
