@@ -76,7 +76,7 @@ def ablation_lines(run: Path) -> list[str]:
 
 def study_table(run: Path, timing: dict, command: str = "`make demo` (`apps.study --preset tiny`)",
                 detail: bool = False) -> str:
-    """Behaviour curves and compare.json's summary; ``detail`` adds every ablation and the seconds per stage."""
+    """Behaviour curves, compare.json's summary and the seconds per stage; ``detail`` adds every ablation."""
     cmp = json.loads((run / "compare.json").read_text())
     rows = ["| curve | checkpoint | trigger rate | false-trigger rate | red-team rate | helpful rate |",
             "|---|---|---|---|---|---|"]
@@ -96,11 +96,10 @@ def study_table(run: Path, timing: dict, command: str = "`make demo` (`apps.stud
                 f"{wall})")
     rows.append(f"\n{command}: {wall} on {m['cpu']} ({m['cores']} cores). Summary from compare.json:")
     rows += [f"- {s}" for s in cmp.get("summary", [])]
-    if not detail:
-        if abl.exists():
-            rows.append(f"- ablation (analysis.ablate on backdoored): see `{abl.relative_to(run)}`")
-        return "\n".join(rows)
-    rows += ablation_lines(run)
+    if detail:
+        rows += ablation_lines(run)
+    elif abl.exists():
+        rows.append(f"- ablation (analysis.ablate on backdoored): see `{abl.relative_to(run)}`")
     rows.append("- seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items())
                 + f"; {sum(stages.values()):.0f} s in all")
     return "\n".join(rows)
