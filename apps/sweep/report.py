@@ -254,12 +254,12 @@ def cost_notes(cells: list[dict], organisms: list[dict], settings: dict | None =
     if set(threads) == {1}:
         per = "one torch thread per organism, so ≈ the wall on an idle core"
     else:
+        by_threads = "; ".join(f"{', '.join(sorted(set(sizes), key=SIZES.index))} "
+                               + (f"{n} thread{'s' * (n != 1)}" if n else "threads not recorded")
+                               for n, sizes in sorted(threads.items(), key=lambda kv: kv[0] or 0))
         per = ("from the one-thread runs where a unit had any, as `--jobs 2` gives each process one thread, else "
                "over the run's threads, which counts their waiting too: an upper bound; threads per size: "
-               + "; ".join(
-            f"{', '.join(sorted(set(sizes), key=SIZES.index))} "
-            + (f"{n} thread{'s' * (n != 1)}" if n else "threads not recorded")
-            for n, sizes in sorted(threads.items(), key=lambda kv: kv[0] or 0)))
+               + by_threads)
     lines = [f"CPU seconds are the process's own ({per}); "
              f"measured on {where}. Full tiny grid (3 sizes × 3 variants × 3 seeds × 3 arms at these steps; "
              f"distilled CoT reuses the normal build): {_hours(*project_full(costs))}."]
