@@ -39,45 +39,52 @@ def _auroc_columns(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     Average ranks (ties share the mean of their positions) per column, then the Mann-Whitney formula
     ``(sum of positive ranks - n_pos (n_pos + 1) / 2) / (n_pos n_neg)``. Ranks are computed with one
     argsort per column and two running max/min scans that find each tie block's first/last position.
+    The columns are sorted as contiguous rows of the transpose, and the sort need not be stable (a tie
+    block's members all get its mean rank): on 1,000 columns of ~1,000 scores that is half the time of a
+    stable column-wise argsort, with the same result to the bit (all ranks are exact half-integers).
     """
     n, k = scores.shape
     n_pos = int(labels.sum())
     n_neg = n - n_pos
-    order = np.argsort(scores, axis=0, kind="stable")  # (N, K)
-    s = np.take_along_axis(scores, order, axis=0)
-    pos = labels[order]  # (N, K) bool, in score order
-    idx = np.arange(n)[:, None]
-    if n > 1:
-        differs = s[1:] != s[:-1]  # (N-1, K): position i+1 starts a new tie block
-    else:
-        differs = np.zeros((0, k), dtype=bool)
+    rows = np.ascontiguousarray(scores.T)  # (K, N)
+    order = np.argsort(rows, axis=1)
+    s = np.take_along_axis(rows, order, axis=1)
+    pos = labels[order]  # (K, N) bool, in score order
+    idx = np.arange(n)[None, :]
+    differs = s[:, 1:] != s[:, :-1]  # (K, N-1): position i+1 starts a new tie block
     if differs.all():  # no ties anywhere: ranks are 1..N
-        rank = np.broadcast_to(idx + 1.0, (n, k))
+        rank = np.broadcast_to(idx + 1.0, (k, n))
     else:
-        starts = np.vstack([np.ones((1, k), dtype=bool), differs])
-        ends = np.vstack([differs, np.ones((1, k), dtype=bool)])
-        first = np.maximum.accumulate(np.where(starts, idx, 0), axis=0)
-        last = np.minimum.accumulate(np.where(ends, idx, n)[::-1], axis=0)[::-1]
+        starts = np.hstack([np.ones((k, 1), dtype=bool), differs])
+        ends = np.hstack([differs, np.ones((k, 1), dtype=bool)])
+        first = np.maximum.accumulate(np.where(starts, idx, 0), axis=1)
+        last = np.minimum.accumulate(np.where(ends, idx, n)[:, ::-1], axis=1)[:, ::-1]
         rank = (first + last) / 2.0 + 1.0
-    rank_sum = np.where(pos, rank, 0.0).sum(axis=0)
+    rank_sum = np.where(pos, rank, 0.0).sum(axis=1)
     return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
-def _weighted_mann_whitney(scores: np.ndarray, labels: np.ndarray,
-                           weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(num, den)`` (B,) of the weighted Mann-Whitney statistic of one score vector (N,) under each row of example
-    ``weights`` (B, N): ``num = sum over (pos i, neg j) of w_i w_j [s_i > s_j]`` (ties 1/2), ``den = W_pos W_neg``.
-    Scores are sorted once; per row, weights are summed within tie blocks and a cumulative sum gives each block the
-    negative weight below it."""
-    order = np.argsort(scores, kind="stable")
-    s = scores[order]
-    block_start = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))
-    w = weights[:, order]  # (B, N)
-    lab = labels[order]
-    w_pos = np.add.reduceat(np.where(lab, w, 0.0), block_start, axis=1)  # (B, K) per tie block
-    w_neg = np.add.reduceat(np.where(lab, 0.0, w), block_start, axis=1)
-    neg_below = np.cumsum(w_neg, axis=1) - w_neg
-    return (w_pos * (neg_below + 0.5 * w_neg)).sum(axis=1), w_pos.sum(axis=1) * w_neg.sum(axis=1)
+def _weighted_mann_whitney(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray,
+                           columns: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(num, den)`` (B,) of the weighted Mann-Whitney statistic of one score vector (N,) under each row of
+    ``weights`` (B, M), example ``i`` weighted by column ``columns[i]`` (default: ``i``, so M = N; a group
+    bootstrap passes its (B, G) counts and each example's group): ``num = sum over (pos i, neg j) of w_i w_j
+    [s_i > s_j]`` (ties 1/2), ``den = W_pos W_neg``.
+
+    The negatives are sorted once; per row, a cumulative sum of their weights gives each positive the weight of the
+    negatives strictly below it and at or below it (two ``searchsorted`` positions, found once), whose mean is the
+    tie-halved count. With resample counts every sum is of integers and halves, exact in float64.
+    """
+    cols = np.arange(scores.shape[0]) if columns is None else columns
+    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
+    neg = neg[np.argsort(scores[neg], kind="stable")]
+    s_neg, s_pos = scores[neg], scores[pos]
+    below, upto = np.searchsorted(s_neg, s_pos, "left"), np.searchsorted(s_neg, s_pos, "right")
+    cum = np.zeros((weights.shape[0], neg.size + 1))  # (B, N_neg + 1): negative weight among the lowest j
+    np.cumsum(weights[:, cols[neg]], axis=1, out=cum[:, 1:])
+    w_pos = weights[:, cols[pos]]
+    num = 0.5 * np.einsum("bi,bi->b", w_pos, cum[:, below] + cum[:, upto])
+    return num, w_pos.sum(axis=1) * cum[:, -1]
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -104,15 +111,8 @@ def _group_auroc_rows(scores: np.ndarray, labels: np.ndarray, inverse: np.ndarra
     resample scores the two kinds apart (within: its groups' own comparisons, weighted by ``c``; across: comparisons
     between distinct groups, weighted ``c_g c_h``) and mixes them with the sample's ``w``: every count 1 gives the
     sample's AUROC exactly. NaN when a resample lacks a kind the sample has."""
-    num, den = _weighted_mann_whitney(scores, labels, counts[:, inverse])
-    n_groups = counts.shape[1]
-    own_num, own_den = np.zeros(n_groups), np.zeros(n_groups)  # each group's comparisons among its members
-    for g in range(n_groups):
-        members = inverse == g
-        sp, sn = scores[members & labels], scores[members & ~labels]
-        if sp.size and sn.size:
-            diff = sp[:, None] - sn[None, :]
-            own_num[g], own_den[g] = (diff > 0).sum() + 0.5 * (diff == 0).sum(), diff.size
+    num, den = _weighted_mann_whitney(scores, labels, counts, inverse)
+    own_num, own_den = _own_comparisons(scores, labels, inverse, counts.shape[1])
     share = own_den.sum() / (labels.sum() * (~labels).sum())
     sq = counts * counts  # the weight the count-weighted statistic gives each group's own comparisons
     across = _ratio(num - sq @ own_num, den - sq @ own_den)
@@ -120,6 +120,24 @@ def _group_auroc_rows(scores: np.ndarray, labels: np.ndarray, inverse: np.ndarra
         return across
     within = _ratio(counts @ own_num, counts @ own_den)
     return share * within + (1 - share) * across if share < 1 else within
+
+
+def _own_comparisons(scores: np.ndarray, labels: np.ndarray, inverse: np.ndarray,
+                     n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(num, den)`` (G,): each group's comparisons among its own members, positives against negatives (ties 1/2),
+    and how many there are. Every (positive, negative) pair sharing a group is listed at once: each positive is
+    repeated once per negative of its group (the negatives sorted by group, each group's a contiguous run)."""
+    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
+    neg = neg[np.argsort(inverse[neg], kind="stable")]
+    g_neg, g_pos = inverse[neg], inverse[pos]
+    start = np.searchsorted(g_neg, g_pos, "left")
+    k = np.searchsorted(g_neg, g_pos, "right") - start  # negatives in each positive's group
+    within = np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k)  # 0..k-1 for each positive
+    i, j = np.repeat(pos, k), neg[np.repeat(start, k) + within]
+    diff = scores[i] - scores[j]
+    g = inverse[i]
+    return (np.bincount(g, weights=(diff > 0) + 0.5 * (diff == 0), minlength=n_groups),
+            np.bincount(g, minlength=n_groups).astype(np.float64))
 
 
 def _resample_counts(rng: np.random.Generator, n_boot: int, n: int) -> np.ndarray:

@@ -296,3 +296,31 @@ def test_group_bootstrap_is_centred_on_the_sample_with_few_pairs(seed):
     assert abs(np.nanmean(fixed) - auc) < 0.02  # centred on the sample's AUROC
     within = np.mean(s[1::2] > s[0::2])
     assert np.nanmean(naive) - auc > 0.3 * (within - 0.5) / 6  # the count-squared weighting leans to the pairs' order
+
+
+def test_group_bootstrap_with_ties_and_uneven_groups_matches_brute_force():
+    """Groups of one to four prompts, some holding one class only, integer scores (many ties): the vectorised
+    within- and across-group statistic equals the comparisons written out one by one."""
+    rng = np.random.default_rng(11)
+    sizes = rng.integers(1, 5, 12)
+    groups = np.repeat(np.arange(12), sizes)
+    n = groups.size
+    s, y = rng.integers(0, 4, n).astype(float), rng.integers(0, 2, n).astype(bool)
+    counts = rng.integers(0, 3, size=(30, 12)).astype(float)
+    got = _group_auroc_rows(s, y, groups, counts)
+
+    def k(i, j):
+        return 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
+    pairs = [(i, j) for i in np.flatnonzero(y) for j in np.flatnonzero(~y)]
+    share = sum(groups[i] == groups[j] for i, j in pairs) / len(pairs)
+    assert 0 < share < 1
+    for b in range(30):
+        c = counts[b]
+        own = [(c[groups[i]], k(i, j)) for i, j in pairs if groups[i] == groups[j]]
+        cross = [(c[groups[i]] * c[groups[j]], k(i, j)) for i, j in pairs if groups[i] != groups[j]]
+        w_den, x_den = sum(w for w, _ in own), sum(w for w, _ in cross)
+        if not w_den or not x_den:
+            assert np.isnan(got[b])
+            continue
+        want = share * sum(w * v for w, v in own) / w_den + (1 - share) * sum(w * v for w, v in cross) / x_den
+        assert got[b] == pytest.approx(want, abs=1e-12)
