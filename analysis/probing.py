@@ -61,6 +61,7 @@ from training.config import (
 )
 from training.errors import UserError
 from training.io import write_json_atomic
+from training.models import n_parameters
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ def behaviour_labels(loaded, spec, records: list[dict], path: Path, max_new_toke
         gen = generate(loaded, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
                        batch_size=batch_size, desc="behaviour (greedy)")
         release(loaded)
-        _free_memory(_block_weights(loaded))
+        _free_memory(n_parameters(loaded.hf_model))
         completions = [g[0] for g in gen]
         log.info("behaviour: %d greedy completions (%d tokens) in %.1fs", len(records), max_new_tokens,
                  time.time() - t)
@@ -298,20 +299,15 @@ def cache_model(loaded, records, defects, hook_names, act_dir: Path, prefix: str
 
 
 # A full garbage collection scans every object of the process: ~0.3 s once torch, transformers and TransformerLens
-# are loaded, and a tiny study ran ~40 of them (16 s of its analysis). Below this many block weights a dropped model's
-# memory is not worth that (the next automatic collection frees it); above it (SmolLM2-135M: ~1.2e8) it is.
-_COLLECT_MIN_WEIGHTS = 10_000_000
+# are loaded, and a tiny study ran ~40 of them (16 s of its analysis). Below this many parameters a dropped model's
+# memory is not worth that (the next automatic collection frees it); above it (SmolLM2-135M: 1.35e8) it is.
+_COLLECT_MIN_PARAMS = 10_000_000
 
 
-def _block_weights(loaded) -> int:
-    """The weights of a loaded model's blocks, from its shape (``12 n_layers d_model**2``: attention and a 4x MLP)."""
-    return 12 * loaded.n_layers * loaded.d_model ** 2
-
-
-def _free_memory(weights: int) -> None:
-    """Give the memory of a model the caller has just dropped (``del``; ``weights``: its :func:`_block_weights`) back:
-    a full collection (a bridge holds reference cycles) and the CUDA cache; skipped for a small model."""
-    if weights < _COLLECT_MIN_WEIGHTS:
+def _free_memory(n_params: int) -> None:
+    """Give the memory of a model of ``n_params`` parameters the caller has just dropped (``del``) back: a full
+    collection (a bridge holds reference cycles) and the CUDA cache; skipped for a small model."""
+    if n_params < _COLLECT_MIN_PARAMS:
         return
     gc.collect()
     try:
@@ -350,7 +346,7 @@ def _cache_control(model: str, path: Path, a: ProbeConfig, records, hook_names, 
     stores = cache_model(cl, records, None, hook_names, act_dir, f"{model}-", a.batch_size)
     info = {"path": str(path.resolve()), "checkpoint": layout.checkpoint_id(path),
             "weights_sha256": cl.weights_sha256, "parity": cl.parity, "stage": (cl.meta or {}).get("stage")}
-    size = _block_weights(cl)
+    size = n_parameters(cl.hf_model)
     del cl
     _free_memory(size)
     return stores, info
@@ -423,7 +419,7 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     timing["activations"] = time.time() - t
     child = {"checkpoint": layout.checkpoint_id(ckpt), "sha": loaded.weights_sha256, "parity": loaded.parity,
              "n_layers": loaded.n_layers, "adapter": loaded.adapter}
-    size = _block_weights(loaded)
+    size = n_parameters(loaded.hf_model)
     del loaded
     _free_memory(size)
 

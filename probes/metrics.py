@@ -77,7 +77,7 @@ def _weighted_mann_whitney(scores: np.ndarray, labels: np.ndarray, weights: np.n
     """
     cols = np.arange(scores.shape[0]) if columns is None else columns
     pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
-    neg = neg[np.argsort(scores[neg], kind="stable")]
+    neg = neg[np.argsort(scores[neg])]
     s_neg, s_pos = scores[neg], scores[pos]
     below, upto = np.searchsorted(s_neg, s_pos, "left"), np.searchsorted(s_neg, s_pos, "right")
     cum = np.zeros((weights.shape[0], neg.size + 1))  # (B, N_neg + 1): negative weight among the lowest j
