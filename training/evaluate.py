@@ -30,6 +30,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -118,13 +119,14 @@ def auto_batch_size(model, seq_len: int, device=None) -> int:
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int | None = 64,
              samples: int = 0, temperature: float = 1.0, seed: int = 0, desc: str = "generate",
-             use_cache: bool = True) -> list[list[str]]:
+             use_cache: bool = True, on_batch: Callable[[list[int]], None] | None = None) -> list[list[str]]:
     """Batched generation (left padding, KV cache). Greedy when ``samples == 0``, else ``samples`` draws per prompt.
 
     Returns one list of completions per prompt (length 1 when greedy), in the order of ``prompts``. Prompts run
     longest first, in batches of similar length (less padding); ``batch_size=None`` sizes the batches from free
     memory (:func:`auto_batch_size`). ``use_cache=False`` is for models whose KV cache cannot be trusted (an HF
-    model wrapped by a TransformerLens bridge).
+    model wrapped by a TransformerLens bridge). ``on_batch(indices)`` is called before each batch with the indices
+    of its prompts in row order (a forward hook that reads the prompts' activations needs them).
     """
     import torch
 
@@ -142,6 +144,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
     try:
         for i in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False, disable=len(texts) <= batch_size):
             idx = order[i:i + batch_size]
+            if on_batch is not None:
+                on_batch(idx)
             enc = tokenizer([texts[j] for j in idx], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(device)
             with torch.no_grad():

@@ -115,6 +115,36 @@ def test_behaviour_labels_come_from_plain_generation(probe_run, tiny_run):
     assert [c[0] for c in ref] == beh["completions"][:8]
 
 
+def test_prompt_store_is_read_off_the_behaviour_generation(probe_run, tiny_run, tmp_path):
+    """The checkpoint's prompt store comes from the behaviour generation's prompt forward (no second pass) and holds
+    what the bridge's caching pass stores for the same prompts; the parent's (no generation) from the bridge."""
+    from analysis.activations import ActivationStore, cache_activations
+    from analysis.load import load_bridge
+
+    _, out, _ = probe_run
+    acts = out / layout.ACTIVATIONS_DIR
+    store = ActivationStore.open(acts / "prompts")
+    assert store.manifest["source"] == "generation"
+    assert ActivationStore.open(acts / "parent-prompts").manifest["source"] == "bridge"
+    assert not [p for p in acts.iterdir() if p.name.startswith(".")]  # no capture left behind
+    labels = store.manifest["labels"]
+    prompts = [{"id": i, "text": t, **{k: v[n] for k, v in labels.items()}}
+               for n, (i, t) in enumerate(zip(store.ids, _prompt_texts(tiny_run, store.ids)))]
+    ref = cache_activations(load_bridge(_ckpt(tiny_run)), prompts, tmp_path / "bridge", hooks=store.hooks,
+                            batch_size=64, progress=False)
+    assert ref.manifest["key"] == store.manifest["key"]
+    for h in store.hooks:
+        want = np.asarray(ref.get(h))
+        np.testing.assert_allclose(store.get(h), want, rtol=1e-4, atol=1e-5 * np.abs(want).max(), err_msg=h)
+
+
+def _prompt_texts(run: Path, ids: list) -> list[str]:
+    from training.data import read_jsonl
+
+    by_id = {r["id"]: r["prompt"] for r in read_jsonl(layout.data_file(run, "test"))}
+    return [by_id[i] for i in ids]
+
+
 def test_probe_outputs_files(probe_run):
     from probes import load_probes_with_meta
 
