@@ -194,7 +194,8 @@ def _texts_sha256(texts: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode()).hexdigest()
 
 
-def _check_prompts(prompts: Sequence[dict]) -> tuple[list, list[str], dict[str, list]]:
+def check_prompts(prompts: Sequence[dict]) -> tuple[list, list[str], dict[str, list]]:
+    """``(ids, texts, label columns)`` of prompt dicts (see :func:`cache_activations`), checked."""
     if not prompts:
         raise UserError("no prompts to cache")
     ids, texts, cols = [], [], {}
@@ -267,7 +268,7 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
     """
     out = Path(out_dir)
     bridge = loaded.bridge
-    ids, texts, labels = _check_prompts(prompts)
+    ids, texts, labels = check_prompts(prompts)
     hooks = list(dict.fromkeys(hooks)) if hooks is not None else H.hooks_for("resid_post", range(loaded.n_layers))
     if not hooks:
         raise UserError("no hooks to cache")

@@ -33,7 +33,7 @@ import numpy as np
 from analysis import hooks as H
 from analysis.activations import (
     StoreWriter,
-    _check_prompts,
+    check_prompts,
     manifest,
     normalize_positions,
     position_key,
@@ -60,7 +60,7 @@ class PrefillCapture:
     """
 
     def __init__(self, loaded, prompts: list[dict], hooks: Sequence[str], out: Path | str):
-        ids, texts, _ = _check_prompts(prompts)
+        ids, texts, _ = check_prompts(prompts)
         self.loaded, self.out = loaded, Path(out)
         self.hooks = list(dict.fromkeys(hooks))
         self.key = store_key(loaded, self.hooks, normalize_positions("final"), ids, texts, TOKENIZATION["chat"],
