@@ -234,18 +234,20 @@ def _eos_ids(tokenizer, model) -> set[int]:
 def generate_ids(loaded, prompts: Sequence[str], max_new_tokens: int = 48, batch_size: int = 64,
                  monitors: Sequence[Monitor] = (), desc: str = "monitor") -> tuple[list[list[int]], list, float]:
     """Greedy generation with the KV cache on :func:`analysis.intervene.generator` (prompts longest first, in batches,
-    left padding: the batches of :func:`training.evaluate.generate`), each of ``monitors`` reading its hook.
+    the shared prompt prefix run once: the batches of :func:`training.evaluate.generate`), each of ``monitors``
+    reading its hook.
 
     Returns ``(ids, scores, seconds)``: each prompt's generated token ids up to and including the first end token;
     per monitor, each prompt's scores (float64 ndarray, one per generated token); the seconds spent generating (and
-    scoring), excluding tokenisation and decoding."""
+    scoring), excluding tokenisation, decoding and the shared prefix's one forward per call."""
     from analysis.intervene import generator, hf_hooks
     from training.evaluate import chat_prompts
+    from training.prefix import prompt_batches
 
     model, tok = generator(loaded), loaded.tokenizer
     texts = chat_prompts(tok, list(prompts))
-    lengths = [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
-    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    rows = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+    order = sorted(range(len(texts)), key=lambda i: -len(rows[i]))
     eos = _eos_ids(tok, model)
     steps: list[list[torch.Tensor]] = [[] for _ in monitors]
 
@@ -254,38 +256,32 @@ def generate_ids(loaded, prompts: Sequence[str], max_new_tokens: int = 48, batch
 
     ids: list = [None] * len(texts)
     scores: list[list] = [[None] * len(texts) for _ in monitors]
-    seconds, old_side = 0.0, tok.padding_side
-    tok.padding_side = "left"
-    try:
-        with hf_hooks(model, loaded.bridge, [(m.hook, reader(i)) for i, m in enumerate(monitors)]):
-            for i in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False,
-                          disable=len(texts) <= batch_size):
-                idx = order[i:i + batch_size]
-                enc = tok([texts[j] for j in idx], return_tensors="pt", padding=True,
-                          add_special_tokens=False).to(loaded.device)
-                for st in steps:
-                    st.clear()
-                _sync(loaded.device)
-                t = time.perf_counter()
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                     top_p=None, top_k=None, pad_token_id=tok.pad_token_id, use_cache=True,
-                                     eos_token_id=tok.eos_token_id)
-                new = gen[:, enc["input_ids"].shape[1]:].cpu()
-                sc = [torch.stack(st, 1).cpu().numpy() for st in steps]  # per monitor (B, steps)
-                _sync(loaded.device)
-                seconds += time.perf_counter() - t
-                if any(x.shape[1] != new.shape[1] for x in sc):
-                    raise RuntimeError(f"monitor: {[x.shape[1] for x in sc]} scored steps for {new.shape[1]} "
-                                       f"generated tokens (generation ran a forward per token differently than "
-                                       f"expected)")
-                for k, j in enumerate(idx):
-                    row = new[k].tolist()
-                    n = next((m + 1 for m, x in enumerate(row) if x in eos), len(row))
-                    ids[j] = row[:n]
-                    for m, x in enumerate(sc):
-                        scores[m][j] = x[k, :n]
-    finally:
-        tok.padding_side = old_side
+    seconds = 0.0
+    with hf_hooks(model, loaded.bridge, [(m.hook, reader(i)) for i, m in enumerate(monitors)]):
+        batches = prompt_batches(model, rows, order, batch_size, tok.pad_token_id)
+        for b in tqdm(batches, desc=desc, total=-(-len(texts) // batch_size), leave=False,
+                      disable=len(texts) <= batch_size):
+            for st in steps:  # the shared prefix's forward is read too, before the first batch: not a step
+                st.clear()
+            _sync(loaded.device)
+            t = time.perf_counter()
+            gen = model.generate(**b.inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                 top_p=None, top_k=None, pad_token_id=tok.pad_token_id, use_cache=True,
+                                 eos_token_id=tok.eos_token_id)
+            new = gen[:, b.inputs["input_ids"].shape[1]:].cpu()
+            sc = [torch.stack(st, 1).cpu().numpy() for st in steps]  # per monitor (B, steps)
+            _sync(loaded.device)
+            seconds += time.perf_counter() - t
+            if any(x.shape[1] != new.shape[1] for x in sc):
+                raise RuntimeError(f"monitor: {[x.shape[1] for x in sc]} scored steps for {new.shape[1]} "
+                                   f"generated tokens (generation ran a forward per token differently than "
+                                   f"expected)")
+            for k, j in enumerate(b.idx):
+                row = new[k].tolist()
+                n = next((m + 1 for m, x in enumerate(row) if x in eos), len(row))
+                ids[j] = row[:n]
+                for m, x in enumerate(sc):
+                    scores[m][j] = x[k, :n]
     return ids, scores, seconds
 
 

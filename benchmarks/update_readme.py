@@ -26,8 +26,8 @@ def speed_table() -> str:
                     f"{t['paired_ratio_median']:.2f}x median of {len(t['paired_ratios'])} back-to-back pairs "
                     "(target ≤ 1.2) | "
                     f"{a['machine']['cpu']}, {a['machine']['cores']} cores |")
-        rows.append(f"| caching peak RSS, 1k → 10k prompts | {m[0]['peak_rss_mib']:.0f} → {m[1]['peak_rss_mib']:.0f} MiB"
-                    f" | | {a['memory_growth_1k_to_10k']:.2f}x | |")
+        rows.append(f"| caching peak RSS, 1k → 10k prompts | {m[0]['peak_rss_mib']:.0f} → "
+                    f"{m[1]['peak_rss_mib']:.0f} MiB | | {a['memory_growth_1k_to_10k']:.2f}x | |")
     if (res / "patch.json").exists():
         p = json.loads((res / "patch.json").read_text())
         pear = ", ".join(f"{k} {v:.2f}" for k, v in p["pearson"].items() if isinstance(v, (int, float)))
@@ -50,6 +50,19 @@ def speed_table() -> str:
                     f"{'yes' if q['same_completions'] else 'NO'}; activations within {q['max_rel_diff']:.0e} of "
                     f"the largest (cosine ≥ {q['min_cosine']:.6f}) | {q['machine']['cpu']}, "
                     f"{q['machine']['cores']} cores |")
+    what = {"behaviour": "probe run's behaviour generation",
+            "ablation": "one generation run of an ablation (a direction projected out)"}
+    for f in sorted((res / "prefix").glob("*.json")):
+        q = json.loads(f.read_text())
+        for name, w in q["workloads"].items():
+            n = len(w["paired_speedups"])
+            spread = (f"{w['speedup_best']:.2f}x best of each, {w['paired_speedup_median']:.2f}x median of {n} pairs"
+                      if n > 1 else f"{w['speedup_best']:.2f}x (one pair)")
+            rows.append(f"| {what[name]}, {w['prompts']} prompts ({f.stem}) | the shared prompt prefix "
+                        f"({w['shared_prefix_tokens']} of {w['mean_prompt_tokens']:.0f} tokens on average) run once: "
+                        f"{w['ours_best_s']:.1f} s | every batch recomputes it: {w['baseline_best_s']:.1f} s | "
+                        f"{spread}; {w['completions_differing']} of {w['prompts']} completions differ | "
+                        f"{q['machine']['cpu']}, {q['machine']['cores']} cores |")
     return "\n".join(rows)
 
 

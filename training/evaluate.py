@@ -119,46 +119,45 @@ def auto_batch_size(model, seq_len: int, device=None) -> int:
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int | None = 64,
              samples: int = 0, temperature: float = 1.0, seed: int = 0, desc: str = "generate",
-             use_cache: bool = True, on_batch: Callable[[list[int]], None] | None = None) -> list[list[str]]:
-    """Batched generation (left padding, KV cache). Greedy when ``samples == 0``, else ``samples`` draws per prompt.
+             use_cache: bool = True, on_batch: Callable[[list[int]], None] | None = None,
+             share_prefix: bool = True) -> list[list[str]]:
+    """Batched generation (KV cache, left padding). Greedy when ``samples == 0``, else ``samples`` draws per prompt.
 
     Returns one list of completions per prompt (length 1 when greedy), in the order of ``prompts``. Prompts run
     longest first, in batches of similar length (less padding); ``batch_size=None`` sizes the batches from free
-    memory (:func:`auto_batch_size`). ``use_cache=False`` is for models whose KV cache cannot be trusted (an HF
-    model wrapped by a TransformerLens bridge). ``on_batch(indices)`` is called before each batch with the indices
-    of its prompts in row order (a forward hook that reads the prompts' activations needs them).
+    memory (:func:`auto_batch_size`). The token prefix all prompts share (a chat template's system turn) runs once
+    per call and its cache is reused by every batch (:mod:`training.prefix`; ``share_prefix=False`` turns it off).
+    ``use_cache=False`` is for models whose KV cache cannot be trusted (an HF model wrapped by a TransformerLens
+    bridge). ``on_batch(indices)`` is called before each batch with the indices of its prompts in row order (a
+    forward hook that reads the prompts' activations needs them).
     """
     import torch
 
+    from training.prefix import prompt_batches
+
     texts = chat_prompts(tokenizer, prompts)
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    rows = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    order = sorted(range(len(texts)), key=lambda i: -len(rows[i]))
     n_ret = max(1, samples)
     if batch_size is None:
-        batch_size = max(1, auto_batch_size(model, max(lengths, default=1) + max_new_tokens) // n_ret)
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
+        batch_size = max(1, auto_batch_size(model, max(map(len, rows), default=1) + max_new_tokens) // n_ret)
     out: list[list[str] | None] = [None] * len(texts)
     torch.manual_seed(seed)
-    try:
-        for i in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False, disable=len(texts) <= batch_size):
-            idx = order[i:i + batch_size]
-            if on_batch is not None:
-                on_batch(idx)
-            enc = tokenizer([texts[j] for j in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
-            with torch.no_grad():
-                gen = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=samples > 0,
-                    temperature=temperature if samples > 0 else None, top_p=None, top_k=None,
-                    num_return_sequences=n_ret, pad_token_id=tokenizer.pad_token_id, use_cache=use_cache,
-                    eos_token_id=tokenizer.eos_token_id)
-            dec = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for k, j in enumerate(idx):
-                out[j] = dec[k * n_ret:(k + 1) * n_ret]
-    finally:
-        tokenizer.padding_side = old_side
+    batches = prompt_batches(model, rows, order, batch_size, tokenizer.pad_token_id, n_ret,
+                             share=share_prefix and use_cache)
+    for b in tqdm(batches, desc=desc, total=-(-len(texts) // batch_size), leave=False,
+                  disable=len(texts) <= batch_size):
+        if on_batch is not None:
+            on_batch(b.idx)
+        with torch.no_grad():
+            gen = model.generate(
+                **b.inputs, max_new_tokens=max_new_tokens, do_sample=samples > 0,
+                temperature=temperature if samples > 0 else None, top_p=None, top_k=None,
+                num_return_sequences=n_ret, pad_token_id=tokenizer.pad_token_id, use_cache=use_cache,
+                eos_token_id=tokenizer.eos_token_id)
+        dec = tokenizer.batch_decode(gen[:, b.inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        for k, j in enumerate(b.idx):
+            out[j] = dec[k * n_ret:(k + 1) * n_ret]
     return out
 
 

