@@ -103,15 +103,13 @@ def test_behaviour_labels_come_from_plain_generation(probe_run, tiny_run):
     """Regression: generate() on the model the bridge wraps degenerates with the KV cache; labels must match a
     plain HF model's greedy completions."""
     from training.checkpoint import load_model_and_tokenizer
-    from training.data import read_jsonl
     from training.evaluate import generate
 
     _, out, _ = probe_run
     beh = json.loads((out / "behaviour.json").read_text())
-    by_id = {r["id"]: r for r in read_jsonl(layout.data_file(tiny_run, "test"))}
-    ids = beh["key"]["ids"][:8]
     model, tok, _ = load_model_and_tokenizer(_ckpt(tiny_run))
-    ref = generate(model, tok, [by_id[i]["prompt"] for i in ids], max_new_tokens=beh["key"]["max_new_tokens"])
+    ref = generate(model, tok, _prompt_texts(tiny_run, beh["key"]["ids"][:8]),
+                   max_new_tokens=beh["key"]["max_new_tokens"])
     assert [c[0] for c in ref] == beh["completions"][:8]
 
 
