@@ -83,7 +83,7 @@ def prompt_batches(model, rows: Sequence[Sequence[int]], order: Sequence[int], b
     """Batches of the token ``rows`` in ``order``, ``batch_size`` prompts each, for ``model.generate`` with
     ``n_ret`` sequences per prompt: the shared prefix run once (see the module), else left padding."""
     if pad_id is None:
-        raise ValueError("cannot batch prompts of different lengths: the tokenizer has no pad token")
+        raise ValueError("cannot batch prompts for generation: the tokenizer has no pad token")
     device = next(model.parameters()).device
     k = common_prefix(rows) if share and len(rows) > 1 and _shareable(model) else 0
     cache = prefix_cache(model, rows[0][:k], device) if k >= MIN_SHARED else None
