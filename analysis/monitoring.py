@@ -242,12 +242,11 @@ def generate_ids(loaded, prompts: Sequence[str], max_new_tokens: int = 48, batch
     scoring), excluding tokenisation, decoding and the shared prefix's one forward per call."""
     from analysis.intervene import generator, hf_hooks
     from training.evaluate import chat_prompts
-    from training.prefix import prompt_batches
+    from training.prefix import longest_first, prompt_batches
 
     model, tok = generator(loaded), loaded.tokenizer
     texts = chat_prompts(tok, list(prompts))
-    rows = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
-    order = sorted(range(len(texts)), key=lambda i: -len(rows[i]))
+    rows, order = longest_first(tok, texts)
     eos = _eos_ids(tok, model)
     steps: list[list[torch.Tensor]] = [[] for _ in monitors]
 

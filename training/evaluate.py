@@ -133,11 +133,10 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
     """
     import torch
 
-    from training.prefix import prompt_batches
+    from training.prefix import longest_first, prompt_batches
 
     texts = chat_prompts(tokenizer, prompts)
-    rows = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    order = sorted(range(len(texts)), key=lambda i: -len(rows[i]))
+    rows, order = longest_first(tokenizer, texts)
     n_ret = max(1, samples)
     if batch_size is None:
         batch_size = max(1, auto_batch_size(model, max(map(len, rows), default=1) + max_new_tokens) // n_ret)

