@@ -21,7 +21,9 @@ evaluated on the same held-out prompts: does the trigger rate come back?
 Each cell's result (``<results>/cells/<cell>.json``: the trigger rate before and after with Wilson intervals, the
 red-team rate on attack families the arm never trained on, the re-emergence check, CPU and wall seconds, the
 machine) is written atomically when the cell finishes; a cell whose file exists is skipped, so an interrupted sweep
-resumes where it stopped (an unfinished arm from its trainer state). A variant whose organism is the same computation
+resumes where it stopped (an unfinished arm from its trainer state). Each invocation that computed cells records its
+wall, its cells (computed, already present, derived) and the machine in ``<results>/runs/``: the table's measured wall
+of a grid run whole from scratch comes from there. A variant whose organism is the same computation
 as normal's (the tiny distilled-CoT organism: its data are the normal data, :func:`apps.sweep.cells.build_fingerprint`)
 is not trained again: its cells are normal's, marked ``same_computation_as``.
 
@@ -40,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apps.sweep.config import SWEEP_JSON, CellKey, OrganismKey, SweepConfig, grid
+from apps.sweep.config import RUNS_DIR, SWEEP_JSON, CellKey, OrganismKey, SweepConfig, grid
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -151,11 +153,12 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     from apps.sweep import cells as C
     from apps.sweep.report import write_report
 
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     result = SweepResult()
     if not cfg.table_only:
         _check_settings(cfg)
         keys = grid(cfg)
+        built = sum(C.organism_dir(cfg, k).exists() for k in dict.fromkeys(c.organism for c in keys))
         same = _same_as_normal(cfg, keys)
         todo, result.skipped = _work(cfg, keys, same)
         log.info("sweep: %d cells, %d done, %d organisms with work (%d cells reuse the normal organism's)",
@@ -180,11 +183,33 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
                 derive()
         else:
             result.ran, result.failed = _parallel(cfg, cfg_dict, jobs, plans, derive)
+        if result.ran or result.failed:
+            _record_invocation(cfg, started, time.perf_counter() - t0, len(keys), built, result)
     rep = write_report(cfg.results_dir)
     result.table, result.findings, result.figure = rep["table"], rep["findings"], rep["figure"]
     result.png, result.cells = rep["png"], rep["cells"]
     result.seconds = round(time.perf_counter() - t0, 1)
     return result
+
+
+def _record_invocation(cfg: SweepConfig, started: float, wall: float, n_cells: int, built: int,
+                       result: SweepResult) -> None:
+    """``<results>/runs/<start>.json``: this invocation's wall seconds (before the table), the grid it was given and
+    what it did with it; ``from_scratch`` when it computed every cell and organism itself (``built``: organism
+    directories present when it started)."""
+    from datetime import datetime, timezone
+
+    from apps.sweep.cells import machine
+    from training.io import write_json_atomic
+
+    stamp = datetime.fromtimestamp(started, timezone.utc)
+    rec = {"schema": 1, "started": stamp.isoformat(timespec="seconds"), "wall_s": round(wall, 1), "jobs": cfg.jobs,
+           "axes": {k: getattr(cfg, k) for k in ("sizes", "variants", "seeds", "arms", "lr_scales", "optimizers")},
+           "cells": n_cells, "ran": len(result.ran), "derived": len(result.derived), "skipped": len(result.skipped),
+           "organisms_present": built, "failed": result.failed,
+           "from_scratch": not result.skipped and not result.failed and not built,
+           "machine": machine()}
+    write_json_atomic(cfg.results_dir / RUNS_DIR / f"{stamp.strftime('%Y%m%dT%H%M%S.%fZ')}.json", rec, indent=1)
 
 
 def _parallel(cfg: SweepConfig, cfg_dict: dict, jobs: list[tuple], plans: dict, after) -> tuple[list[str], list[str]]:

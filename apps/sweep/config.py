@@ -29,6 +29,7 @@ FINDINGS_MD = "findings.md"  # apps.sweep.findings: the findings in words, splic
 FIGURE_HTML = "figure.html"
 FIGURE_PNG = "figure.png"
 REEMERGE_TAG = "reemergence"
+RUNS_DIR = "runs"  # one record per invocation that computed cells: its wall, its work, the machine
 
 
 def _csv(s: str) -> list[str]:

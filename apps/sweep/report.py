@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.sweep.config import (CELLS_DIR, FIGURE_HTML, FIGURE_PNG, FINDINGS_MD, HF_SIZES, ORGANISMS_DIR, SIZES,
-                               SWEEP_JSON, TABLE_MD)
+from apps.sweep.config import (CELLS_DIR, FIGURE_HTML, FIGURE_PNG, FINDINGS_MD, HF_SIZES, ORGANISMS_DIR, RUNS_DIR,
+                               SIZES, SWEEP_JSON, TABLE_MD)
 from apps.sweep.findings import findings
 
 log = logging.getLogger(__name__)
@@ -222,8 +222,21 @@ def gpu_line(settings: dict, gpu: dict) -> str:
             f"(evaluation, red-teaming, RL rollouts) was not measured on a GPU and comes on top.")
 
 
+def wall_lines(runs: list[dict]) -> list[str]:
+    """The measured wall of each invocation that computed its whole grid from scratch (``<results>/runs/``)."""
+    out = []
+    for r in (r for r in runs if r.get("from_scratch")):
+        m, ax = r["machine"], r["axes"]
+        out.append(f"Measured wall: one invocation computed its whole grid from scratch ({ax['sizes']} × "
+                   f"{ax['variants']} × seeds {ax['seeds']} × {ax['arms']}; {r['ran']} cells computed and "
+                   f"{r['derived']} taken from the normal organism's) in {r['wall_s']:,.0f} s = "
+                   f"{r['wall_s'] / 3600:.2f} h with `--jobs {r['jobs']}` on {m['cpu']} ({m['cores']} cores), "
+                   f"started {r['started']}.")
+    return out
+
+
 def cost_table(cells: list[dict], organisms: list[dict], settings: dict | None = None,
-               gpu: dict | None = None) -> str:
+               gpu: dict | None = None, runs: list[dict] = ()) -> str:
     """Measured CPU seconds per unit of work and size, then :func:`cost_notes`."""
     costs = size_costs(cells, organisms)
     if not costs:
@@ -236,7 +249,7 @@ def cost_table(cells: list[dict], organisms: list[dict], settings: dict | None =
         arm = ", ".join(f"{a} {s:,.0f}" for a, s in c.arm.items()) or "–"
         lines.append(f"| {c.size} ({_params(c.params)}) | {build} | {unit(c.reward)} | {arm} | "
                      f"{unit(c.reemerge)} | {c.n_cells} |")
-    return "\n".join(lines + ["", cost_notes(cells, organisms, settings, gpu)])
+    return "\n".join(lines + ["", cost_notes(cells, organisms, settings, gpu), *wall_lines(runs)])
 
 
 def cost_notes(cells: list[dict], organisms: list[dict], settings: dict | None = None,
@@ -382,7 +395,8 @@ def write_report(results: Path, png: bool = True) -> dict:
     settings = json.loads(sweep_json.read_text())["settings"] if sweep_json.exists() else None
     gpu_json = results.parent / GPU_JSON  # the GPU benchmark's results, beside the sweep's in benchmarks/results
     gpu = json.loads(gpu_json.read_text()) if gpu_json.exists() else None
-    text = [results_table(cells), "", cost_table(cells, organisms, settings, gpu)] if cells else \
+    runs = load(results, RUNS_DIR)
+    text = [results_table(cells), "", cost_table(cells, organisms, settings, gpu, runs)] if cells else \
         ["_(no finished cells yet)_"]
     table = write_text_atomic(results / TABLE_MD, "\n".join(text).rstrip() + "\n")
     found = write_text_atomic(results / FINDINGS_MD, findings(cells, settings) + "\n")

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from apps.sweep import SweepConfig, run_sweep
-from apps.sweep.config import CELLS_DIR, FIGURE_HTML, ORGANISMS_DIR, TABLE_MD
+from apps.sweep.config import CELLS_DIR, FIGURE_HTML, ORGANISMS_DIR, RUNS_DIR, TABLE_MD
 
 TINY = dict(sizes="tiny-1m", variants="normal", seeds="0", arms="sft", base_steps=20, insert_steps=10, arm_steps=4,
             arm_batch=8, reward_steps=4, eval_n=10, reemerge_steps=2,
@@ -46,6 +46,13 @@ def test_sweep_cell_is_atomic_resumable_and_tabled(tmp_path, monkeypatch):
     mtime = cell_json.stat().st_mtime_ns
     third = run_sweep(cfg)
     assert third.ran == [] and third.skipped == [CELL] and cell_json.stat().st_mtime_ns == mtime
+
+    # one record per invocation that computed something; neither ran the grid whole from scratch
+    runs = [json.loads(p.read_text()) for p in sorted((cfg.results_dir / RUNS_DIR).glob("*.json"))]
+    assert [(r["ran"], r["failed"], r["organisms_present"], r["from_scratch"]) for r in runs] == \
+        [(0, ["tiny-1m-normal-s0"], 0, False), (1, [], 1, False)]
+    assert all(r["wall_s"] > 0 and r["cells"] == 1 and r["jobs"] == 1 for r in runs)
+    assert "Measured wall" not in (cfg.results_dir / TABLE_MD).read_text()
 
     (cfg.results_dir / TABLE_MD).unlink()
     (cfg.results_dir / FIGURE_HTML).unlink()

@@ -162,6 +162,14 @@ def test_cost_projection_from_measured_seconds():
 
     row = next(line for line in cost_table(cells, orgs + [real]).splitlines() if line.startswith("| smollm2"))
     assert row == "| smollm2-135m (134.5M) | normal 9 | – | – | – | 0 |"  # what never ran is not a 0
+    # the measured wall comes only from an invocation that computed its whole grid from scratch
+    run = {"started": "2026-12-02T13:07:05+00:00", "wall_s": 6480.0, "jobs": 2, "ran": 54, "derived": 27,
+           "axes": {"sizes": "tiny-1m,tiny-5m,tiny-27m", "variants": "normal,cot,distilled_cot", "seeds": "0,1,2",
+                    "arms": "sft,rl,adversarial"}, "machine": {"cpu": "x", "cores": 2}, "from_scratch": True}
+    table = cost_table(cells, orgs, runs=[run, {**run, "wall_s": 60.0, "from_scratch": False}])
+    walls = [line for line in table.splitlines() if line.startswith("Measured wall")]
+    assert len(walls) == 1 and "in 6,480 s = 1.80 h with `--jobs 2` on x (2 cores)" in walls[0]
+    assert "54 cells computed and 27 taken from the normal organism's" in walls[0]
 
 
 def test_optimizer_axis_reaches_trainers_that_name_none(tmp_path):
