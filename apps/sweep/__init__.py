@@ -212,6 +212,24 @@ def _record_invocation(cfg: SweepConfig, started: float, wall: float, n_cells: i
     write_json_atomic(cfg.results_dir / RUNS_DIR / f"{stamp.strftime('%Y%m%dT%H%M%S.%fZ')}.json", rec, indent=1)
 
 
+def exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """Worker initializer: end this worker once ``parent`` (the sweep process) is gone.
+
+    Footgun: a killed sweep process (``kill``, a closed session) does not take its spawned workers with it; they
+    would go on training and writing into the sweep directory, beside the workers of the sweep the user starts again
+    to resume it. A daemon thread checks every ``every`` seconds that this process's parent is still ``parent``.
+    """
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        log.warning("the sweep process %d is gone: worker %d stops", parent, os.getpid())
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _parallel(cfg: SweepConfig, cfg_dict: dict, jobs: list[tuple], plans: dict, after) -> tuple[list[str], list[str]]:
     """The organisms on ``cfg.jobs`` worker processes (spawned; each with cores / jobs torch threads); ``after()``
     runs in this process each time one finishes."""
@@ -224,7 +242,8 @@ def _parallel(cfg: SweepConfig, cfg_dict: dict, jobs: list[tuple], plans: dict, 
 
     threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
     ran, failed = [], []
-    with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=mp.get_context("spawn"), initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_organism_cells, cfg_dict, org, plans[OrganismKey(*org)], threads): org
                    for org in jobs}
         for fut in tqdm(as_completed(futures), total=len(futures), desc="sweep organisms"):

@@ -237,3 +237,51 @@ def test_an_arm_attacks_with_its_organisms_base(tmp_path, monkeypatch):
     assert seen["args"].attacker == str(layout.checkpoint_dir(org, "base"))
     assert seen["model"].ckpt == str(layout.checkpoint_dir(org, "backdoored")) and seen["model"].lora
     assert (start, final) == ({"step": 0}, {"step": 30}) and run == C.cell_run_dir(cfg, cell)
+
+
+def test_workers_stop_when_the_sweep_process_is_killed(tmp_path):
+    """A sweep process killed outright must not leave its workers training into the sweep directory."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    script = f"""
+import multiprocessing as mp, os, time
+from concurrent.futures import ProcessPoolExecutor
+from apps.sweep import exit_with_parent
+
+def work(path):
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=exit_with_parent,
+                             initargs=(os.getpid(), 0.1)) as pool:
+        pool.submit(work, {str(pid_file)!r}).result()
+"""
+    (tmp_path / "sweep_like.py").write_text(script)  # a file: spawned workers re-import their task's module
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "sweep_like.py")], cwd=os.getcwd(),
+                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.time() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.time() < deadline and parent.poll() is None, "the worker never started"
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                return  # gone
+            time.sleep(0.1)
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError("the worker outlived the killed sweep process by 10 s")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
