@@ -21,13 +21,15 @@ evaluated on the same held-out prompts: does the trigger rate come back?
 Each cell's result (``<results>/cells/<cell>.json``: the trigger rate before and after with Wilson intervals, the
 red-team rate on attack families the arm never trained on, the re-emergence check, CPU and wall seconds, the
 machine) is written atomically when the cell finishes; a cell whose file exists is skipped, so an interrupted sweep
-resumes where it stopped (an unfinished arm from its trainer state). Each invocation that computed cells records its
-wall, its cells (computed, already present, derived) and the machine in ``<results>/runs/``: the table's measured wall
-of a grid run whole from scratch comes from there. A variant whose organism is the same computation
-as normal's (the tiny distilled-CoT organism: its data are the normal data, :func:`apps.sweep.cells.build_fingerprint`)
-is not trained again: its cells are normal's, marked ``same_computation_as``.
+resumes where it stopped (an unfinished arm from its trainer state). Each invocation with work records its wall (kept
+current while it runs, so a killed one counts too), its cells and the machine in ``<results>/runs/``: the table's
+measured wall of a grid run from scratch, in one invocation or resumed over several, comes from there. A variant whose
+organism is the same computation as normal's (the tiny distilled-CoT organism: its data are the normal data,
+:func:`apps.sweep.cells.build_fingerprint`) is not trained again: its cells are normal's, marked
+``same_computation_as``.
 
-Footgun: the defaults are a *reduced* grid, sized to run in about two hours on two CPU cores (``--jobs 2``); its
+Footgun: the defaults are a *reduced* grid, sized to run in about two hours on two CPU cores (``--jobs 2``; the cost
+notes give the projection and every measured wall: the same work took up to 1.7x the CPU seconds on a slower day); its
 steps are far below the presets' (a tiny base gets 250 steps, not 2,400; an arm 30, not 120-300), so its organisms
 are less helpful than the preset's and its arms shorter than ``training.safety``'s defaults. Compare cells within one
 sweep, not with other tables.
@@ -153,7 +155,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     from apps.sweep import cells as C
     from apps.sweep.report import write_report
 
-    t0, started = time.perf_counter(), time.time()
+    t0 = time.perf_counter()
     result = SweepResult()
     if not cfg.table_only:
         _check_settings(cfg)
@@ -163,6 +165,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         todo, result.skipped = _work(cfg, keys, same)
         log.info("sweep: %d cells, %d done, %d organisms with work (%d cells reuse the normal organism's)",
                  len(keys), len(result.skipped), len(todo), sum(1 for k in keys if k.organism in same))
+        record = _Invocation(cfg, keys, built, len(result.skipped), t0)
         jobs = [(k.size, k.variant, k.seed) for k in todo]
         plans = {k: [(c.arm, c.lr_scale, c.optimizer) for c in v] for k, v in todo.items()}
         cfg_dict = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
@@ -173,6 +176,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
                     result.derived.append(cell.name)
 
         derive()
+        record.start()
         if cfg.jobs == 1:
             for org in tqdm(jobs, desc="sweep organisms"):
                 try:
@@ -183,8 +187,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
                 derive()
         else:
             result.ran, result.failed = _parallel(cfg, cfg_dict, jobs, plans, derive)
-        if result.ran or result.failed:
-            _record_invocation(cfg, started, time.perf_counter() - t0, len(keys), built, result)
+        record.stop(result.failed)
     rep = write_report(cfg.results_dir)
     result.table, result.findings, result.figure = rep["table"], rep["findings"], rep["figure"]
     result.png, result.cells = rep["png"], rep["cells"]
@@ -192,24 +195,56 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     return result
 
 
-def _record_invocation(cfg: SweepConfig, started: float, wall: float, n_cells: int, built: int,
-                       result: SweepResult) -> None:
-    """``<results>/runs/<start>.json``: this invocation's wall seconds (before the table), the grid it was given and
-    what it did with it; ``from_scratch`` when it computed every cell and organism itself (``built``: organism
-    directories present when it started)."""
-    from datetime import datetime, timezone
+class _Invocation:
+    """``<results>/runs/<start>.json``: one invocation's wall seconds so far, the grid it was given, the cells present
+    when it started and now, and the machine; rewritten every :data:`apps.sweep.cells.CLOCK_EVERY` seconds and at the
+    end (``finished``), so an invocation that is killed (a session's end) still records its wall, up to its last
+    write. The report sums a chain of them that starts from an empty sweep and ends with every cell present: the
+    wall of a grid run from scratch, in one invocation or resumed over several. Written only when there is work."""
 
-    from apps.sweep.cells import machine
-    from training.io import write_json_atomic
+    def __init__(self, cfg: SweepConfig, keys: list[CellKey], built: int, present: int, t0: float):
+        from datetime import datetime, timezone
 
-    stamp = datetime.fromtimestamp(started, timezone.utc)
-    rec = {"schema": 1, "started": stamp.isoformat(timespec="seconds"), "wall_s": round(wall, 1), "jobs": cfg.jobs,
-           "axes": {k: getattr(cfg, k) for k in ("sizes", "variants", "seeds", "arms", "lr_scales", "optimizers")},
-           "cells": n_cells, "ran": len(result.ran), "derived": len(result.derived), "skipped": len(result.skipped),
-           "organisms_present": built, "failed": result.failed,
-           "from_scratch": not result.skipped and not result.failed and not built,
-           "machine": machine()}
-    write_json_atomic(cfg.results_dir / RUNS_DIR / f"{stamp.strftime('%Y%m%dT%H%M%S.%fZ')}.json", rec, indent=1)
+        from apps.sweep.cells import machine
+
+        self.cfg, self.keys, self.t0 = cfg, keys, t0  # t0: the invocation's start (perf_counter)
+        stamp = datetime.fromtimestamp(time.time() - (time.perf_counter() - t0), timezone.utc)
+        self.path = cfg.results_dir / RUNS_DIR / f"{stamp.strftime('%Y%m%dT%H%M%S.%fZ')}.json"
+        self.rec = {"schema": 1, "started": stamp.isoformat(timespec="seconds"), "out": str(cfg.out_dir.resolve()),
+                    "jobs": cfg.jobs, "axes": {k: getattr(cfg, k) for k in ("sizes", "variants", "seeds", "arms",
+                                                                         "lr_scales", "optimizers")},
+                    "cells": len(keys), "present_at_start": present, "organisms_present": built,
+                    "from_empty": not present and not built, "machine": machine()}
+        self._stop = None
+
+    def _write(self, finished: bool = False, failed: list[str] = ()) -> None:
+        from apps.sweep.cells import cell_file
+        from training.io import write_json_atomic
+
+        done = sum(cell_file(self.cfg, k).exists() for k in self.keys)
+        write_json_atomic(self.path, {**self.rec, "wall_s": round(time.perf_counter() - self.t0, 1),
+                                      "present_now": done, "failed": list(failed), "finished": finished}, indent=1)
+
+    def start(self) -> None:
+        import threading
+
+        from apps.sweep.cells import CLOCK_EVERY
+
+        if self.rec["present_at_start"] == len(self.keys):
+            return  # nothing to compute: nothing to record
+        self._stop = threading.Event()
+        self._write()
+
+        def tick() -> None:
+            while not self._stop.wait(CLOCK_EVERY):
+                self._write()
+
+        threading.Thread(target=tick, daemon=True, name="sweep-wall").start()
+
+    def stop(self, failed: list[str]) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._write(finished=True, failed=failed)
 
 
 def exit_with_parent(parent: int, every: float = 1.0) -> None:

@@ -223,15 +223,28 @@ def gpu_line(settings: dict, gpu: dict) -> str:
 
 
 def wall_lines(runs: list[dict]) -> list[str]:
-    """The measured wall of each invocation that computed its whole grid from scratch (``<results>/runs/``)."""
+    """The measured wall of each grid run from scratch (``<results>/runs/``, :class:`apps.sweep._Invocation`): a chain
+    of invocations on one sweep directory and grid, in order, from one that started on an empty sweep to the first
+    that ended with every cell present and none failed; their walls summed."""
+    chains: dict[tuple, list[dict]] = {}
+    for r in sorted(runs, key=lambda r: r["started"]):
+        chains.setdefault((r["out"], json.dumps(r["axes"], sort_keys=True)), []).append(r)
     out = []
-    for r in (r for r in runs if r.get("from_scratch")):
-        m, ax = r["machine"], r["axes"]
-        out.append(f"Measured wall: one invocation computed its whole grid from scratch ({ax['sizes']} × "
-                   f"{ax['variants']} × seeds {ax['seeds']} × {ax['arms']}; {r['ran']} cells computed and "
-                   f"{r['derived']} taken from the normal organism's) in {r['wall_s']:,.0f} s = "
-                   f"{r['wall_s'] / 3600:.2f} h with `--jobs {r['jobs']}` on {m['cpu']} ({m['cores']} cores), "
-                   f"started {r['started']}.")
+    for rs in chains.values():
+        first = next((i for i, r in enumerate(rs) if r["from_empty"]), None)
+        if first is None:
+            continue
+        last = next((i for i, r in enumerate(rs[first:], first) if r["finished"] and not r["failed"]
+                     and r["present_now"] == r["cells"]), None)
+        if last is None:
+            continue
+        chain, ax, m = rs[first:last + 1], rs[first]["axes"], rs[last]["machine"]
+        wall = sum(r["wall_s"] for r in chain)
+        how = "in one invocation" if len(chain) == 1 else f"over {len(chain)} invocations (resumed)"
+        out.append(f"Measured wall: the grid {ax['sizes']} × {ax['variants']} × seeds {ax['seeds']} × {ax['arms']} "
+                   f"({rs[last]['cells']} cells) from an empty sweep to every cell {how}: {wall:,.0f} s = "
+                   f"{wall / 3600:.2f} h with `--jobs {rs[first]['jobs']}` on {m['cpu']} ({m['cores']} cores), "
+                   f"started {rs[first]['started']}.")
     return out
 
 

@@ -47,12 +47,14 @@ def test_sweep_cell_is_atomic_resumable_and_tabled(tmp_path, monkeypatch):
     third = run_sweep(cfg)
     assert third.ran == [] and third.skipped == [CELL] and cell_json.stat().st_mtime_ns == mtime
 
-    # one record per invocation that computed something; neither ran the grid whole from scratch
+    # one record per invocation with work: the first started on an empty sweep and failed an organism, the second
+    # finished the grid; together they are the grid run from scratch, and the table states their summed wall
     runs = [json.loads(p.read_text()) for p in sorted((cfg.results_dir / RUNS_DIR).glob("*.json"))]
-    assert [(r["ran"], r["failed"], r["organisms_present"], r["from_scratch"]) for r in runs] == \
-        [(0, ["tiny-1m-normal-s0"], 0, False), (1, [], 1, False)]
+    assert [(r["from_empty"], r["present_at_start"], r["present_now"], r["failed"], r["finished"]) for r in runs] == \
+        [(True, 0, 0, ["tiny-1m-normal-s0"], True), (False, 0, 1, [], True)]
     assert all(r["wall_s"] > 0 and r["cells"] == 1 and r["jobs"] == 1 for r in runs)
-    assert "Measured wall" not in (cfg.results_dir / TABLE_MD).read_text()
+    wall = sum(r["wall_s"] for r in runs)
+    assert f"over 2 invocations (resumed): {wall:,.0f} s" in (cfg.results_dir / TABLE_MD).read_text()
 
     (cfg.results_dir / TABLE_MD).unlink()
     (cfg.results_dir / FIGURE_HTML).unlink()

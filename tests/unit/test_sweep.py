@@ -162,14 +162,22 @@ def test_cost_projection_from_measured_seconds():
 
     row = next(line for line in cost_table(cells, orgs + [real]).splitlines() if line.startswith("| smollm2"))
     assert row == "| smollm2-135m (134.5M) | normal 9 | – | – | – | 0 |"  # what never ran is not a 0
-    # the measured wall comes only from an invocation that computed its whole grid from scratch
-    run = {"started": "2026-12-02T13:07:05+00:00", "wall_s": 6480.0, "jobs": 2, "ran": 54, "derived": 27,
-           "axes": {"sizes": "tiny-1m,tiny-5m,tiny-27m", "variants": "normal,cot,distilled_cot", "seeds": "0,1,2",
-                    "arms": "sft,rl,adversarial"}, "machine": {"cpu": "x", "cores": 2}, "from_scratch": True}
-    table = cost_table(cells, orgs, runs=[run, {**run, "wall_s": 60.0, "from_scratch": False}])
+    # the measured wall: a chain of invocations from an empty sweep to every cell present, their walls summed
+    ax = {"sizes": "tiny-1m,tiny-5m,tiny-27m", "variants": "normal,cot,distilled_cot", "seeds": "0,1,2",
+          "arms": "sft,rl,adversarial"}
+    rec = lambda start, wall, empty, now, finished: {  # noqa: E731
+        "started": start, "wall_s": wall, "out": "/s", "axes": ax, "jobs": 2, "cells": 81, "from_empty": empty,
+        "present_now": now, "failed": [], "finished": finished, "machine": {"cpu": "x", "cores": 2}}
+    killed = rec("2026-12-02T13:16:15+00:00", 6000.0, True, 69, False)  # a session's end killed it
+    resumed = rec("2026-12-03T09:00:00+00:00", 3000.0, False, 81, True)
+    elsewhere = {**resumed, "out": "/other"}  # another sweep directory: not part of the chain
+    table = cost_table(cells, orgs, runs=[resumed, elsewhere, killed])
     walls = [line for line in table.splitlines() if line.startswith("Measured wall")]
-    assert len(walls) == 1 and "in 6,480 s = 1.80 h with `--jobs 2` on x (2 cores)" in walls[0]
-    assert "54 cells computed and 27 taken from the normal organism's" in walls[0]
+    assert len(walls) == 1 and "(81 cells) from an empty sweep to every cell over 2 invocations (resumed): " \
+        "9,000 s = 2.50 h with `--jobs 2` on x (2 cores), started 2026-12-02T13:16:15+00:00." in walls[0]
+    assert "Measured wall" not in cost_table(cells, orgs, runs=[killed])  # not yet every cell
+    one = rec("2026-12-04T09:00:00+00:00", 7000.0, True, 81, True)
+    assert "every cell in one invocation: 7,000 s" in cost_table(cells, orgs, runs=[one])
 
 
 def test_optimizer_axis_reaches_trainers_that_name_none(tmp_path):
