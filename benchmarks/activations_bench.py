@@ -2,8 +2,9 @@
 
 1. Throughput: ``analysis.activations.cache_activations`` (bridge, every layer's ``resid_post`` at the final prompt
    token, written to disk) against ``hf_forward_hidden_states`` on a freshly loaded HF model (same prompts, same
-   batches), both timed in this run, best of 5, and the median of each repeat's back-to-back ratio (a shared
-   machine's timings vary by tens of percent). Target: ratio ≤ 1.2 (issue 18).
+   batches), both timed in this run after one untimed round of each, best of 11, and the median of each repeat's
+   back-to-back ratio, the two taking turns at going first (a shared machine's timings vary by tens of percent, and
+   drift within a repeat would otherwise always favour the same side). Target: ratio ≤ 1.2 (issue 18).
 2. Memory: the caching command in fresh processes for 1,000 and 10,000 prompts; peak RSS should stay flat.
 
 Usage: ``python benchmarks/activations_bench.py --ckpt runs/x/checkpoints/backdoored``
@@ -48,8 +49,9 @@ def child(ckpt: Path, n: int, batch: int) -> None:
     print(json.dumps({"n": n, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def throughput(ckpt: Path, n: int, batch: int, repeats: int = 5, device: str = "cpu") -> dict:
-    """Best-of-``repeats`` wall time of ``cache_activations`` vs a plain HF forward over the same ``n`` prompts."""
+def throughput(ckpt: Path, n: int, batch: int, repeats: int = 11, device: str = "cpu") -> dict:
+    """Best-of-``repeats`` wall time of ``cache_activations`` vs a plain HF forward over the same ``n`` prompts, after
+    one untimed warm-up round of each; within a repeat the two alternate which goes first."""
     from analysis.activations import cache_activations, hf_forward_hidden_states
     from analysis.load import encode_prompts, load_bridge
     from training.checkpoint import load_model_and_tokenizer
@@ -60,22 +62,34 @@ def throughput(ckpt: Path, n: int, batch: int, repeats: int = 5, device: str = "
     # a fresh, unbridged model (same device and dtype) for the baseline
     model, tok, _ = load_model_and_tokenizer(ckpt, device=device, dtype=loaded.dtype)
     n_tokens = sum(len(r) for r in encode_prompts(tok, texts))
-    t_cache, t_hf = [], []
-    for _ in range(repeats):
+
+    def cache() -> float:
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
             cache_activations(loaded, prompts, Path(tmp) / "store", batch_size=batch, progress=False)
-            t_cache.append(time.perf_counter() - t)
+            return time.perf_counter() - t
+
+    def hf() -> float:
         t = time.perf_counter()
         hf_forward_hidden_states(model, tok, texts, batch_size=batch)
-        t_hf.append(time.perf_counter() - t)
+        return time.perf_counter() - t
+
+    cache(), hf()  # warm-up: allocator, kernels, page cache
+    t_cache, t_hf = [], []
+    for i in range(repeats):
+        if i % 2:
+            t_hf.append(hf())
+            t_cache.append(cache())
+        else:
+            t_cache.append(cache())
+            t_hf.append(hf())
     c, h = min(t_cache), min(t_hf)
     paired = sorted(x / y for x, y in zip(t_cache, t_hf))  # each repeat's two runs back to back
     return {"prompts": n, "prompt_tokens": n_tokens, "batch_size": batch, "dtype": str(loaded.dtype), "cache_s": c,
             "hf_forward_s": h, "ratio": c / h, "paired_ratios": paired,
             "paired_ratio_median": statistics.median(paired), "cache_prompts_per_s": n / c,
             "cache_tokens_per_s": n_tokens / c, "hf_prompts_per_s": n / h,
-            "all_cache_s": t_cache, "all_hf_s": t_hf}
+            "all_cache_s": t_cache, "all_hf_s": t_hf, "warmup_rounds": 1, "order": "alternating"}
 
 
 def main() -> int:
