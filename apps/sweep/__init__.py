@@ -226,20 +226,10 @@ class _Invocation:
                                       "present_now": done, "failed": list(failed), "finished": finished}, indent=1)
 
     def start(self) -> None:
-        import threading
+        from apps.sweep.cells import rewrite_every
 
-        from apps.sweep.cells import CLOCK_EVERY
-
-        if self.rec["present_at_start"] == len(self.keys):
-            return  # nothing to compute: nothing to record
-        self._stop = threading.Event()
-        self._write()
-
-        def tick() -> None:
-            while not self._stop.wait(CLOCK_EVERY):
-                self._write()
-
-        threading.Thread(target=tick, daemon=True, name="sweep-wall").start()
+        if self.rec["present_at_start"] < len(self.keys):  # nothing to compute: nothing to record
+            self._stop = rewrite_every(self._write)
 
     def stop(self, failed: list[str]) -> None:
         if self._stop is not None:

@@ -39,6 +39,22 @@ CLOCK_DIR = ".sweep-seconds"
 CLOCK_EVERY = 20.0  # seconds between an attempt's clock writes (a killed attempt loses at most this much)
 
 
+def rewrite_every(write, seconds: float = CLOCK_EVERY):
+    """Call ``write()`` now and then every ``seconds`` on a daemon thread until the returned event is set (a killed
+    process's file then holds its state as of its last write)."""
+    import threading
+
+    stop = threading.Event()
+    write()
+
+    def tick() -> None:
+        while not stop.wait(seconds):
+            write()
+
+    threading.Thread(target=tick, daemon=True).start()
+    return stop
+
+
 class Clock:
     """Wall and CPU seconds (this process, all its threads) of one unit of work over every attempt at it.
 
@@ -59,16 +75,7 @@ class Clock:
                                       "cpu_s": round(time.process_time() - self.cpu, 1)})
 
     def __enter__(self) -> "Clock":
-        import threading
-
-        self._stop = threading.Event()
-
-        def tick():
-            while not self._stop.wait(CLOCK_EVERY):
-                self._write()
-
-        self._write()
-        threading.Thread(target=tick, daemon=True).start()
+        self._stop = rewrite_every(self._write)
         return self
 
     def __exit__(self, *exc) -> None:
