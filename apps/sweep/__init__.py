@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apps.sweep.config import RUNS_DIR, SWEEP_JSON, CellKey, OrganismKey, SweepConfig, grid
+from apps.sweep.config import RUNS_DIR, SWEEP_JSON, CellKey, OrganismKey, SweepConfig, costliest_first, grid
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,10 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         log.info("sweep: %d cells, %d done, %d organisms with work (%d cells reuse the normal organism's)",
                  len(keys), len(result.skipped), len(todo), sum(1 for k in keys if k.organism in same))
         record = _Invocation(cfg, keys, built, len(result.skipped), t0)
-        jobs = [(k.size, k.variant, k.seed) for k in todo]
+        # one worker keeps the grid's order (an interrupted sweep has every seed of the sizes it reached); several
+        # take the costliest organisms first, so no large one is left running alone at the end
+        order = list(todo) if cfg.jobs == 1 else costliest_first(cfg, list(todo))
+        jobs = [(k.size, k.variant, k.seed) for k in order]
         plans = {k: [(c.arm, c.lr_scale, c.optimizer) for c in v] for k, v in todo.items()}
         cfg_dict = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
         def derive() -> None:  # after each organism: the cells that reuse it appear as soon as its own do

@@ -186,11 +186,20 @@ class CellKey:
 
 
 def grid(cfg: SweepConfig) -> list[CellKey]:
-    """Every cell the config asks for, smaller models first (an interrupted sweep has every seed of the sizes it
-    reached; the largest size costs most of a sweep), seed by seed, normal before the other variants (a variant whose
-    build equals normal's reuses it)."""
+    """Every cell the config asks for, smaller models first (an interrupted one-worker sweep has every seed of the
+    sizes it reached; the largest size costs most of a sweep; several workers take :func:`costliest_first`'s order),
+    seed by seed, normal before the other variants (a variant whose build equals normal's reuses it)."""
     sizes = sorted(cfg.size_list, key=SIZES.index)
     variants = sorted(cfg.variant_list, key=lambda v: v != "normal")
     return [CellKey(OrganismKey(size, variant, seed), arm, lr, opt)
             for size in sizes for seed in cfg.seed_list for variant in variants
             for arm in cfg.arm_list for lr in cfg.lr_scale_list for opt in cfg.optimizer_list]
+
+
+def costliest_first(cfg: SweepConfig, organisms: list[OrganismKey]) -> list[OrganismKey]:
+    """The order in which parallel workers take the organisms: the costliest first (the larger size, then the variant
+    with more insertion steps), so that the end of a sweep is small organisms filling both workers rather than one
+    large one running alone (longest-processing-time-first scheduling: on the 3-seed tiny grid, in :func:`grid`'s
+    order, the last tiny-27m CoT organism ran alone for the last ~50 minutes of a ~2.6 h wall). Ties keep their order (seed by seed)."""
+    steps = lambda k: cfg.insert_steps_cot if k.variant == "cot" else cfg.insert_steps  # noqa: E731
+    return sorted(organisms, key=lambda k: (-SIZES.index(k.size), -steps(k)))

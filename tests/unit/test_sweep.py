@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from apps.sweep.config import CellKey, OrganismKey, SweepConfig, grid
+from apps.sweep.config import CellKey, OrganismKey, SweepConfig, costliest_first, grid
 from apps.sweep.report import figure_points, project_full, results_table, size_costs, sweep_figure
 
 
@@ -26,6 +26,17 @@ def test_grid_is_every_combination_smaller_first_seed_by_seed():
     assert {c.organism.size for c in cells[:32]} == {"tiny-1m"}
     assert cells[0].name == "tiny-1m-normal-s0-sft-lr1-adamw_torch_fused"
     assert CellKey(OrganismKey("tiny-1m", "cot", 2), "rl", 0.5, "sgd").run_name == "rl-lr0.5-sgd"
+
+
+def test_parallel_workers_take_the_costliest_organisms_first():
+    cfg = SweepConfig(sizes="tiny-1m,tiny-5m,tiny-27m", variants="normal,cot", seeds="0,1")
+    assert cfg.insert_steps_cot > cfg.insert_steps
+    orgs = list(dict.fromkeys(c.organism for c in grid(cfg)))
+    order = costliest_first(cfg, orgs)
+    assert len(order) == len(orgs) == 12 and set(order) == set(orgs)
+    assert [(k.size, k.variant) for k in order[:4]] == [("tiny-27m", "cot")] * 2 + [("tiny-27m", "normal")] * 2
+    assert [k.seed for k in order[:2]] == [0, 1]  # ties keep the grid's seed order
+    assert [k.size for k in order[-4:]] == ["tiny-1m"] * 4
 
 
 def test_settings_hold_what_decides_a_cell_and_not_the_axes():
