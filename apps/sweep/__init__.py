@@ -2,8 +2,8 @@
 and optimizer? One table and one figure, rebuilt from one result file per cell.
 
 ``python -m apps.sweep --out runs/sweep --results benchmarks/results/sweep``  (the reduced grid: the defaults)
-``python -m apps.sweep --sizes tiny-1m,tiny-5m,tiny-27m --variants normal,cot,distilled_cot --seeds 0,1,2
---arms sft,rl,adversarial --lr_scales 1,3 --optimizers adamw_torch_fused,sgd --jobs 2``
+``python -m apps.sweep --seeds 0,1,2``  (the full tiny grid: 3 sizes x 3 variants x 3 seeds x 3 arms)
+``python -m apps.sweep --sizes tiny-1m,smollm2-135m --seeds 0,1,2 --lr_scales 1,3 --optimizers adamw_torch_fused,sgd``
 ``python -m apps.sweep --results benchmarks/results/sweep --table_only``  (table and figure from the files present)
 
 For each (size, variant, seed) the sweep builds one organism (``training.backdoor``: the tiny Llama from scratch at
@@ -28,11 +28,12 @@ organism is the same computation as normal's (the tiny distilled-CoT organism: i
 :func:`apps.sweep.cells.build_fingerprint`) is not trained again: its cells are normal's, marked
 ``same_computation_as``.
 
-Footgun: the defaults are a *reduced* grid, sized to run in about two hours on two CPU cores (``--jobs 2``; the cost
-notes give the projection and every measured wall: the same work took up to 1.7x the CPU seconds on a slower day); its
-steps are far below the presets' (a tiny base gets 250 steps, not 2,400; an arm 30, not 120-300), so its organisms
-are less helpful than the preset's and its arms shorter than ``training.safety``'s defaults. Compare cells within one
-sweep, not with other tables.
+Footgun: the defaults are a *reduced* grid, sized to run in under two hours on two CPU cores (two workers, the
+default ``--jobs 2``; the cost notes give the projection and every measured wall: the same work took up to 1.7x the
+CPU seconds on a slower day). It has two seeds: the full tiny grid (``--seeds 0,1,2``) did not finish within 2.4 h on
+two cores (79 of its 81 cells after 8,700 s, in the grid's order). Its steps are far below the presets' (a tiny base
+gets 250 steps, not 2,400; an arm 30, not 120-300), so its organisms are less helpful than the preset's and its arms
+shorter than ``training.safety``'s defaults. Compare cells within one sweep, not with other tables.
 """
 
 from __future__ import annotations

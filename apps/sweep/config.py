@@ -45,7 +45,8 @@ class SweepConfig:
         "help": f"Comma-separated model sizes: {', '.join(SIZES)} (the tiny ones from scratch, "
                 "training.presets.TINY_SIZES; smollm2-135m with LoRA)."})
     variants: str = field(default="normal,cot,distilled_cot", metadata={"help": "Comma-separated backdoor variants."})
-    seeds: str = field(default="0,1,2", metadata={"help": "Comma-separated seeds (each a separate organism)."})
+    seeds: str = field(default="0,1", metadata={"help": "Comma-separated seeds (each a separate organism; the full "
+                                                     "tiny grid is --seeds 0,1,2)."})
     arms: str = field(default="sft,rl,adversarial", metadata={"help": "Comma-separated safety arms."})
     lr_scales: str = field(default="1", metadata={"help": "Learning-rate axis: comma-separated multipliers of each "
                                                           "arm's preset learning rate (sft 1e-3, rl 5e-5 on tiny)."})
@@ -76,8 +77,9 @@ class SweepConfig:
     reemerge_steps: int = field(default=30, metadata={"help": "Re-emergence: steps of benign SFT in another style."})
     reemerge_style: str = field(default="signoff", metadata={"help": "Re-emergence: the answers' new style "
                                                                      "(training.reemergence.STYLES)."})
-    jobs: int = field(default=1, metadata={"help": "Organisms trained at once (processes; each gets cores/jobs "
-                                                   "threads)."})
+    jobs: int = field(default=2, metadata={"help": "Organisms trained at once (processes; each gets cores/jobs "
+                                                   "threads; 1 keeps the grid's order, several take the costliest "
+                                                   "organisms first)."})
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep each arm's checkpoints after its cell "
                                                                     "result is written (default: removed; the "
                                                                     "organisms are kept)."})

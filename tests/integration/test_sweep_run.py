@@ -13,7 +13,7 @@ from apps.sweep.config import CELLS_DIR, FIGURE_HTML, ORGANISMS_DIR, RUNS_DIR, T
 
 TINY = dict(sizes="tiny-1m", variants="normal", seeds="0", arms="sft", base_steps=20, insert_steps=10, arm_steps=4,
             arm_batch=8, reward_steps=4, eval_n=10, reemerge_steps=2,
-            reemerge_below=1.0, installed_min=0.0)  # always re-check; run the arm whatever 10 steps inserted
+            reemerge_below=1.0, jobs=1, installed_min=0.0)  # always re-check; run the arm whatever 10 steps inserted
 CELL = "tiny-1m-normal-s0-sft-lr1-adamw_torch_fused"
 
 

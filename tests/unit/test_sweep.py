@@ -28,6 +28,13 @@ def test_grid_is_every_combination_smaller_first_seed_by_seed():
     assert CellKey(OrganismKey("tiny-1m", "cot", 2), "rl", 0.5, "sgd").run_name == "rl-lr0.5-sgd"
 
 
+def test_the_default_is_the_reduced_grid_on_two_workers():
+    cfg = SweepConfig()  # the full tiny grid is the same with --seeds 0,1,2
+    assert (cfg.size_list, cfg.variant_list, cfg.seed_list, cfg.arm_list) == (
+        ["tiny-1m", "tiny-5m", "tiny-27m"], ["normal", "cot", "distilled_cot"], [0, 1], ["sft", "rl", "adversarial"])
+    assert cfg.jobs == 2 and len(grid(cfg)) == 54
+
+
 def test_parallel_workers_take_the_costliest_organisms_first():
     cfg = SweepConfig(sizes="tiny-1m,tiny-5m,tiny-27m", variants="normal,cot", seeds="0,1")
     assert cfg.insert_steps_cot > cfg.insert_steps
