@@ -189,8 +189,8 @@ def project_full(costs: list[SizeCost], scale: dict | None = None) -> tuple[floa
 def _hours(total: float, missing: list[str]) -> str:
     if not total:
         return "not projected (no size has every arm measured)"
-    return (f"{total / 3600:,.1f} CPU-hours, ≥ {total / 7200:,.1f} h on 2 cores with --jobs 2 (a lower bound: both "
-            f"workers busy to the end at the measured CPU seconds)"
+    return (f"{total / 3600:,.1f} CPU-hours, {total / 7200:,.1f} h on 2 cores if both --jobs 2 workers stay busy to "
+            f"the end"
             + (f" (without {', '.join(missing)}: not every arm measured)" if missing else ""))
 
 
