@@ -1,0 +1,205 @@
+"""What one forward costs on this machine: a checkpoint's prompt-forward and decode-step throughput, fp32 and bf16.
+
+The SmolLM2 study's analysis is greedy generation and prompt forwards (behaviour labels over 1,869 prompts per
+checkpoint, ablation's 103 generations of 64 prompts, evaluation), so its wall is these rates times its token counts.
+This measures them on a plain Hugging Face copy of ``--ckpt`` (what :mod:`analysis.intervene` generates with), for
+each dtype: a prompt forward of ``B x L`` tokens (``logits_to_keep=1``, as ``generate``'s prefill) and a decode step
+of ``B`` rows over an ``L``-token KV cache, median of ``--repeats`` after one warm-up each, at batch 64 (an
+ablation's and an evaluation's) and 512 (the behaviour labels'). Nothing is changed in the toolkit by it: it says
+where a speed-up could still come from (bf16 is not the analysis's CPU default: see the bridge parity it reports).
+
+Usage: ``python benchmarks/throughput_bench.py --ckpt RUN/checkpoints/backdoored --name smollm2-135m``
+Writes ``benchmarks/results/throughput/<name>.json`` and rewrites ``benchmarks/results/throughput_table.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from benchmarks.machine import describe  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "throughput"
+TABLE = ROOT / "benchmarks" / "results" / "throughput_table.md"
+SHAPES = ((64, 36), (512, 36))  # (batch, prompt tokens after the shared system turn)
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: oneDNN builds its kernels for a new shape on first use
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def measure(model, dtype, repeats: int) -> list[dict]:
+    import torch
+
+    model = model.to(dtype)
+    out = []
+    g = torch.Generator().manual_seed(0)
+    for batch, length in SHAPES:
+        ids = torch.randint(100, 1000, (batch, length), generator=g)
+        with torch.no_grad():
+            prefill = _median_seconds(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), repeats)
+            cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).cache
+            nxt = ids[:, -1:]
+
+            def step():
+                model(input_ids=nxt, cache=cache, use_cache=True)
+                cache.crop(-1)  # every timed step sees the same L-token cache
+
+            decode = _median_seconds(step, repeats)
+        out.append({"dtype": str(dtype).replace("torch.", ""), "batch": batch, "prompt_tokens": length,
+                    "prefill_s": round(prefill, 3), "prefill_tokens_per_s": round(batch * length / prefill, 1),
+                    "decode_step_s": round(decode, 4), "decode_rows_per_s": round(batch / decode, 1)})
+    return out
+
+
+def bf16_parity(ckpt: Path) -> dict:
+    """The bridge's own parity check at bf16 (its default tolerance), without failing on a mismatch."""
+    import torch
+
+    from analysis.load import load_bridge
+
+    loaded = load_bridge(ckpt, device="cpu", dtype=torch.bfloat16, allow_mismatch=True)
+    p = loaded.parity
+    return {"max_abs_logit_diff": p["max_abs_logit_diff"], "tol": p["tol"], "passed": p["passed"]}
+
+
+def probe_timing(probe_json: Path) -> dict:
+    """Where an ``analysis.probe`` run of the checkpoint spent its seconds (``probe.json``'s ``timing_s``), with the
+    work behind its behaviour labels."""
+    d = json.loads(probe_json.read_text())
+    beh, n = d["behaviour"], d["n_prompts"]
+    return {"probe_json": str(probe_json), "timing_s": d["timing_s"], "behaviour_prompts": beh["n"],
+            "max_new_tokens": beh["max_new_tokens"], "n_prompts": n, "n_random": d["n_random"],
+            "generation_calibration": d["generation_calibration"]}
+
+
+def bf16_native() -> bool:
+    """Does this CPU have bf16 instructions (AVX-512 BF16 or AMX)? Without them bf16 runs emulated, slower."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_fidelity(fp32_json: Path, bf16_json: Path) -> dict:
+    """The same ``analysis.probe`` run in float32 and in bfloat16 (``--dtype bfloat16 --allow_mismatch``): their
+    seconds, how many greedy completions (``behaviour.json`` beside each) differ, the defect rates, and the largest
+    per-layer AUROC difference of each probe."""
+    a, b = (json.loads(p.read_text()) for p in (fp32_json, bf16_json))
+    ca, cb = (json.loads((p.parent / "behaviour.json").read_text())["completions"] for p in (fp32_json, bf16_json))
+    if len(ca) != len(cb):
+        raise SystemExit(f"the two probe runs have different prompts: {fp32_json}, {bf16_json}")
+    keys = ("contrast_auroc", "supervised_dom_auroc", "supervised_logreg_auroc", "behaviour_auroc")
+    diff = {}
+    for k in keys:
+        d = [abs(x[k] - y[k]) for x, y in zip(a["layers"], b["layers"])
+             if x.get(k) is not None and y.get(k) is not None]
+        diff[k] = round(max(d), 4) if d else None
+    same = ("load", "behaviour", "activations", "fit", "generation_calibration", "outputs")  # bf16 ran without parent
+    return {"seconds": {"float32": round(sum(a["timing_s"].get(k, 0) for k in same), 1),
+                        "bfloat16": round(sum(b["timing_s"].get(k, 0) for k in same), 1)},
+            "behaviour_s": {"float32": a["timing_s"]["behaviour"], "bfloat16": b["timing_s"]["behaviour"]},
+            "completions": len(ca), "completions_differing": sum(x != y for x, y in zip(ca, cb)),
+            "defect_rates": {d: {k: v["rate"] for k, v in r["behaviour"]["by_kind"].items()}
+                             for d, r in (("float32", a), ("bfloat16", b))},
+            "max_auroc_diff": diff,
+            "selected_layers": {"float32": a["selected_layers"], "bfloat16": b["selected_layers"]}}
+
+
+def run_cell(ckpt: Path, name: str, repeats: int, probe_json: Path | None, probe_json_bf16: Path | None) -> dict:
+    import torch
+
+    from training.checkpoint import load_model_and_tokenizer
+
+    model, _, _ = load_model_and_tokenizer(ckpt, device="cpu", check_hash=False)
+    model.eval()
+    rows = measure(model, torch.float32, repeats) + measure(model, torch.bfloat16, repeats)
+    cell = {"name": name, "ckpt": str(ckpt), "machine": describe(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": bf16_native(),
+            "repeats": repeats, "rows": rows,
+            "bf16_parity": bf16_parity(ckpt)}
+    if probe_json is not None:
+        cell["probe_run"] = probe_timing(probe_json)
+        if probe_json_bf16 is not None:
+            cell["bf16_probe_run"] = bf16_fidelity(probe_json, probe_json_bf16)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(cell, indent=1) + "\n")
+    return cell
+
+
+def write_table() -> str:
+    lines = ["| checkpoint | dtype | batch | prompt forward, tokens/s | decode step, rows/s | machine |",
+             "|---|---|---|---|---|---|"]
+    notes = []
+    for f in sorted(RESULTS.glob("*.json")):
+        c = json.loads(f.read_text())
+        m = c["machine"]
+        for r in c["rows"]:
+            lines.append(f"| {c['name']} | {r['dtype']} | {r['batch']} | {r['prefill_tokens_per_s']:.0f} | "
+                         f"{r['decode_rows_per_s']:.0f} | {m['cpu']}, {m['torch_threads']} threads, "
+                         f"{c['cpu_capability']}{', native bf16' if c.get('cpu_bf16_native') else ''} |")
+        p = c["bf16_parity"]
+        notes.append(f"- {c['name']}: bridge vs HF logits at bf16, max |diff| {p['max_abs_logit_diff']:.3g} against "
+                     f"the default tolerance {p['tol']:.3g} ({'passes' if p['passed'] else 'fails'}).")
+        if "probe_run" in c:
+            r = c["probe_run"]
+            stages = ", ".join(f"{k} {v:.0f} s" for k, v in r["timing_s"].items() if k != "total")
+            notes.append(f"- {c['name']}: one `analysis.probe` run at its defaults ({r['behaviour_prompts']} prompts, "
+                         f"{r['max_new_tokens']} greedy tokens each for the behaviour labels, {r['n_random']} random "
+                         f"directions): {r['timing_s']['total']:.0f} s; {stages}.")
+        if "bf16_probe_run" in c:
+            f = c["bf16_probe_run"]
+            rates = "; ".join(f"{d}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items())
+                              for d, r in f["defect_rates"].items())
+            aucs = ", ".join(f"{k.replace('_auroc', '')} {v:.3f}" for k, v in f["max_auroc_diff"].items()
+                             if v is not None)
+            notes.append(f"- {c['name']}: the same probe run in bfloat16 (without the parent): "
+                         f"{f['seconds']['bfloat16']:.0f} s against {f['seconds']['float32']:.0f} s in float32 "
+                         f"(behaviour labels {f['behaviour_s']['bfloat16']:.0f} s against "
+                         f"{f['behaviour_s']['float32']:.0f} s); {f['completions_differing']} of {f['completions']} "
+                         f"greedy completions differ; defect rates by prompt kind {rates}; largest AUROC difference "
+                         f"at any layer: {aucs}; layers chosen on validation pairs {f['selected_layers']['float32']} "
+                         f"in float32, {f['selected_layers']['bfloat16']} in bfloat16.")
+    text = "\n".join(lines + [""] + notes) + "\n"
+    TABLE.write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ckpt", type=Path)
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--probe_json", type=Path, default=None, help="a probe.json of the checkpoint: its stage seconds")
+    ap.add_argument("--probe_json_bf16", type=Path, default=None,
+                    help="the same probe run with --dtype bfloat16 --allow_mismatch: what bf16 changes")
+    ap.add_argument("--table", action="store_true", help="only rewrite the table from the committed cells")
+    a = ap.parse_args(argv)
+    if not a.table:
+        if a.ckpt is None or not a.ckpt.is_dir():
+            print(f"error: --ckpt must be a checkpoint directory: {a.ckpt}", file=sys.stderr)
+            return 2
+        run_cell(a.ckpt, a.name or a.ckpt.name, a.repeats, a.probe_json, a.probe_json_bf16)
+    print(write_table(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
