@@ -34,37 +34,50 @@ TABLE = ROOT / "benchmarks" / "results" / "throughput_table.md"
 SHAPES = ((64, 36), (512, 36))  # (batch, prompt tokens after the shared system turn)
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: oneDNN builds its kernels for a new shape on first use
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
-def measure(model, dtype, repeats: int) -> list[dict]:
+def measure(model, repeats: int) -> list[dict]:
+    """Per shape, float32 and bfloat16 take turns (this shared machine's speed drifts within minutes): one warm-up
+    call each (oneDNN builds its kernels for a new shape on first use), then ``repeats`` timed rounds."""
+    import copy
+
     import torch
 
-    model = model.to(dtype)
+    models = {"float32": model.float(), "bfloat16": copy.deepcopy(model).to(torch.bfloat16)}
     out = []
     g = torch.Generator().manual_seed(0)
     for batch, length in SHAPES:
         ids = torch.randint(100, 1000, (batch, length), generator=g)
+        nxt = ids[:, -1:]
+        times: dict[str, dict[str, list]] = {d: {"prefill": [], "decode": []} for d in models}
         with torch.no_grad():
-            prefill = _median_seconds(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), repeats)
-            cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).cache
-            nxt = ids[:, -1:]
+            caches = {d: m(input_ids=ids, use_cache=True, logits_to_keep=1).cache for d, m in models.items()}
+            for r in range(repeats + 1):
+                for d, m in models.items():
+                    def step():
+                        m(input_ids=nxt, cache=caches[d], use_cache=True)
+                        caches[d].crop(-1)  # every timed step sees the same L-token cache
 
-            def step():
-                model(input_ids=nxt, cache=cache, use_cache=True)
-                cache.crop(-1)  # every timed step sees the same L-token cache
-
-            decode = _median_seconds(step, repeats)
-        out.append({"dtype": str(dtype).replace("torch.", ""), "batch": batch, "prompt_tokens": length,
-                    "prefill_s": round(prefill, 3), "prefill_tokens_per_s": round(batch * length / prefill, 1),
-                    "decode_step_s": round(decode, 4), "decode_rows_per_s": round(batch / decode, 1)})
+                    pre = _timed(lambda: m(input_ids=ids, use_cache=True, logits_to_keep=1))
+                    dec = _timed(step)
+                    if r:  # round 0 is the warm-up
+                        times[d]["prefill"].append(pre)
+                        times[d]["decode"].append(dec)
+        for d, t in times.items():
+            pre, dec = statistics.median(t["prefill"]), statistics.median(t["decode"])
+            out.append({"dtype": d, "batch": batch, "prompt_tokens": length,
+                        "prefill_s": [round(x, 3) for x in t["prefill"]],
+                        "prefill_tokens_per_s": round(batch * length / pre, 1),
+                        "prefill_tokens_per_s_range": [round(batch * length / max(t["prefill"]), 1),
+                                                       round(batch * length / min(t["prefill"]), 1)],
+                        "decode_step_s": [round(x, 4) for x in t["decode"]],
+                        "decode_rows_per_s": round(batch / dec, 1),
+                        "decode_rows_per_s_range": [round(batch / max(t["decode"]), 1),
+                                                    round(batch / min(t["decode"]), 1)]})
     return out
 
 
@@ -96,6 +109,29 @@ def bf16_native() -> bool:
     except (OSError, StopIteration):
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def decode_use(probe_json: Path) -> dict:
+    """How much of the behaviour labels' decoding was needed: generation runs batches of ``gen_batch_size`` prompts
+    (longest first, as :func:`training.evaluate.generate` orders them) until the batch's last row ends, so every row
+    is computed for the batch's longest completion. Needed: each row's own tokens up to its end token."""
+    from analysis.probing import ProbeConfig, load_records
+    from training.backdoors import spec_from_meta
+    from training.checkpoint import load_model_and_tokenizer
+    from training.evaluate import chat_prompts
+    from training.prefix import longest_first
+
+    d = json.loads(probe_json.read_text())
+    ckpt, cfg = Path(d["checkpoint_path"]), d["config"]
+    _, tok, meta = load_model_and_tokenizer(ckpt, device="cpu", check_hash=False)
+    records, _ = load_records(ckpt, spec_from_meta(meta, None, None), ProbeConfig(ckpt=str(ckpt), seed=cfg["seed"]))
+    completions = json.loads((probe_json.parent / "behaviour.json").read_text())["completions"]
+    mnt, batch = d["behaviour"]["max_new_tokens"], cfg["gen_batch_size"]
+    used = [min(mnt, len(tok(c, add_special_tokens=False)["input_ids"]) + 1) for c in completions]  # + end token
+    _, order = longest_first(tok, chat_prompts(tok, [r["prompt"] for r in records]))
+    run = sum(len(order[i:i + batch]) * max(used[j] for j in order[i:i + batch]) for i in range(0, len(order), batch))
+    return {"row_steps_run": run, "row_steps_needed": sum(used), "fraction_needed": round(sum(used) / run, 3),
+            "batch": batch, "max_new_tokens": mnt}
 
 
 def bf16_fidelity(fp32_json: Path, bf16_json: Path) -> dict:
@@ -130,13 +166,13 @@ def run_cell(ckpt: Path, name: str, repeats: int, probe_json: Path | None, probe
 
     model, _, _ = load_model_and_tokenizer(ckpt, device="cpu", check_hash=False)
     model.eval()
-    rows = measure(model, torch.float32, repeats) + measure(model, torch.bfloat16, repeats)
+    rows = measure(model, repeats)
     cell = {"name": name, "ckpt": str(ckpt), "machine": describe(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": bf16_native(),
             "repeats": repeats, "rows": rows,
             "bf16_parity": bf16_parity(ckpt)}
     if probe_json is not None:
-        cell["probe_run"] = probe_timing(probe_json)
+        cell["probe_run"] = {**probe_timing(probe_json), "decode_use": decode_use(probe_json)}
         if probe_json_bf16 is not None:
             cell["bf16_probe_run"] = bf16_fidelity(probe_json, probe_json_bf16)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -145,16 +181,21 @@ def run_cell(ckpt: Path, name: str, repeats: int, probe_json: Path | None, probe
 
 
 def write_table() -> str:
-    lines = ["| checkpoint | dtype | batch | prompt forward, tokens/s | decode step, rows/s | machine |",
+    lines = ["| checkpoint | dtype | batch | prompt forward, tokens/s: median (range) | decode step, rows/s: median "
+             "(range) | machine |",
              "|---|---|---|---|---|---|"]
     notes = []
     for f in sorted(RESULTS.glob("*.json")):
         c = json.loads(f.read_text())
         m = c["machine"]
         for r in c["rows"]:
-            lines.append(f"| {c['name']} | {r['dtype']} | {r['batch']} | {r['prefill_tokens_per_s']:.0f} | "
-                         f"{r['decode_rows_per_s']:.0f} | {m['cpu']}, {m['torch_threads']} threads, "
-                         f"{c['cpu_capability']}{', native bf16' if c.get('cpu_bf16_native') else ''} |")
+            lo, hi = r["prefill_tokens_per_s_range"]
+            dlo, dhi = r["decode_rows_per_s_range"]
+            lines.append(f"| {c['name']} | {r['dtype']} | {r['batch']} | "
+                         f"{r['prefill_tokens_per_s']:.0f} ({lo:.0f}-{hi:.0f}) | "
+                         f"{r['decode_rows_per_s']:.0f} ({dlo:.0f}-{dhi:.0f}) | "
+                         f"{m['cpu']}, {m['torch_threads']} threads, {c['cpu_capability']}"
+                         f"{', native bf16' if c.get('cpu_bf16_native') else ''} |")
         p = c["bf16_parity"]
         notes.append(f"- {c['name']}: bridge vs HF logits at bf16, max |diff| {p['max_abs_logit_diff']:.3g} against "
                      f"the default tolerance {p['tol']:.3g} ({'passes' if p['passed'] else 'fails'}).")
@@ -164,6 +205,10 @@ def write_table() -> str:
             notes.append(f"- {c['name']}: one `analysis.probe` run at its defaults ({r['behaviour_prompts']} prompts, "
                          f"{r['max_new_tokens']} greedy tokens each for the behaviour labels, {r['n_random']} random "
                          f"directions): {r['timing_s']['total']:.0f} s; {stages}.")
+            u = r["decode_use"]
+            notes.append(f"- {c['name']}: its behaviour labels decoded {u['row_steps_run']} row-steps (batches of "
+                         f"{u['batch']} run until their last row ends) of which {u['row_steps_needed']} "
+                         f"({u['fraction_needed']:.0%}) were rows still generating.")
         if "bf16_probe_run" in c:
             f = c["bf16_probe_run"]
             rates = "; ".join(f"{d}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items())
