@@ -4,9 +4,11 @@ The SmolLM2 study's analysis is greedy generation and prompt forwards (behaviour
 checkpoint, ablation's 103 generations of 64 prompts, evaluation), so its wall is these rates times its token counts.
 This measures them on a plain Hugging Face copy of ``--ckpt`` (what :mod:`analysis.intervene` generates with), for
 each dtype: a prompt forward of ``B x L`` tokens (``logits_to_keep=1``, as ``generate``'s prefill) and a decode step
-of ``B`` rows over an ``L``-token KV cache, median of ``--repeats`` after one warm-up each, at batch 64 (an
-ablation's and an evaluation's) and 512 (the behaviour labels'). Nothing is changed in the toolkit by it: it says
-where a speed-up could still come from (bf16 is not the analysis's CPU default: see the bridge parity it reports).
+of ``B`` rows over an ``L``-token KV cache, the two dtypes taking turns (median and range of ``--repeats`` after
+one warm-up each), at batch 64 (an ablation's and an evaluation's) and 512 (the behaviour labels'). With
+``--probe_json`` (and ``--probe_json_bf16``, the same run in bf16) it adds where a probe run's seconds went, how much
+of its decoding was rows still generating, and what bf16 changes in its results. Nothing in the toolkit changes by
+it: it says where a speed-up could still come from (bf16 is not the analysis's CPU default: see what it changes).
 
 Usage: ``python benchmarks/throughput_bench.py --ckpt RUN/checkpoints/backdoored --name smollm2-135m``
 Writes ``benchmarks/results/throughput/<name>.json`` and rewrites ``benchmarks/results/throughput_table.md``.
@@ -114,7 +116,8 @@ def bf16_native() -> bool:
 def decode_use(probe_json: Path) -> dict:
     """How much of the behaviour labels' decoding was needed: generation runs batches of ``gen_batch_size`` prompts
     (longest first, as :func:`training.evaluate.generate` orders them) until the batch's last row ends, so every row
-    is computed for the batch's longest completion. Needed: each row's own tokens up to its end token."""
+    is computed for the batch's longest completion. Needed: each row's own tokens up to its end token (counted by
+    re-tokenizing the stored completion)."""
     from analysis.probing import ProbeConfig, load_records
     from training.backdoors import spec_from_meta
     from training.checkpoint import load_model_and_tokenizer
