@@ -13,6 +13,7 @@ in it, so an interrupted run never leaves a directory that looks like a finished
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -184,7 +185,8 @@ def last_checkpoint(trainer_dir: Path) -> str | None:
 
     Footgun: the HF Trainer writes ``checkpoint-N/`` in place, model first and ``trainer_state.json`` last, so a run
     killed mid-save leaves a directory that ``get_last_checkpoint`` picks and ``train`` then fails to load. A checkpoint
-    counts only once its ``trainer_state.json`` exists; a newer incomplete one is skipped with a warning.
+    counts only once its ``trainer_state.json`` holds a whole JSON object (a kill while that file is being written leaves
+    it empty or truncated); a newer incomplete one is skipped with a warning.
     """
     trainer_dir = Path(trainer_dir)
     if not trainer_dir.is_dir():
@@ -192,8 +194,16 @@ def last_checkpoint(trainer_dir: Path) -> str | None:
     steps = sorted((int(p.name.split("-")[1]), p) for p in trainer_dir.glob("checkpoint-*")
                    if p.is_dir() and p.name.split("-")[1].isdigit())
     for _, path in reversed(steps):
-        if (path / "trainer_state.json").is_file():
+        if _complete_state(path / "trainer_state.json"):
             log.info("resuming from %s", path)
             return str(path)
-        log.warning("skipping incomplete checkpoint %s (no trainer_state.json: killed while saving)", path)
+        log.warning("skipping incomplete checkpoint %s (no whole trainer_state.json: killed while saving)", path)
     return None
+
+
+def _complete_state(path: Path) -> bool:
+    """Whether the trainer finished writing ``path``: it exists and parses as a JSON object."""
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return False
