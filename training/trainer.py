@@ -184,9 +184,9 @@ def last_checkpoint(trainer_dir: Path) -> str | None:
     """The newest complete trainer checkpoint under ``trainer_dir`` to resume from, or None.
 
     Footgun: the HF Trainer writes ``checkpoint-N/`` in place, model first and ``trainer_state.json`` last, so a run
-    killed mid-save leaves a directory that ``get_last_checkpoint`` picks and ``train`` then fails to load. A checkpoint
-    counts only once its ``trainer_state.json`` holds a whole JSON object (a kill while that file is being written leaves
-    it empty or truncated); a newer incomplete one is skipped with a warning.
+    killed mid-save leaves a directory that ``get_last_checkpoint`` picks and ``train`` then fails to load. A
+    checkpoint counts only once its ``trainer_state.json`` holds a whole JSON object (a kill while that file is being
+    written leaves it empty or truncated); a newer incomplete one is skipped with a warning.
     """
     trainer_dir = Path(trainer_dir)
     if not trainer_dir.is_dir():
