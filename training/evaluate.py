@@ -120,7 +120,7 @@ def auto_batch_size(model, seq_len: int, device=None) -> int:
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int | None = 64,
              samples: int = 0, temperature: float = 1.0, seed: int = 0, desc: str = "generate",
              use_cache: bool = True, on_batch: Callable[[list[int]], None] | None = None,
-             share_prefix: bool = True) -> list[list[str]]:
+             share_prefix: bool = True, drop_ended: bool = True) -> list[list[str]]:
     """Batched generation (KV cache, left padding). Greedy when ``samples == 0``, else ``samples`` draws per prompt.
 
     Returns one list of completions per prompt (length 1 when greedy), in the order of ``prompts``. Prompts run
@@ -129,10 +129,13 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
     per call and its cache is reused by every batch (:mod:`training.prefix`; ``share_prefix=False`` turns it off).
     ``use_cache=False`` is for models whose KV cache cannot be trusted (an HF model wrapped by a TransformerLens
     bridge). ``on_batch(indices)`` is called before each batch with the indices of its prompts in row order (a
-    forward hook that reads the prompts' activations needs them).
+    forward hook that reads the prompts' activations needs them). Greedy cached decoding drops each row once it has
+    ended (:mod:`training.decode`: a forward hook sees only the rows still generating; ``drop_ended=False`` turns it
+    off); ``model.generate`` decodes the rest.
     """
     import torch
 
+    from training import decode
     from training.prefix import longest_first, prompt_batches
 
     texts = chat_prompts(tokenizer, prompts)
@@ -144,17 +147,26 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
     torch.manual_seed(seed)
     batches = prompt_batches(model, rows, order, batch_size, tokenizer.pad_token_id, n_ret,
                              share=share_prefix and use_cache)
+    eos = tokenizer.eos_token_id
+    drop = drop_ended and samples == 0 and use_cache and eos is not None  # greedy, cached, rows can end
+    why = decode.supported(model) if drop else "not asked for"
+    if drop and why:
+        log.info("greedy decoding by model.generate (ended rows stay in the batch): %s", why)
     for b in tqdm(batches, desc=desc, total=-(-len(texts) // batch_size), leave=False,
                   disable=len(texts) <= batch_size):
         if on_batch is not None:
             on_batch(b.idx)
-        with torch.no_grad():
-            gen = model.generate(
-                **b.inputs, max_new_tokens=max_new_tokens, do_sample=samples > 0,
-                temperature=temperature if samples > 0 else None, top_p=None, top_k=None,
-                num_return_sequences=n_ret, pad_token_id=tokenizer.pad_token_id, use_cache=use_cache,
-                eos_token_id=tokenizer.eos_token_id)
-        dec = tokenizer.batch_decode(gen[:, b.inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        new = None if why else decode.greedy(model, b.inputs, max_new_tokens, [eos] if isinstance(eos, int) else eos,
+                                             tokenizer.pad_token_id)
+        if new is None:
+            with torch.no_grad():
+                gen = model.generate(
+                    **b.inputs, max_new_tokens=max_new_tokens, do_sample=samples > 0,
+                    temperature=temperature if samples > 0 else None, top_p=None, top_k=None,
+                    num_return_sequences=n_ret, pad_token_id=tokenizer.pad_token_id, use_cache=use_cache,
+                    eos_token_id=eos)
+            new = gen[:, b.inputs["input_ids"].shape[1]:]
+        dec = tokenizer.batch_decode(new, skip_special_tokens=True)
         for k, j in enumerate(b.idx):
             out[j] = dec[k * n_ret:(k + 1) * n_ret]
     return out
