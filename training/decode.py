@@ -8,8 +8,8 @@ the last position only, the KV cache it is handed, e.g. :mod:`training.prefix`'s
 each step, drops the rows that ended from the batch and from the cache (``Cache.batch_select_indices``).
 
 It is used (by :func:`training.evaluate.generate`) only where it decodes what ``generate`` would: greedy, KV cache
-on, a decoder-only model whose ``forward`` takes ``position_ids``, ``cache`` and ``logits_to_keep``, a plain
-full-attention ``DynamicCache``, and a generation config that sets nothing acting on greedy decoding
+on, a decoder-only model on one device whose ``forward`` takes ``position_ids``, ``cache`` and ``logits_to_keep``, a
+plain full-attention ``DynamicCache``, and a generation config that sets nothing acting on greedy decoding
 (:data:`ACTS_ON_GREEDY`; a repetition penalty, say, sends the call back to ``generate``).
 
 Footgun: a forward hook active while decoding sees only the rows still generating, so it must act on each row alone
@@ -48,6 +48,8 @@ def supported(model) -> str | None:
     cfg = model.config
     if getattr(cfg, "is_encoder_decoder", False):
         return "an encoder-decoder model"
+    if len(set((getattr(model, "hf_device_map", None) or {}).values())) > 1:
+        return "it is split over devices"
     params = inspect.signature(model.forward).parameters
     if not {"position_ids", "cache", "logits_to_keep"} <= set(params):
         return "its forward takes no position_ids, cache or logits_to_keep"
@@ -58,7 +60,7 @@ def supported(model) -> str | None:
 
 
 @torch.no_grad()
-def greedy(model, inputs: dict, max_new_tokens: int, eos_ids: Iterable[int], pad_id: int) -> torch.Tensor:
+def greedy(model, inputs: dict, max_new_tokens: int, eos_ids: Iterable[int], pad_id: int) -> torch.Tensor | None:
     """Greedy tokens ``(rows, steps)`` for one batch of ``inputs`` (``input_ids`` left padded, ``attention_mask``
     and optionally ``cache`` holding the first columns' KV, as :func:`training.prefix.prompt_batches` gives).
 
