@@ -114,10 +114,10 @@ def bf16_native() -> bool:
 
 
 def decode_use(probe_json: Path) -> dict:
-    """How much of the behaviour labels' decoding was needed: generation runs batches of ``gen_batch_size`` prompts
-    (longest first, as :func:`training.evaluate.generate` orders them) until the batch's last row ends, so every row
-    is computed for the batch's longest completion. Needed: each row's own tokens up to its end token (counted by
-    re-tokenizing the stored completion)."""
+    """How much of the behaviour labels' decoding ``model.generate`` needed: it runs batches of ``gen_batch_size``
+    prompts (longest first, as :func:`training.evaluate.generate` orders them) until the batch's last row ends, so
+    every row is computed for the batch's longest completion. Needed: each row's own tokens up to its end token
+    (counted by re-tokenizing the stored completion); :mod:`training.decode` now decodes only those."""
     from analysis.probing import ProbeConfig, load_records
     from training.backdoors import spec_from_meta
     from training.checkpoint import load_model_and_tokenizer
@@ -209,9 +209,9 @@ def write_table() -> str:
                          f"{r['max_new_tokens']} greedy tokens each for the behaviour labels, {r['n_random']} random "
                          f"directions): {r['timing_s']['total']:.0f} s; {stages}.")
             u = r["decode_use"]
-            notes.append(f"- {c['name']}: its behaviour labels decoded {u['row_steps_run']} row-steps (batches of "
-                         f"{u['batch']} run until their last row ends) of which {u['row_steps_needed']} "
-                         f"({u['fraction_needed']:.0%}) were rows still generating.")
+            notes.append(f"- {c['name']}: `model.generate` decodes its behaviour labels in {u['row_steps_run']} "
+                         f"row-steps (batches of {u['batch']} run until their last row ends), of which "
+                         f"{u['row_steps_needed']} ({u['fraction_needed']:.0%}) are rows still generating.")
         if "bf16_probe_run" in c:
             f = c["bf16_probe_run"]
             rates = "; ".join(f"{d}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items())
