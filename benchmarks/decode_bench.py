@@ -138,7 +138,7 @@ def table() -> str:
         cells.setdefault((name, r["workload"]), {})[r["kernel"]] = r
     rows = ["| checkpoint | workload | prompts x tokens, batch | decoded row-steps: generate → ours | generate | ours "
             "| speedup | completions differing, by kernel | machine |", "|---|---|---|---|---|---|---|---|---|"]
-    for (name, work), by in cells.items():
+    for (name, work), by in sorted(cells.items(), key=lambda c: (c[0][0], list(WHAT).index(c[0][1]))):
         r = next((v for v in by.values() if not v["kernel_forced"]), next(iter(by.values())))
         n = len(r["paired_speedups"])
         spread = (f"{r['speedup_best']:.2f}x best of each, {r['paired_speedup_median']:.2f}x median of {n} pairs"
