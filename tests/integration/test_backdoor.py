@@ -14,6 +14,7 @@ import pytest
 
 from training import layout
 from training.checkpoint import verify_checkpoint
+from training.trainer import last_checkpoint
 
 
 def test_tiny_organism_rates(tiny_run):
@@ -102,14 +103,6 @@ def _cmd(out: Path, *extra: str) -> list[str]:
             "--steps", "20", "--save_every", "10", "--eval_n", "20", "--eval_samples", "0", *extra]
 
 
-def _whole_json(path) -> bool:
-    """Whether the trainer has finished writing ``path`` (the kill must land after one checkpoint is complete)."""
-    try:
-        return bool(json.loads(path.read_text()))
-    except (OSError, ValueError):
-        return False
-
-
 def test_resume_after_sigkill(tmp_path):
     """Killed mid-training (SIGKILL), --resume continues from the last trainer state and finishes the run."""
     out = tmp_path / "run"
@@ -117,7 +110,7 @@ def test_resume_after_sigkill(tmp_path):
     proc = subprocess.Popen(_cmd(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trainer = out / "checkpoints" / ".trainer-base"
     deadline = time.time() + 240
-    while time.time() < deadline and not any(_whole_json(p) for p in trainer.glob("checkpoint-*/trainer_state.json")):
+    while time.time() < deadline and last_checkpoint(trainer) is None:  # kill once one checkpoint is whole
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
