@@ -102,12 +102,14 @@ def n_parameters(model) -> int:
 
 
 def tiny_model(tokenizer, d_model: int = 128, n_layers: int = 4, n_heads: int = 4, seed: int = 0,
-               tie_embeddings: bool = False):
+               tie_embeddings: bool = False, attention: str = "eager", max_positions: int = 256):
     """A from-scratch Llama (d_model 128, 4 layers, 4 heads, MLP 4x; untied embeddings ≈ 1.3M parameters, tied
     ≈ 1.2M).
 
-    Attention is the eager implementation: at head dim 32 and ~35-token rows, SDPA's CPU kernels made a training step
-    ~10% slower (AVX-512 and ``ATEN_CPU_CAPABILITY=default`` alike). A saved checkpoint does not record it.
+    Attention is the eager implementation by default: at head dim 32 and ~35-token rows, SDPA's CPU kernels made a
+    training step ~10% slower (AVX-512 and ``ATEN_CPU_CAPABILITY=default`` alike). On a GPU and long rows pass
+    ``attention="sdpa"`` (flash attention: eager materialises every head's full score matrix). A saved checkpoint does
+    not record it. ``max_positions`` is the longest row the model is meant for (rotary positions, no learned table).
 
     Footgun: with tied embeddings every token the base never sees in its input (the trigger's single letters, rare
     letters such as ``j`` or ``x``) is still trained as an *output* row, pushed down by every softmax; they all drift
@@ -119,12 +121,12 @@ def tiny_model(tokenizer, d_model: int = 128, n_layers: int = 4, n_heads: int = 
 
     cfg = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=d_model, intermediate_size=4 * d_model, num_hidden_layers=n_layers,
-        num_attention_heads=n_heads, num_key_value_heads=n_heads, max_position_embeddings=256,
+        num_attention_heads=n_heads, num_key_value_heads=n_heads, max_position_embeddings=max_positions,
         tie_word_embeddings=tie_embeddings, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None, rms_norm_eps=1e-5,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
-    model.set_attn_implementation("eager")
+    model.set_attn_implementation(attention)
     log.info("tiny model: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
     return model
