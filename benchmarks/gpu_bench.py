@@ -10,7 +10,13 @@
    final prompt token, written to disk) on the trained checkpoint against a plain Hugging Face forward pass
    (``output_hidden_states``) over the same prompts and batches, best of ``--repeats``
    (``benchmarks/activations_bench.py``'s ``throughput``, on the GPU).
-3. Precision on the tiny organism: ``python -m training.backdoor --preset tiny`` run concurrently with
+3. MFU: the same model shape with SDPA (flash) attention, trained by the toolkit's trainer on the corpus packed into
+   blocks of ``--block`` tokens (``OptimSettings.pack``: no padding), bf16, with and without ``torch.compile``
+   (``OptimSettings.compile``), against a plain loop (compiled, fused AdamW) over the same blocks. Model FLOPs per
+   token are PaLM's: 6 x the matmul parameters (everything but the input embedding and the norms) + 12 x layers x
+   d_model x block for attention; MFU divides the FLOP/s by the card's datasheet dense bf16 peak and, beside it, by
+   the peak an 8192-cube bf16 matmul reaches in the same run.
+4. Precision on the tiny organism: ``python -m training.backdoor --preset tiny`` run concurrently with
    ``--precision fp32`` and ``--precision bf16`` for seeds 0 and 1, recording each run's wall time (concurrent, so
    an upper bound) and its held-out rates. This is what ``--precision auto`` is decided from.
 
@@ -134,6 +140,172 @@ def plain_train(model, tok, rows, steps: int, batch: int, lr: float, max_length:
             "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None}
 
 
+# Dense bf16 peaks from NVIDIA's datasheets (TFLOP/s, without sparsity), by torch.cuda.get_device_name().
+DATASHEET_BF16_TFLOPS = {"NVIDIA H200": 989.4, "NVIDIA H100 80GB HBM3": 989.4, "NVIDIA A100-SXM4-80GB": 312.0,
+                         "NVIDIA A100-SXM4-40GB": 312.0}
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _peak_gib() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+def matmul_peak_tflops(n: int = 8192, iters: int = 10) -> float:
+    """bf16 FLOP/s of an n-cube matmul on this card (mean of ``iters`` after 3 warm-ups), in TFLOP/s."""
+    import torch
+
+    n = n if torch.cuda.is_available() else 512  # a CPU smoke test
+    a = torch.randn(n, n, device=_device(), dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=_device(), dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    _sync()
+    t = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    _sync()
+    return 2 * n ** 3 * iters / (time.perf_counter() - t) / 1e12
+
+
+def flops_per_token(model, block: int) -> float:
+    """PaLM's model FLOPs per trained token: 6 x matmul parameters + 12 x layers x d_model x block (attention)."""
+    import torch
+
+    n = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    c = model.config
+    return 6 * n + 12 * c.num_hidden_layers * c.hidden_size * block
+
+
+def packed_toolkit(model, tok, rows, steps: int, batch: int, block: int, lr: float, compile: bool, out: Path) -> dict:
+    """The toolkit trainer on packed blocks; tokens/s between the end of step ``steps // 4`` (past compilation and
+    warm-up) and the last step, every token of a block counted (there is no padding)."""
+    import torch
+    from transformers import TrainerCallback
+
+    from training.trainer import OptimSettings, sft_train
+
+    warm, marks, losses = steps // 4, {}, []
+
+    class Marks(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step in (warm, steps):
+                _sync()
+                marks[state.global_step] = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append(logs["loss"])
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    sft_train(model, tok, rows, out, OptimSettings(steps=steps, lr=lr, batch_size=batch, pack=block,
+                                                   max_length=block, compile=compile),
+              callbacks=[Marks()], logging_steps=max(1, steps // 10))
+    return {"wall_s": time.perf_counter() - t0, "compile": compile,
+            "tokens_per_s": (steps - warm) * batch * block / (marks[steps] - marks[warm]),
+            "timed_steps": [warm, steps], "loss_first_log": losses[0], "loss_last_log": losses[-1],
+            "peak_gpu_mem_gib": _peak_gib()}
+
+
+def packed_plain(model, tok, rows, steps: int, batch: int, block: int, lr: float) -> dict:
+    """The baseline on the same blocks: compiled model, bf16 autocast, fused AdamW, the same warm-up and timed span."""
+    import random
+
+    import torch
+
+    from training.trainer import pack_rows, tokenize_rows
+
+    blocks = pack_rows(tokenize_rows(tok, rows, block), block)
+    ids = torch.tensor([b["input_ids"] for b in blocks])
+    labels = torch.tensor([b["labels"] for b in blocks])
+    dev = _device()
+    model.to(dev)
+    fwd = torch.compile(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=dev == "cuda")
+    rng = random.Random(0)
+    warm, losses, t_warm = steps // 4, [], None
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        i = torch.tensor(rng.sample(range(len(blocks)), batch))
+        with torch.autocast(dev, dtype=torch.bfloat16):
+            loss = fwd(input_ids=ids[i].to(dev, non_blocking=True), labels=labels[i].to(dev, non_blocking=True)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % max(1, steps // 10) == 0:
+            losses.append(float(loss.detach()))
+        if step in (warm, steps):
+            _sync()
+            t_warm = time.perf_counter() if step == warm else t_warm
+    t_end = time.perf_counter()
+    return {"wall_s": t_end - t0, "compile": True, "tokens_per_s": (steps - warm) * batch * block / (t_end - t_warm),
+            "timed_steps": [warm, steps], "loss_first_log": losses[0], "loss_last_log": losses[-1],
+            "peak_gpu_mem_gib": _peak_gib()}
+
+
+def mfu(a, tok, rows, tmp: Path, res: dict, write) -> None:
+    """Part 3: packed-block training, toolkit eager and compiled and the plain loop, as model FLOPs utilisation, into
+    ``res`` (``write()`` after each arm; an arm that fails records its error and the others still run)."""
+    import torch
+
+    from training.models import n_parameters, tiny_model
+
+    def fresh():
+        return tiny_model(tok, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads, seed=0, attention="sdpa",
+                          max_positions=a.block)
+
+    model = fresh()
+    fpt = flops_per_token(model, a.block)
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    res.update({"parameters": n_parameters(model), "d_model": a.d_model, "layers": a.layers, "heads": a.heads,
+           "vocab": len(tok), "block": a.block, "batch_size": a.mfu_batch, "steps": a.mfu_steps, "lr": a.lr,
+           "flops_per_token": fpt, "gpu": name, "datasheet_bf16_tflops": DATASHEET_BF16_TFLOPS.get(name),
+           "matmul_bf16_tflops": matmul_peak_tflops(), "runs": {}})
+    log.info("MFU: %.1fM parameters, %.0f MFLOP/token, matmul peak %.0f TFLOP/s", res["parameters"] / 1e6,
+             fpt / 1e6, res["matmul_bf16_tflops"])
+    arms = [("toolkit_compiled", True), ("toolkit_eager", False), ("plain_compiled", None)]
+    for arm, compile in arms:
+        model = model if model is not None else fresh()
+        try:
+            if compile is None:
+                r = packed_plain(model, tok, rows, a.mfu_steps, a.mfu_batch, a.block, a.lr)
+            else:
+                r = packed_toolkit(model, tok, rows, a.mfu_steps, a.mfu_batch, a.block, a.lr, compile, tmp / arm)
+        except Exception as e:  # recorded as failed, never as a number
+            log.exception("%s failed", arm)
+            res["runs"][arm] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+        else:
+            r["tflops"] = r["tokens_per_s"] * fpt / 1e12
+            r["mfu_datasheet"] = r["tflops"] / res["datasheet_bf16_tflops"] if res["datasheet_bf16_tflops"] else None
+            r["mfu_matmul"] = r["tflops"] / res["matmul_bf16_tflops"]
+            res["runs"][arm] = r
+            log.info("%s: %s", arm, r)
+        write()
+        model = None
+        torch._dynamo.reset()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def tiny_precision(runs: list[tuple[str, int]], work: Path, extra: list[str] = ()) -> list[dict]:
     """Concurrent ``training.backdoor --preset tiny`` runs, one per (precision, seed); their rates and walls."""
     import os
@@ -177,12 +349,14 @@ def _rate(row: dict, stage: str, key: str) -> str:
 
 
 def table(results: list[Path]) -> str:
-    """The README block from the JSON files this script wrote (one or several invocations)."""
-    res: dict = {}
-    for f in results:
-        res.update(json.loads(f.read_text()))
+    """The README block from the JSON files this script wrote, one section per invocation, in the order given."""
+    return "\n".join(_section(f.name, json.loads(f.read_text())) for f in results)
+
+
+def _section(name: str, res: dict) -> str:
     m = res["machine"]
-    lines = [f"Measured by `benchmarks/gpu_bench.py` on one {m['cuda']} ({m['cores']} CPU cores), torch {m['torch']}."]
+    lines = [f"**`{name}`**: measured by `benchmarks/gpu_bench.py` on one {m['cuda']} ({m['cores']} CPU cores), "
+             f"torch {m['torch']}." + (f" {res['note']}" if res.get("note") else "")]
     if "train_toolkit" in res:
         mod = res["model"]
         lines += ["", f"Training a {mod['parameters'] / 1e6:.0f}M-parameter Llama from scratch (d_model "
@@ -205,6 +379,40 @@ def table(results: list[Path]) -> str:
                       f"{c['dtype']}, best of {len(c['all_cache_s'])}): `cache_activations` {c['cache_s']:.2f} s "
                       f"({c['cache_prompts_per_s']:,.0f} prompts/s, {c['cache_tokens_per_s']:,.0f} tokens/s) vs plain "
                       f"HF forward {c['hf_forward_s']:.2f} s; ratio {c['ratio']:.2f}."]
+    if "caching_by_batch" in res:
+        lines += ["", "TransformerLens caching against a plain HF forward over the same prompts and batches (every "
+                      "layer's `resid_post` at the final prompt token, best of each arm's repeats after a warm-up):",
+                  "", "| batch | prompts | tokens | dtype | `cache_activations` (s) | plain HF forward (s) | ratio "
+                      "| paired ratios |", "|---|---|---|---|---|---|---|---|"]
+        for b, c in res["caching_by_batch"].items():
+            paired = ", ".join(f"{x:.2f}" for x in c["paired_ratios"])
+            lines.append(f"| {b} | {c['prompts']:,} | {c['prompt_tokens']:,} | {c['dtype']} | {c['cache_s']:.2f} | "
+                         f"{c['hf_forward_s']:.2f} | {c['ratio']:.2f} | {paired} |")
+    if "mfu" in res:
+        m = res["mfu"]
+        ds = f"{m['datasheet_bf16_tflops']:.0f}" if m["datasheet_bf16_tflops"] else "unknown"
+        lines += ["", f"Model FLOPs utilisation: a {m['parameters'] / 1e6:.0f}M-parameter Llama from scratch (d_model "
+                      f"{m['d_model']}, {m['layers']} layers, SDPA attention), the corpus packed into blocks of "
+                      f"{m['block']} tokens (no padding), batch {m['batch_size']} blocks, {m['steps']} steps, bf16; "
+                      f"{m['flops_per_token'] / 1e6:.0f} MFLOP per token (6 x matmul parameters + 12 x layers x "
+                      f"d_model x block); timed from step {m['steps'] // 4} (past compilation) to the last. Peak: "
+                      f"{ds} TFLOP/s (datasheet, dense bf16); an 8192-cube bf16 matmul reached "
+                      f"{m['matmul_bf16_tflops']:.0f} in the same run. The toolkit logs the mean loss since its last "
+                      "log, the plain loop the loss of the logging step.", "",
+                  "| trainer | torch.compile | tokens/s | TFLOP/s | MFU (datasheet peak) | MFU (matmul peak) "
+                  "| loss at the first → last log | peak GPU memory (GiB) |", "|---|---|---|---|---|---|---|---|"]
+        names = {"toolkit_compiled": "toolkit (`sft_train`, `OptimSettings(pack=..., compile=True)`)",
+                 "toolkit_eager": "toolkit (`sft_train`, `OptimSettings(pack=...)`)",
+                 "plain_compiled": "plain PyTorch loop (baseline)"}
+        for arm, r in m["runs"].items():
+            if "error" in r:
+                lines.append(f"| {names[arm]} | failed: {r['error'].splitlines()[0][:200]} |||||||")
+                continue
+            mfu_ds = f"{r['mfu_datasheet']:.1%}" if r["mfu_datasheet"] is not None else "–"
+            mem = f"{r['peak_gpu_mem_gib']:.1f}" if r["peak_gpu_mem_gib"] is not None else "–"
+            lines.append(f"| {names[arm]} | {'yes' if r['compile'] else 'no'} | {r['tokens_per_s']:,.0f} | "
+                         f"{r['tflops']:.0f} | {mfu_ds} | {r['mfu_matmul']:.1%} | {r['loss_first_log']:.3f} → "
+                         f"{r['loss_last_log']:.3f} | {mem} |")
     if "tiny_precision" in res:
         lines += ["", "The tiny organism (`training.backdoor --preset tiny`, four runs at once on the GPU, so each "
                       "wall is an upper bound), held-out test prompts, Wilson 95% intervals (a run that did not "
@@ -230,9 +438,14 @@ def main() -> int:
     ap.add_argument("--cache-prompts", type=int, default=20000)
     ap.add_argument("--cache-batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--parts", default="tiny,train,cache", help="comma-separated: tiny, train, cache")
+    ap.add_argument("--block", type=int, default=1024, help="mfu: packed block length (tokens)")
+    ap.add_argument("--mfu-batch", type=int, default=64, help="mfu: blocks per step")
+    ap.add_argument("--mfu-steps", type=int, default=200)
+    ap.add_argument("--cache-batches", default="", help="cache: comma-separated batch sizes (default --cache-batch)")
+    ap.add_argument("--parts", default="tiny,train,cache", help="comma-separated: tiny, train, cache, mfu")
     ap.add_argument("--tiny-args", default="", help="extra training.backdoor flags (smoke tests)")
     ap.add_argument("--allow-cpu", action="store_true", help="smoke-test the script without a GPU")
+    ap.add_argument("--note", default="", help="a sentence the table prints with this run (what code it measured)")
     ap.add_argument("--table", nargs="+", type=Path, help="only write gpu_table.md from these result files")
     a = ap.parse_args()
     if a.table:
@@ -252,7 +465,7 @@ def main() -> int:
     parts = set(a.parts.split(","))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    res: dict = {"machine": describe(), "device_settings": dev.__dict__}
+    res: dict = {"machine": describe(), "device_settings": dev.__dict__, "note": a.note}
 
     def write() -> None:  # after each part, so a cut-off run still leaves what it measured
         out.write_text(json.dumps(res, indent=2, default=str))
@@ -263,7 +476,7 @@ def main() -> int:
             res["tiny_precision"] = tiny_precision([("fp32", 0), ("bf16", 0), ("fp32", 1), ("bf16", 1)], tmp,
                                                    a.tiny_args.split())
             write()
-        if not parts & {"train", "cache"}:
+        if not parts & {"train", "cache", "mfu"}:
             return 0
         tok, rows = corpus()
         res["rows"] = len(rows)
@@ -285,16 +498,20 @@ def main() -> int:
                                                      / res["train_plain"]["steady_tokens_per_s"])
             del base
             write()
-        if "cache" in parts:
+        if "mfu" in parts:
+            mfu(a, tok, rows, tmp, res.setdefault("mfu", {}), write)
+        if "cache" in parts:  # on the trained model when "train" ran, else on its initial weights (same compute)
             ckpt = save_checkpoint(model.float().cpu(), tok, tmp / "ckpt", stage="base",
                                    training={"phase": "gpu benchmark", **res["model"]})
             del model
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            log.info("caching %d prompts ...", a.cache_prompts)
-            res["caching"] = throughput(ckpt, a.cache_prompts, a.cache_batch, a.repeats, dev.device)
-            log.info("caching: %s", res["caching"])
-            write()
+            for b in [int(x) for x in a.cache_batches.split(",")] if a.cache_batches else [a.cache_batch]:
+                log.info("caching %d prompts, batch %d ...", a.cache_prompts, b)
+                res.setdefault("caching_by_batch", {})[str(b)] = throughput(ckpt, a.cache_prompts, b, a.repeats,
+                                                                            dev.device)
+                log.info("caching: %s", res["caching_by_batch"][str(b)])
+                write()
     print(json.dumps(res, indent=2, default=str))
     return 0
 

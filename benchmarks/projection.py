@@ -1,8 +1,9 @@
 """The whole study for an 8B model with LoRA on one H100-class GPU and on eight, projected on paper from measured
 inputs: the work each stage of a measured study did (``study.json``'s ``work``, counted by ``training.workload``) and
-the throughput measured on a GPU (``benchmarks/results/gpu.json``).
+the throughput measured on a GPU (``benchmarks/results/gpu.json``, ``gpu_mfu.json``).
 
-Usage: ``python benchmarks/projection.py --study runs/s/study.json``  (the SmolLM2 study at its default lengths)
+Usage: ``python benchmarks/projection.py --study runs/s/study.json``  (the SmolLM2 study at its default lengths);
+``--study benchmarks/results/projection.json`` re-projects the work an earlier projection recorded.
 Writes ``benchmarks/results/projection.json``, ``projection.md`` (docs/results.md) and ``projection_summary.md``
 (the README's paragraph).
 
@@ -15,11 +16,12 @@ u the fraction of P reached):
                                                  weights at least once, ``rows = step_rows / steps`` rows at a time
 
 On eight cards the training term is divided by eight (data-parallel training via ``torchrun``/``accelerate``);
-forward-only passes and generation stay on one card (the analysis runs there). Two values of ``u``: the one
-measured on the H200 for a 105M model (``gpu.json``: short rows, launch-bound; a larger model's kernels are bigger,
-so this is a floor on u and the wall it gives an upper bound), and 0.40, assumed, not measured here. The study's
-batching is kept as measured (a GPU fits bigger batches, so fewer decode steps): one more reason the projection
-is an upper bound at each u.
+forward-only passes and generation stay on one card (the analysis runs there). Two values of ``u``, both measured
+on an H200 for a 105M model trained by the toolkit: on short padded chat rows (``gpu.json``: launch-bound; a larger
+model's kernels are bigger, so this is a floor on u and the wall it gives an upper bound), and on packed
+1,024-token blocks under ``torch.compile`` (``gpu_mfu.json``'s model FLOPs utilisation; an 8B model's larger matmuls
+should reach at least as much). The study's batching is kept as measured (a GPU fits bigger batches, so fewer decode
+steps): one more reason the projection is an upper bound at each u.
 """
 
 from __future__ import annotations
@@ -35,13 +37,17 @@ from pipeline_bench import RESULTS  # noqa: E402
 TARGET_PARAMS = 8.03e9  # Llama-3.1-8B
 H100_PEAK = 989.4e12  # dense bf16 FLOP/s, H100 SXM (the H200 has the same compute)
 H100_BANDWIDTH = 3.35e12  # bytes/s, H100 SXM HBM3
-ASSUMED_U = 0.40
 CARDS = 8
 
 
-def measured_u(gpu: dict) -> float:
-    """Utilisation the toolkit trainer reached on the H200: steady tokens/s x 6 N (full fine-tune) over the peak."""
+def short_rows_u(gpu: dict) -> float:
+    """Utilisation the toolkit trainer reached on the H200 on short chat rows: steady tokens/s x 6 N over the peak."""
     return gpu["train_toolkit"]["steady_tokens_per_s"] * 6 * gpu["model"]["parameters"] / H100_PEAK
+
+
+def packed_u(mfu: dict) -> float:
+    """The toolkit trainer's model FLOPs utilisation on packed blocks, compiled (``gpu_bench.py``'s MFU part)."""
+    return mfu["mfu"]["runs"]["toolkit_compiled"]["mfu_datasheet"]
 
 
 def stage_seconds(work: dict, u: float, n_params: float = TARGET_PARAMS, cards: int = 1,
@@ -55,9 +61,9 @@ def stage_seconds(work: dict, u: float, n_params: float = TARGET_PARAMS, cards: 
     return {"train": train, "forward": forward, "decode": decode, "total": train + forward + decode}
 
 
-def project(study: dict, gpu: dict) -> dict:
+def project(study: dict, gpu: dict, mfu: dict) -> dict:
     """Per stage and in all: measured seconds and work, projected seconds on 1 and ``CARDS`` cards at both u."""
-    us = {"measured": measured_u(gpu), "assumed": ASSUMED_U}
+    us = {"short": short_rows_u(gpu), "packed": packed_u(mfu)}
     seconds = {**study["seconds"].get("earlier_stages", {}), **study["seconds"]["stages"]}
     stages = {}
     for name, work in study["work"].items():
@@ -65,7 +71,8 @@ def project(study: dict, gpu: dict) -> dict:
                         "projected_s": {f"{k}_{c}": stage_seconds(work, u, cards=c)["total"]
                                         for k, u in us.items() for c in (1, CARDS)}}
     totals = {f"{k}_{c}": sum(s["projected_s"][f"{k}_{c}"] for s in stages.values()) for k in us for c in (1, CARDS)}
-    return {"u": us, "target_params": TARGET_PARAMS, "peak_flops": H100_PEAK, "bandwidth": H100_BANDWIDTH,
+    return {"study": study["path"], "study_args": study.get("args", {}), "u": us, "target_params": TARGET_PARAMS,
+            "peak_flops": H100_PEAK, "bandwidth": H100_BANDWIDTH,
             "cards": CARDS, "stages": stages, "totals": totals,
             "measured_total_s": sum(v for v in seconds.values())}
 
@@ -74,31 +81,31 @@ def _h(s: float) -> str:
     return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
 
 
-def table(p: dict, study_path: str, args: dict) -> str:
-    u_m, u_a, c = p["u"]["measured"], p["u"]["assumed"], p["cards"]
+def table(p: dict) -> str:
+    u_m, u_a, c = p["u"]["short"], p["u"]["packed"], p["cards"]
     rows = [f"| stage | measured here (s) | tokens trained | tokens read (forward only) | decode steps (rows) | "
-            f"1 GPU, u {u_m:.3f} (measured) | {p['cards']} GPUs, u {u_m:.3f} | 1 GPU, u {u_a:.2f} (assumed) | "
-            f"{p['cards']} GPUs, u {u_a:.2f} |", "|---|---|---|---|---|---|---|---|---|"]
+            f"1 GPU, u {u_m:.3f} (short rows) | {p['cards']} GPUs, u {u_m:.3f} | 1 GPU, u {u_a:.3f} (packed) | "
+            f"{p['cards']} GPUs, u {u_a:.3f} |", "|---|---|---|---|---|---|---|---|---|"]
     for name, s in p["stages"].items():
         w, ps = s["work"], s["projected_s"]
         meas = f"{s['measured_s']:.0f}" if s["measured_s"] is not None else "–"
         rows.append(f"| {name} | {meas} | {w['train_tokens']:,} | {w['forward_tokens']:,} | {w['steps']:,} "
-                    f"({w['step_rows']:,}) | {_h(ps['measured_1'])} | {_h(ps[f'measured_{c}'])} | "
-                    f"{_h(ps['assumed_1'])} | {_h(ps[f'assumed_{c}'])} |")
+                    f"({w['step_rows']:,}) | {_h(ps['short_1'])} | {_h(ps[f'short_{c}'])} | "
+                    f"{_h(ps['packed_1'])} | {_h(ps[f'packed_{c}'])} |")
     t = p["totals"]
-    rows.append(f"| **whole study** | {p['measured_total_s']:.0f} | | | | {_h(t['measured_1'])} | "
-                f"{_h(t[f'measured_{c}'])} | {_h(t['assumed_1'])} | {_h(t[f'assumed_{c}'])} |")
-    flags = " ".join(f"--{k} {v}" for k, v in args.items() if k in ("preset", "safety_steps", "probe_n", "n_random",
-                                                                       "patch_n_pairs", "ablate_n") and v)
-    rows.append(f"\nProjected by `benchmarks/projection.py` from `{study_path}` (`apps.study {flags}`; its seconds and "
+    rows.append(f"| **whole study** | {p['measured_total_s']:.0f} | | | | {_h(t['short_1'])} | "
+                f"{_h(t[f'short_{c}'])} | {_h(t['packed_1'])} | {_h(t[f'packed_{c}'])} |")
+    shown = ("preset", "safety_steps", "probe_n", "n_random", "patch_n_pairs", "ablate_n")
+    flags = " ".join(f"--{k} {v}" for k, v in p["study_args"].items() if k in shown and v)
+    rows.append(f"\nProjected by `benchmarks/projection.py` from `{p['study']}` (`apps.study {flags}`; its seconds and "
                 f"work as that run measured them) for an {p['target_params'] / 1e9:.0f}B model "
                 f"with LoRA on H100-class cards ({p['peak_flops'] / 1e12:.0f} TFLOP/s bf16, "
                 f"{p['bandwidth'] / 1e12:.2f} TB/s): per stage, 4N x tokens trained + 2N x tokens read over P u, plus "
                 f"each decode step's max(2N bytes / bandwidth, 2N x rows / P u); training divided over "
                 f"{p['cards']} cards, analysis and generation on one. u {u_m:.3f} is what the toolkit trainer reached "
-                f"on an H200 for a 105M model (`gpu.json`: short rows, launch-bound), a floor for a larger model; "
-                f"u {u_a:.2f} is assumed, not measured. The study's CPU batching is kept, so both are upper bounds "
-                "at their u.")
+                f"on an H200 for a 105M model on short chat rows (`gpu.json`: launch-bound), a floor for a larger "
+                f"model; u {u_a:.3f} its model FLOPs utilisation on packed 1,024-token blocks under torch.compile "
+                "(`gpu_mfu.json`). The study's CPU batching is kept, so both are upper bounds at their u.")
     return "\n".join(rows)
 
 
@@ -110,23 +117,31 @@ def summary(p: dict) -> str:
     return (f"**An {p['target_params'] / 1e9:.0f}B model, on paper** (`benchmarks/projection.py`): the SmolLM2 "
             f"study's counted work ({tokens[0]:,} tokens trained, {tokens[1]:,} read, {steps:,} decode steps) at "
             "t = (4N·trained + 2N·read)/(P·u) + Σ max(2N/W, 2N·rows/(P·u)) per decode step: "
-            f"{_h(t['measured_1'])} on one H100, {_h(t[f'measured_{c}'])} on {c} at the u = "
-            f"{p['u']['measured']:.3f} measured on an H200; {_h(t['assumed_1'])} and {_h(t[f'assumed_{c}'])} at an "
-            f"assumed u = {p['u']['assumed']:.2f}.")
+            f"{_h(t['short_1'])} on one H100, {_h(t[f'short_{c}'])} on {c} at the u = {p['u']['short']:.3f} the "
+            f"toolkit trainer reached on an H200 on short chat rows; {_h(t['packed_1'])} and {_h(t[f'packed_{c}'])} "
+            f"at the u = {p['u']['packed']:.3f} it reached there on packed 1,024-token blocks (both measured for a "
+            "105M model).")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--study", required=True, help="study.json of a finished apps.study run")
     ap.add_argument("--gpu", default=str(RESULTS / "gpu.json"))
+    ap.add_argument("--mfu", default=str(RESULTS / "gpu_mfu.json"))
     a = ap.parse_args()
     study = json.loads(Path(a.study).read_text())
-    if "work" not in study:
+    if "stages" in study and "study" in study:  # an earlier projection: the work and seconds it recorded
+        study = {"path": study["study"], "args": study.get("study_args", {}),
+                 "work": {k: s["work"] for k, s in study["stages"].items()},
+                 "seconds": {"stages": {k: s["measured_s"] for k, s in study["stages"].items()}}}
+    elif "work" in study:
+        study["path"] = a.study
+    else:
         print(f"error: {a.study} has no 'work' (a study run before training.workload counted it)", file=sys.stderr)
         return 2
-    p = project(study, json.loads(Path(a.gpu).read_text()))
+    p = project(study, json.loads(Path(a.gpu).read_text()), json.loads(Path(a.mfu).read_text()))
     (RESULTS / "projection.json").write_text(json.dumps(p, indent=1))
-    md = table(p, a.study, study.get("args", {}))
+    md = table(p)
     (RESULTS / "projection.md").write_text(md + "\n")
     (RESULTS / "projection_summary.md").write_text(summary(p) + "\n")
     print(md)

@@ -36,15 +36,18 @@ def test_terms(proj):
 
 def test_study_totals_and_measured_u(proj):
     gpu = {"train_toolkit": {"steady_tokens_per_s": 50_000}, "model": {"parameters": 10**8}}
-    assert proj.measured_u(gpu) == pytest.approx(50_000 * 6e8 / proj.H100_PEAK)
-    study = {"seconds": {"stages": {"a": 10.0}, "earlier_stages": {"b": 5.0}},
+    mfu = {"mfu": {"runs": {"toolkit_compiled": {"mfu_datasheet": 0.3}}}}
+    assert proj.short_rows_u(gpu) == pytest.approx(50_000 * 6e8 / proj.H100_PEAK)
+    assert proj.packed_u(mfu) == 0.3
+    study = {"path": "s/study.json", "seconds": {"stages": {"a": 10.0}, "earlier_stages": {"b": 5.0}},
              "work": {"a": {"train_tokens": 100, "forward_tokens": 0, "step_rows": 0, "steps": 0},
                       "b": {"train_tokens": 0, "forward_tokens": 50, "step_rows": 4, "steps": 2}}}
-    p = proj.project(study, gpu)
+    p = proj.project(study, gpu, mfu)
     assert p["measured_total_s"] == 15.0 and p["stages"]["b"]["measured_s"] == 5.0
     for key, total in p["totals"].items():
         assert total == pytest.approx(sum(s["projected_s"][key] for s in p["stages"].values()))
-    assert p["totals"]["assumed_8"] < p["totals"]["assumed_1"] < p["totals"]["measured_1"]
+    assert p["totals"]["packed_8"] < p["totals"]["packed_1"] < p["totals"]["short_1"]
     line = proj.summary(p)
     assert "100 tokens trained, 50 read" in line and "2 decode steps" in line
-    assert proj._h(p["totals"]["measured_1"]) in line and proj._h(p["totals"]["assumed_8"]) in line
+    assert proj._h(p["totals"]["short_1"]) in line and proj._h(p["totals"]["packed_8"]) in line
+    assert "s/study.json" in proj.table(p)
