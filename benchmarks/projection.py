@@ -19,8 +19,8 @@ On eight cards the training term is divided by eight (data-parallel training via
 forward-only passes and generation stay on one card (the analysis runs there). Two values of ``u``, both measured
 on an H200 for a 105M model trained by the toolkit: on short padded chat rows (``gpu.json``: launch-bound; a larger
 model's kernels are bigger, so this is a floor on u and the wall it gives an upper bound), and on packed
-1,024-token blocks under ``torch.compile`` (``gpu_mfu.json``'s model FLOPs utilisation; an 8B model's larger matmuls
-should reach at least as much). The study's batching is kept as measured (a GPU fits bigger batches, so fewer decode
+1,024-token blocks under ``torch.compile`` (the lowest model FLOPs utilisation of ``gpu_mfu*.json``'s runs; an 8B
+model's larger matmuls should reach at least as much). The study's batching is kept as measured (a GPU fits bigger batches, so fewer decode
 steps): one more reason the projection is an upper bound at each u.
 """
 
@@ -45,9 +45,10 @@ def short_rows_u(gpu: dict) -> float:
     return gpu["train_toolkit"]["steady_tokens_per_s"] * 6 * gpu["model"]["parameters"] / H100_PEAK
 
 
-def packed_u(mfu: dict) -> float:
-    """The toolkit trainer's model FLOPs utilisation on packed blocks, compiled (``gpu_bench.py``'s MFU part)."""
-    return mfu["mfu"]["runs"]["toolkit_compiled"]["mfu_datasheet"]
+def packed_u(mfus: list[dict]) -> float:
+    """The toolkit trainer's model FLOPs utilisation on packed blocks, compiled (``gpu_bench.py``'s MFU part): the
+    lowest of the runs given, so the wall it projects is the longest."""
+    return min(m["mfu"]["runs"]["toolkit_compiled"]["mfu_datasheet"] for m in mfus)
 
 
 def stage_seconds(work: dict, u: float, n_params: float = TARGET_PARAMS, cards: int = 1,
@@ -61,9 +62,9 @@ def stage_seconds(work: dict, u: float, n_params: float = TARGET_PARAMS, cards: 
     return {"train": train, "forward": forward, "decode": decode, "total": train + forward + decode}
 
 
-def project(study: dict, gpu: dict, mfu: dict) -> dict:
+def project(study: dict, gpu: dict, mfus: list[dict]) -> dict:
     """Per stage and in all: measured seconds and work, projected seconds on 1 and ``CARDS`` cards at both u."""
-    us = {"short": short_rows_u(gpu), "packed": packed_u(mfu)}
+    us = {"short": short_rows_u(gpu), "packed": packed_u(mfus)}
     seconds = {**study["seconds"].get("earlier_stages", {}), **study["seconds"]["stages"]}
     stages = {}
     for name, work in study["work"].items():
@@ -105,7 +106,7 @@ def table(p: dict) -> str:
                 f"{p['cards']} cards, analysis and generation on one. u {u_m:.3f} is what the toolkit trainer reached "
                 f"on an H200 for a 105M model on short chat rows (`gpu.json`: launch-bound), a floor for a larger "
                 f"model; u {u_a:.3f} its model FLOPs utilisation on packed 1,024-token blocks under torch.compile "
-                "(`gpu_mfu.json`). The study's CPU batching is kept, so both are upper bounds at their u.")
+                "(the lower of `gpu_mfu.json` and `gpu_mfu2.json`). The study's CPU batching is kept, so both are upper bounds at their u.")
     return "\n".join(rows)
 
 
@@ -127,7 +128,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--study", required=True, help="study.json of a finished apps.study run")
     ap.add_argument("--gpu", default=str(RESULTS / "gpu.json"))
-    ap.add_argument("--mfu", default=str(RESULTS / "gpu_mfu.json"))
+    ap.add_argument("--mfu", nargs="+", default=[str(RESULTS / "gpu_mfu.json"), str(RESULTS / "gpu_mfu2.json")])
     a = ap.parse_args()
     study = json.loads(Path(a.study).read_text())
     if "stages" in study and "study" in study:  # an earlier projection: the work and seconds it recorded
@@ -139,7 +140,7 @@ def main() -> int:
     else:
         print(f"error: {a.study} has no 'work' (a study run before training.workload counted it)", file=sys.stderr)
         return 2
-    p = project(study, json.loads(Path(a.gpu).read_text()), json.loads(Path(a.mfu).read_text()))
+    p = project(study, json.loads(Path(a.gpu).read_text()), [json.loads(Path(f).read_text()) for f in a.mfu])
     (RESULTS / "projection.json").write_text(json.dumps(p, indent=1))
     md = table(p)
     (RESULTS / "projection.md").write_text(md + "\n")

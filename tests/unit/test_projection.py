@@ -36,7 +36,7 @@ def test_terms(proj):
 
 def test_study_totals_and_measured_u(proj):
     gpu = {"train_toolkit": {"steady_tokens_per_s": 50_000}, "model": {"parameters": 10**8}}
-    mfu = {"mfu": {"runs": {"toolkit_compiled": {"mfu_datasheet": 0.3}}}}
+    mfu = [{"mfu": {"runs": {"toolkit_compiled": {"mfu_datasheet": u}}}} for u in (0.32, 0.3)]
     assert proj.short_rows_u(gpu) == pytest.approx(50_000 * 6e8 / proj.H100_PEAK)
     assert proj.packed_u(mfu) == 0.3
     study = {"path": "s/study.json", "seconds": {"stages": {"a": 10.0}, "earlier_stages": {"b": 5.0}},
