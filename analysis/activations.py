@@ -53,6 +53,7 @@ from analysis.load import (
 )
 from training.checkpoint import versions
 from training.errors import UserError
+from training.evaluate import auto_batch_size
 from training.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -236,9 +237,14 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 # caching
 
 
+# Caching batches at most this many prompts (None: from free memory). On an H200 caching cost 1.37x a plain forward
+# at batch 256 and 0.96x at 2048 (benchmarks/results/gpu_cache.json); on a CPU, 64 (benchmarks/activations_bench.py).
+CACHE_MAX_BATCH = {"cpu": 64, "cuda": 2048}
+
+
 def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | str,
                       hooks: Sequence[str] | None = None, positions: str | Sequence[int] = "final",
-                      batch_size: int = 32, progress: bool = True, *, chat: bool = True,
+                      batch_size: int | None = None, progress: bool = True, *, chat: bool = True,
                       add_special_tokens: bool | None = None, store_dtype: str = "float32",
                       padding_side: str = PADDING_SIDE, reuse: Sequence[Path] = (),
                       captured=None) -> ActivationStore:
@@ -254,6 +260,8 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
         out_dir: store directory (replaced atomically when rebuilt).
         hooks: hook names (from :mod:`analysis.hooks`); default ``resid_post`` of every layer.
         positions: ``"final"``, ``"all"`` or negative offsets from the end of the prompt (-1 = final token).
+        batch_size: prompts per forward; None: as many as fit a share of the free memory, at most
+            :data:`CACHE_MAX_BATCH` (64 on a CPU, 2048 on a GPU).
         chat: wrap each text as a user turn with the chat template (False: texts are used verbatim).
         add_special_tokens: None = off when the tokenizer has a chat template, else on (see ``encode_prompts``).
         store_dtype: ``"float32"`` (default) or ``"float16"``.
@@ -309,6 +317,8 @@ def cache_activations(loaded: LoadedModel, prompts: list[dict], out_dir: Path | 
 
     n = len(rows)
     max_len = int(lengths.max())
+    if batch_size is None:
+        batch_size = auto_batch_size(loaded.hf_model, max_len, loaded.device, caps=CACHE_MAX_BATCH)
     pos_keys = ["all"] if positions == "all" else [position_key(p) for p in positions]
     log.info("caching %d prompts x %d hooks x %d positions -> %s", n, len(hooks), len(pos_keys), out)
     writer = StoreWriter(out, hooks, pos_keys, n, store_dtype)

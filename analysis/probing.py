@@ -110,7 +110,8 @@ class ProbeConfig:
     trigger: str = trigger_arg()
     max_new_tokens: int = field(default=None, metadata={"help": "Greedy tokens generated for the behaviour labels "
                                                                 "(default: longest training response + 8)."})
-    batch_size: int = field(default=64, metadata={"help": "Batch size for caching activations."})
+    batch_size: int = field(default=None, metadata={"help": "Batch size for caching activations (default: from free "
+                                                            "memory, at most 64 on a CPU and 2048 on a GPU)."})
     gen_batch_size: int = field(default=512, metadata={"help": "Batch size for the behaviour generation and the "
                                                                "generation-threshold calibration."})
     device: str = device_arg()
@@ -280,7 +281,8 @@ def _prompt_dicts(records: list[dict], defects: np.ndarray | None) -> list[dict]
     return out
 
 
-def cache_model(loaded, records, defects, hook_names, act_dir: Path, prefix: str, batch_size: int, captured=None):
+def cache_model(loaded, records, defects, hook_names, act_dir: Path, prefix: str, batch_size: int | None,
+                captured=None):
     """Cache the prompts and the contrast texts of one model; returns ``(prompt_store, contrast_store, prompts)``.
 
     A model already cached on the same prompts for a sibling analysis (``<analysis>/*/activations/``: a run's

@@ -90,10 +90,10 @@ GEN_MEMORY_SHARE = 0.25  # of the free memory, for one generation batch's KV cac
 GEN_MAX_BATCH = {"cpu": 64, "cuda": 1024}
 
 
-def auto_batch_size(model, seq_len: int, device=None) -> int:
+def auto_batch_size(model, seq_len: int, device=None, caps: dict[str, int] = GEN_MAX_BATCH) -> int:
     """Rows per generation batch that fit :data:`GEN_MEMORY_SHARE` of the free memory: each row holds a KV cache
     of ``seq_len`` positions and, during the prompt's forward, activations of the widest layer at every position.
-    Capped by :data:`GEN_MAX_BATCH` (on a CPU, batches beyond it stop paying)."""
+    Capped by ``caps[device type]`` (:data:`GEN_MAX_BATCH`: on a CPU, batches beyond it stop paying)."""
     import torch
 
     cfg = model.config
@@ -113,7 +113,7 @@ def auto_batch_size(model, seq_len: int, device=None) -> int:
         import psutil
 
         free = psutil.virtual_memory().available
-    cap = GEN_MAX_BATCH["cuda" if device.startswith("cuda") else "cpu"]
+    cap = caps["cuda" if device.startswith("cuda") else "cpu"]
     return int(max(1, min(cap, free * GEN_MEMORY_SHARE // per_row)))
 
 

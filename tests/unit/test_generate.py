@@ -35,3 +35,7 @@ def test_auto_batch_size_follows_memory():
     assert auto_batch_size(model, 64) == GEN_MAX_BATCH["cpu"]  # a tiny model: capped, not memory-bound
     big = auto_batch_size(model, 10_000_000)  # a KV cache of 10M positions per row fits no row
     assert big == 1
+    assert auto_batch_size(model, 64, caps={"cpu": 7, "cuda": 9}) == 7  # the caller's caps (caching's, say)
+    from analysis.activations import CACHE_MAX_BATCH
+
+    assert auto_batch_size(model, 64, caps=CACHE_MAX_BATCH) == 64  # caching on a CPU: the batch it always had
