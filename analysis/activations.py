@@ -445,7 +445,7 @@ def _to_host(acts: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.cuda.E
 
     Footgun: on a GPU, a blocking ``.cpu()`` per hook made every batch wait for its forward and the forward of the
     next batch wait for the store's writes (676 MB for 20k prompts x 11 layers x 768 floats); staged this way the
-    writes of one batch overlap the next batch's forward. On the CPU the copies are plain and the event is None."""
+    writes of one batch overlap the next batch's forward. On a CPU nothing is copied and the event is None."""
     if not acts or acts[0].device.type != "cuda":
         return [a.float() for a in acts], None
     host = [a.float().to("cpu", non_blocking=True) for a in acts]
