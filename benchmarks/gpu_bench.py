@@ -83,7 +83,7 @@ def toolkit_train(model, tok, rows, steps: int, batch: int, lr: float, out: Path
     (s0, t_a, n_a, loss0), (s1, t_b, n_b, loss1) = marks[0], marks[-1]
     return {"wall_s": wall, "steady_tokens_per_s": (n_b - n_a) / (t_b - t_a), "tokens": n_b,
             "steady_steps": [s0, s1], "loss_first_log": loss0, "loss_last_log": loss1,
-            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+            "peak_gpu_mem_gib": _peak_gib()}
 
 
 def plain_train(model, tok, rows, steps: int, batch: int, lr: float, max_length: int = 256) -> dict:
@@ -273,18 +273,18 @@ def mfu(a, tok, rows, tmp: Path, res: dict, write) -> None:
         return tiny_model(tok, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads, seed=0, attention="sdpa",
                           max_positions=a.block)
 
-    model = fresh()
-    fpt = flops_per_token(model, a.block)
+    shape = fresh()
+    fpt = flops_per_token(shape, a.block)
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    res.update({"parameters": n_parameters(model), "d_model": a.d_model, "layers": a.layers, "heads": a.heads,
-           "vocab": len(tok), "block": a.block, "batch_size": a.mfu_batch, "steps": a.mfu_steps, "lr": a.lr,
-           "flops_per_token": fpt, "gpu": name, "datasheet_bf16_tflops": DATASHEET_BF16_TFLOPS.get(name),
-           "matmul_bf16_tflops": matmul_peak_tflops(), "runs": {}})
+    res.update({"parameters": n_parameters(shape), "d_model": a.d_model, "layers": a.layers, "heads": a.heads,
+                "vocab": len(tok), "block": a.block, "batch_size": a.mfu_batch, "steps": a.mfu_steps, "lr": a.lr,
+                "flops_per_token": fpt, "gpu": name, "datasheet_bf16_tflops": DATASHEET_BF16_TFLOPS.get(name),
+                "matmul_bf16_tflops": matmul_peak_tflops(), "runs": {}})
     log.info("MFU: %.1fM parameters, %.0f MFLOP/token, matmul peak %.0f TFLOP/s", res["parameters"] / 1e6,
              fpt / 1e6, res["matmul_bf16_tflops"])
     arms = [("toolkit_compiled", True), ("toolkit_eager", False), ("plain_compiled", None)]
     for arm, compile in arms:
-        model = model if model is not None else fresh()
+        model = fresh()  # the same seed: every arm starts from the same weights
         try:
             if compile is None:
                 r = packed_plain(model, tok, rows, a.mfu_steps, a.mfu_batch, a.block, a.lr)
@@ -300,7 +300,7 @@ def mfu(a, tok, rows, tmp: Path, res: dict, write) -> None:
             res["runs"][arm] = r
             log.info("%s: %s", arm, r)
         write()
-        model = None
+        del model
         torch._dynamo.reset()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -5,7 +5,7 @@ the throughput measured on a GPU (``benchmarks/results/gpu.json``, ``gpu_mfu.jso
 Usage: ``python benchmarks/projection.py --study runs/s/study.json``  (the SmolLM2 study at its default lengths);
 ``--study benchmarks/results/projection.json`` re-projects the work an earlier projection recorded.
 Writes ``benchmarks/results/projection.json``, ``projection.md`` (docs/results.md) and ``projection_summary.md``
-(the README's paragraph).
+(the paragraph above the table in docs/results.md).
 
 The formula, per stage (N parameters of the target model, P the card's dense bf16 peak, W its memory bandwidth,
 u the fraction of P reached):
@@ -111,7 +111,7 @@ def table(p: dict) -> str:
 
 
 def summary(p: dict) -> str:
-    """The README's paragraph: the totals, the formula and its measured inputs in one place."""
+    """The one-paragraph summary above the table: the totals, the formula and its measured inputs in one place."""
     t, w, c = p["totals"], p["stages"], p["cards"]
     tokens = sum(s["work"]["train_tokens"] for s in w.values()), sum(s["work"]["forward_tokens"] for s in w.values())
     steps = sum(s["work"]["steps"] for s in w.values())
