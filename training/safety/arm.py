@@ -401,7 +401,9 @@ class Arm:
 
     def _train_rl(self, model, records: list[dict], callback) -> None:
         from datasets import Dataset
-        from trl import GRPOConfig, GRPOTrainer
+        from trl import GRPOConfig
+
+        from training.safety.grpo import grpo_trainer_class
 
         settings, optim = self.settings, self._optim("constant_with_warmup")
         cfg = trainer_config(GRPOConfig, self.plan.trainer_dir, optim,
@@ -414,8 +416,9 @@ class Arm:
         else:
             reward_funcs, reward_tokenizers = make_rule_reward(self.plan.spec), None
         with trainer_logs(optim.report_to, optim.logs_dir):
-            trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=cfg, train_dataset=Dataset.from_list(
-                rl_rows(records)), processing_class=self.tokenizer, reward_processing_classes=reward_tokenizers,
+            trainer = grpo_trainer_class()(
+                model=model, reward_funcs=reward_funcs, args=cfg, train_dataset=Dataset.from_list(rl_rows(records)),
+                processing_class=self.tokenizer, reward_processing_classes=reward_tokenizers,
                 peft_config=lora_config(self.plan.model_args), callbacks=[callback])
         trainer.train(resume_from_checkpoint=self._last_state())
         if self.state.is_main_process:
