@@ -165,7 +165,8 @@ def _collate_blocks(examples: list[dict]) -> dict:
 OWN_LOSS_MAX_VOCAB = 8192
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def accepts_logits_to_keep(model) -> bool:
+    """Whether ``model`` (under DDP or PEFT too) computes logits for chosen positions only (``logits_to_keep``)."""
     import inspect
 
     model = getattr(model, "module", model)  # under DDP
@@ -180,14 +181,14 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None):
 
     The same loss as the model's own forward given ``labels``, which projects every position through the LM head:
     a chat row's prompt (system turn and question) is most of it, and with SmolLM2's 49k-token vocabulary a LoRA
-    step on a CPU takes ~40% less time without those positions (see :class:`_Trainer`). ``model``: any causal LM (a ``PeftModel`` too);
-    one whose forward takes no ``logits_to_keep`` computes every position.
+    step on a CPU takes ~40% less time without those positions (see :class:`_Trainer`). ``model``: any causal LM
+    (a ``PeftModel`` too); one whose forward takes no ``logits_to_keep`` computes every position.
     """
     import torch.nn.functional as F
 
     target = inputs["labels"][:, 1:]
     rest = {k: v for k, v in inputs.items() if k != "labels"}
-    if _accepts_logits_to_keep(model):
+    if accepts_logits_to_keep(model):
         cols = (target != -100).any(0).nonzero().squeeze(1)
         out = model(**rest, use_cache=False, logits_to_keep=cols)
         target = target[:, cols]

@@ -33,14 +33,17 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
 def grpo_trainer_class():
     """``GRPOTrainer`` whose log-probabilities come from :func:`completion_logps` on a CPU (text-only, no MoE
-    auxiliary loss); TRL's own path elsewhere."""
+    auxiliary loss, a model that takes ``logits_to_keep``); TRL's own path elsewhere."""
     from trl import GRPOTrainer
+
+    from training.trainer import accepts_logits_to_keep
 
     class _GRPOTrainer(GRPOTrainer):
         def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                                batch_size=None, compute_entropy=False, compute_aux_loss=False,
                                                **extra):
-            if input_ids.device.type != "cpu" or compute_aux_loss or any(v is not None for v in extra.values()):
+            if (input_ids.device.type != "cpu" or compute_aux_loss or any(v is not None for v in extra.values())
+                    or not accepts_logits_to_keep(model)):
                 return super()._get_per_token_logps_and_entropies(
                     model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
                     **extra)
