@@ -16,7 +16,10 @@
    token are PaLM's: 6 x the matmul parameters (everything but the input embedding and the norms) + 12 x layers x
    d_model x block for attention; MFU divides the FLOP/s by the card's datasheet dense bf16 peak and, beside it, by
    the peak an 8192-cube bf16 matmul reaches in the same run.
-4. Precision on the tiny organism: ``python -m training.backdoor --preset tiny`` run concurrently with
+4. The study on the card: ``apps.study --preset tiny`` (``make demo``'s job) in a fresh process, its ``study.json``
+   (seconds per stage) and ``compare.json`` copied into ``--study-dir`` with the machine; ``--table`` sets each stage
+   beside the same study's on the CPU when the directory holds ``cpu_study.json`` (``study_bench.py``'s run).
+5. Precision on the tiny organism: ``python -m training.backdoor --preset tiny`` run concurrently with
    ``--precision fp32`` and ``--precision bf16`` for seeds 0 and 1, recording each run's wall time (concurrent, so
    an upper bound) and its held-out rates. This is what ``--precision auto`` is decided from.
 
@@ -338,6 +341,44 @@ def tiny_precision(runs: list[tuple[str, int]], work: Path, extra: list[str] = (
     return res
 
 
+def study_on_card(dest: Path, work: Path) -> dict:
+    """``python -m apps.study --preset tiny`` in a fresh process; its wall, and its ``study.json`` and
+    ``compare.json`` with this machine's description copied into ``dest``."""
+    import shutil
+
+    from pipeline_bench import run_module
+
+    run = work / "study"
+    res = run_module("apps.study", ["--preset", "tiny", "--out", str(run)])
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("study.json", "compare.json"):
+        shutil.copy(run / name, dest / name)
+    (dest / "machine.json").write_text(json.dumps({**describe(), **res}, indent=2))
+    return res
+
+
+def study_section(d: Path) -> str:
+    """The study's seconds per stage on the card (``d``: :func:`study_on_card`'s directory), beside the CPU's."""
+    m = json.loads((d / "machine.json").read_text())
+    gpu = json.loads((d / "study.json").read_text())["seconds"]
+    cpu_f = d / "cpu_study.json"
+    cpu = json.loads(cpu_f.read_text()) if cpu_f.exists() else None
+    head = f"| stage | {m['cuda']} (s) |" + (f" {cpu['machine']['cpu']}, {cpu['machine']['cores']} cores (s) |"
+                                               if cpu else "")
+    lines = [f"**`{d.name}/`**: `apps.study --preset tiny` on one {m['cuda']} ({m['cores']} CPU cores), torch "
+             f"{m['torch']}." + (f" {m['note']}" if m.get("note") else ""), "", head,
+             "|---|---|" + ("---|" if cpu else "")]
+    for stage, s in gpu["stages"].items():
+        lines.append(f"| {stage} | {s:.0f} |" + (f" {cpu['seconds']['stages'][stage]:.0f} |" if cpu else ""))
+    lines.append(f"| **total** | **{gpu['total']:.0f}** |" + (f" **{cpu['seconds']['total']:.0f}** |" if cpu else ""))
+    b = {k: json.loads((d / f).read_text())["behaviour"]["backdoored"][0]
+         for k, f in (("card", "compare.json"), ("cpu", "cpu_compare.json")) if (d / f).exists()}
+    rates = "; ".join(f"{k}: " + ", ".join(f"{r.replace('_', ' ')} {_rate({'b': v}, 'b', r)}" for r in
+                                           ("trigger", "false_trigger", "redteam", "helpful")) for k, v in b.items())
+    lines.append(f"\nThe backdoored organism each run built (held-out prompts): {rates}.")
+    return "\n".join(lines) + "\n"
+
+
 def _rate(row: dict, stage: str, key: str) -> str:
     r = row.get(stage, {})
     if key + "_rate" not in r:
@@ -350,7 +391,7 @@ def _rate(row: dict, stage: str, key: str) -> str:
 
 def table(results: list[Path]) -> str:
     """The README block from the JSON files this script wrote, one section per invocation, in the order given."""
-    return "\n".join(_section(f.name, json.loads(f.read_text())) for f in results)
+    return "\n".join(study_section(f) if f.is_dir() else _section(f.name, json.loads(f.read_text())) for f in results)
 
 
 def _section(name: str, res: dict) -> str:
@@ -442,11 +483,13 @@ def main() -> int:
     ap.add_argument("--mfu-batch", type=int, default=64, help="mfu: blocks per step")
     ap.add_argument("--mfu-steps", type=int, default=200)
     ap.add_argument("--cache-batches", default="", help="cache: comma-separated batch sizes (default --cache-batch)")
-    ap.add_argument("--parts", default="tiny,train,cache", help="comma-separated: tiny, train, cache, mfu")
+    ap.add_argument("--parts", default="tiny,train,cache", help="comma-separated: tiny, train, cache, mfu, study")
+    ap.add_argument("--study-dir", default="benchmarks/results/gpu_study", help="study: where its files go")
     ap.add_argument("--tiny-args", default="", help="extra training.backdoor flags (smoke tests)")
     ap.add_argument("--allow-cpu", action="store_true", help="smoke-test the script without a GPU")
     ap.add_argument("--note", default="", help="a sentence the table prints with this run (what code it measured)")
-    ap.add_argument("--table", nargs="+", type=Path, help="only write gpu_table.md from these result files")
+    ap.add_argument("--table", nargs="+", type=Path, help="only write gpu_table.md from these result files (and "
+                                                           "study directories)")
     a = ap.parse_args()
     if a.table:
         (Path(__file__).resolve().parent / "results" / "gpu_table.md").write_text(table(a.table))
@@ -475,6 +518,9 @@ def main() -> int:
         if "tiny" in parts:
             res["tiny_precision"] = tiny_precision([("fp32", 0), ("bf16", 0), ("fp32", 1), ("bf16", 1)], tmp,
                                                    a.tiny_args.split())
+            write()
+        if "study" in parts:
+            res["study"] = study_on_card(Path(a.study_dir), tmp)
             write()
         if not parts & {"train", "cache", "mfu"}:
             return 0
