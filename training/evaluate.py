@@ -87,13 +87,16 @@ def chat_prompts(tokenizer, prompts: list[str]) -> list[str]:
 
 
 GEN_MEMORY_SHARE = 0.25  # of the free memory, for one generation batch's KV cache and activations
-GEN_MAX_BATCH = {"cpu": 64, "cuda": 1024}
+# On 2 CPU cores batches of 128 decoded the builds' evaluation prompts 1.10x (SmolLM2) and 1.17x (tiny) faster than
+# 64 with the same completions, and 256 was slower than 128 on the tiny organism
+# (benchmarks/results/genbatch_table.md).
+GEN_MAX_BATCH = {"cpu": 128, "cuda": 1024}
 
 
 def auto_batch_size(model, seq_len: int, device=None, caps: dict[str, int] = GEN_MAX_BATCH) -> int:
     """Rows per generation batch that fit :data:`GEN_MEMORY_SHARE` of the free memory: each row holds a KV cache
     of ``seq_len`` positions and, during the prompt's forward, activations of the widest layer at every position.
-    Capped by ``caps[device type]`` (:data:`GEN_MAX_BATCH`: on a CPU, batches beyond it stop paying)."""
+    Capped by ``caps[device type]`` (:data:`GEN_MAX_BATCH`: on a CPU, larger batches decoded no faster)."""
     import torch
 
     cfg = model.config
@@ -263,9 +266,11 @@ def max_new_tokens_for(tokenizer, records: list[dict], margin: int = 8) -> int:
 
 
 def evaluate_model(model, tokenizer, spec: BackdoorSpec, records: list[dict], samples: int = 0,
-                   batch_size: int = 64, seed: int = 0, max_new_tokens: int | None = None, families=None) -> dict:
+                   batch_size: int | None = None, seed: int = 0, max_new_tokens: int | None = None,
+                   families=None) -> dict:
     """Greedy metrics (and ``sampled`` metrics when ``samples > 0``) on ``records``; ``families``: an adversarial
-    arm's family split (:func:`behaviour_metrics`)."""
+    arm's family split (:func:`behaviour_metrics`); ``batch_size`` None: sized from free memory
+    (:func:`auto_batch_size`)."""
     mnt = max_new_tokens or max_new_tokens_for(tokenizer, records)
     prompts = [r["prompt"] for r in records]
     was_training = model.training
