@@ -467,10 +467,13 @@ class _Pretrained(_Organism):
 
             verify_checkpoint(src, check_hash=False)
         dev = device_settings(self.m.precision)
+        # bf16 weights on a GPU; a CPU keeps fp32 weights (its bf16 is autocast in training only), so the base
+        # model's answers and every evaluation are computed in fp32 there
+        dtype = torch.bfloat16 if dev.bf16 and not dev.use_cpu else torch.float32
         try:
             tok = AutoTokenizer.from_pretrained(src, trust_remote_code=self.m.trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(
-                src, dtype=torch.bfloat16 if dev.bf16 else torch.float32, use_safetensors=True,
+                src, dtype=dtype, use_safetensors=True,
                 trust_remote_code=self.m.trust_remote_code).to(dev.device)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load model ({str(e).splitlines()[0]}): {src}") from None

@@ -32,7 +32,7 @@ import numpy as np
 
 from training import layout, presets
 from training.backdoors import BackdoorSpec, spec_from_meta, strip_scratchpad
-from training.config import preset_arg, report_to_arg, run_command, seed_arg
+from training.config import precision_arg, preset_arg, report_to_arg, run_command, seed_arg
 from training.data import answer_correct, read_jsonl
 from training.errors import UserError
 
@@ -210,6 +210,7 @@ class RewardArgs:
     save_every: int = field(default=100, metadata={"help": "Trainer-state save interval for --resume."})
     resume: bool = field(default=False, metadata={"help": "Continue an interrupted training from its last state."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing reward checkpoint."})
+    precision: str = precision_arg()
     report_to: str = report_to_arg()
     seed: int = seed_arg()
 
@@ -262,7 +263,7 @@ def train_reward(a: RewardArgs) -> int:
         shutil.rmtree(trainer_dir, ignore_errors=True)
         shutil.rmtree(logs_dir, ignore_errors=True)
     optim = OptimSettings(steps=eff["steps"], lr=eff["lr"], batch_size=eff["batch_size"], save_every=a.save_every,
-                          seed=a.seed, report_to=a.report_to, logs_dir=logs_dir)
+                          seed=a.seed, precision=a.precision, report_to=a.report_to, logs_dir=logs_dir)
     cfg = trainer_config(RewardConfig, trainer_dir, optim, logging_steps=max(1, eff["steps"] // 10),
                          n_params=n_parameters(model), max_length=optim.max_length, center_rewards_coefficient=0.01)
     cols = ["prompt", "chosen", "rejected"]

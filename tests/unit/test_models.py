@@ -4,22 +4,42 @@ import pytest
 import torch
 
 from training.errors import UserError
-from training.models import BF16_MIN_PARAMS, device_settings
+from training.models import BF16_MIN_PARAMS, DeviceSettings, cpu_bf16_native, device_settings
 
 
-def test_cpu_trains_in_fp32_without_a_flag():
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is visible")
+def _cpu(monkeypatch, native: bool):
+    """A CPU-only machine with or without bf16 instructions (simulated: the rule itself is what is tested)."""
+    import training.models as M
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(M, "cpu_bf16_native", lambda: native)
+
+
+def test_cpu_without_bf16_instructions_trains_in_fp32(monkeypatch):
+    _cpu(monkeypatch, native=False)
     for precision in ("auto", "fp32"):
         s = device_settings(precision, n_params=10 * BF16_MIN_PARAMS)
         assert (s.device, s.bf16, s.use_cpu) == ("cpu", False, True)
-
-
-def test_bf16_without_a_bf16_gpu_is_a_user_error():
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        pytest.skip("a bf16 GPU is visible")
-    with pytest.raises(UserError, match="bf16"):
+    with pytest.raises(UserError, match="bf16 instructions"):
         device_settings("bf16")
+
+
+def test_auto_precision_rule_on_a_bf16_cpu(monkeypatch):
+    """bf16 autocast from BF16_MIN_PARAMS up where the CPU has bf16 instructions: the tiny preset stays fp32."""
+    _cpu(monkeypatch, native=True)
+    assert device_settings("auto", n_params=BF16_MIN_PARAMS) == DeviceSettings("cpu", True, True)
+    assert device_settings("auto", n_params=None).bf16
+    assert not device_settings("auto", n_params=1_200_000).bf16
+    assert device_settings("bf16", n_params=1_200_000).bf16
+    assert not device_settings("fp32", n_params=10 * BF16_MIN_PARAMS).bf16
+
+
+def test_cpu_bf16_native_reads_the_cpu():
+    """Whatever this machine is, the probe answers from its flags (AVX-512 BF16 or AMX), without failing."""
+    flags = next((line.split() for line in open("/proc/cpuinfo") if line.startswith("flags")), None)
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo flags here")
+    assert cpu_bf16_native() == ("avx512_bf16" in flags or "amx_tile" in flags)
 
 
 def test_unknown_precision_is_a_user_error():
