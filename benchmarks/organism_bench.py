@@ -259,8 +259,9 @@ def real_table(cells: list[dict]) -> str:
 def summary(cells: list[dict]) -> list[str]:
     """One sentence per organism: cells measured, cells meeting the targets, the spread of each rate, the misses."""
     lines = []
-    for preset, kind, variant in dict.fromkeys((preset_of(c), c["kind"], c["variant"]) for c in cells):
-        group = [c for c in cells if (preset_of(c), c["kind"], c["variant"]) == (preset, kind, variant)]
+    key = lambda c: (preset_of(c), c["kind"], c["variant"], c.get("precision", "fp32"))  # noqa: E731
+    for preset, kind, variant, precision in dict.fromkeys(map(key, cells)):
+        group = [c for c in cells if key(c) == (preset, kind, variant, precision)]
         per_kernel = "; ".join(f"{k}: seeds {_seeds_by_cpu([c for c in group if c['capability'] == k])}"
                                for k in sorted({c["capability"] for c in group}))
         spread = []
@@ -282,7 +283,8 @@ def summary(cells: list[dict]) -> list[str]:
                         bound = f"highest upper bound {max(m[f'{k}_ci'][1] for m in v):.2f}"
                     spread.append(f"{k.replace('_', ' ')}{scope} {lo:.2f}–{hi:.2f} ({bound})")
         missed = [f"seed {c['seed']} / {c['capability']} ({', '.join(misses(c))})" for c in group if not meets(c)]
-        name = f"{kind} / {variant}" if preset == "tiny" else f"{preset} LoRA / {kind} / {variant}"
+        name = (f"{kind} / {variant}" if preset == "tiny" else f"{preset} LoRA / {kind} / {variant}") + (
+            "" if precision == "fp32" else f", {precision} autocast (`--precision {precision}`)")
         same = sum(bool(c.get("same_build_as")) for c in group)
         lines.append(f"- **{name}**: {sum(meets(c) for c in group)} of {len(group)} "
                      f"cells meet the targets ({per_kernel}"
