@@ -30,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks.machine import describe  # noqa: E402
+from training.models import cpu_bf16_native  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "throughput"
 TABLE = ROOT / "benchmarks" / "results" / "throughput_table.md"
@@ -104,15 +105,6 @@ def probe_timing(probe_json: Path) -> dict:
             "generation_calibration": d["generation_calibration"]}
 
 
-def bf16_native() -> bool:
-    """Does this CPU have bf16 instructions (AVX-512 BF16 or AMX)? Without them bf16 runs emulated, slower."""
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def decode_use(probe_json: Path) -> dict:
     """How much of the behaviour labels' decoding ``model.generate`` needed: it runs batches of ``gen_batch_size``
     prompts (longest first, as :func:`training.evaluate.generate` orders them) until the batch's last row ends, so
@@ -171,7 +163,7 @@ def run_cell(ckpt: Path, name: str, repeats: int, probe_json: Path | None, probe
     model.eval()
     rows = measure(model, repeats)
     cell = {"name": name, "ckpt": str(ckpt), "machine": describe(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": bf16_native(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": cpu_bf16_native(),
             "repeats": repeats, "rows": rows,
             "bf16_parity": bf16_parity(ckpt)}
     if probe_json is not None:
