@@ -36,8 +36,7 @@ BF16_MIN_PARAMS = 10_000_000
 
 def cpu_bf16_native() -> bool:
     """Does this CPU compute bf16 matmuls in hardware (AVX-512 BF16 or AMX)? Elsewhere bf16 is emulated, slower
-    than fp32. On an AMD EPYC with AVX-512 BF16, a (700 x 576) @ (576 x 1536) matmul took 3.3 ms in bf16 against
-    7.8 ms in fp32, and six SmolLM2 LoRA training steps (batch 8) 12.2 s against 18.8 s under bf16 autocast."""
+    than fp32 (what bf16 training costs where it is native: benchmarks/results/build_smollm2_bf16_table.md)."""
     import torch
 
     try:
