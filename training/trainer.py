@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
-from training import tracking
+from training import padding_free, tracking
 from training.errors import UserError
 from training.models import device_settings, n_parameters
 
@@ -44,7 +44,9 @@ class OptimSettings:
     logs_dir: Path | None = None  # tracking logs (training.layout.logs_dir); its name is the run_name
     optim: str | None = None  # transformers' optimizer name (sgd, adafactor ...); None: default_optimizer's, else
     # the trainers' own default (adamw_torch_fused)
-    pack: int = 0  # SFT only: rows concatenated into blocks of this many tokens (pack_rows); 0: one padded row each
+    pack: int = 0  # SFT only: rows concatenated into blocks of this many tokens (pack_rows); 0: one row each
+    padding_free: bool = True  # SFT only, without pack: each batch's rows concatenated, attention per row
+    # (training.padding_free), for the models it supports; False: rows padded to the batch's longest
     compile: bool = False  # torch.compile the model (the trainers' torch_compile): pays off on a GPU, long runs
 
 
@@ -234,8 +236,12 @@ def sft_train(model, tokenizer, rows: list[dict], out_dir: Path, o: OptimSetting
     """Train ``model`` on TRL prompt/completion rows; returns the trained model (a PeftModel with ``peft_config``).
 
     ``out_dir`` holds trainer checkpoints for ``--resume`` (saved every ``o.save_every`` steps). With ``o.pack`` the
-    rows are packed into blocks of that many tokens (:func:`pack_rows`).
+    rows are packed into blocks of that many tokens (:func:`pack_rows`); else, with ``o.padding_free`` and a model
+    that :func:`training.padding_free.supports`, each batch is its rows concatenated (the same loss and gradients as
+    the padded batch, without the padding's work); else rows padded to the batch's longest.
     """
+    import contextlib
+
     import datasets
     from datasets import Dataset
 
@@ -246,13 +252,15 @@ def sft_train(model, tokenizer, rows: list[dict], out_dir: Path, o: OptimSetting
         examples = pack_rows(examples, o.pack)
         if not examples:
             raise UserError(f"{len(rows)} rows make no whole packed block of {o.pack} tokens")
+    flat = not o.pack and o.padding_free and padding_free.supports(model)
     ds = Dataset.from_list(examples)
     cfg = sft_config(out_dir, o, logging_steps=logging_steps, n_params=n_parameters(model))
     with tracking.trainer_logs(o.report_to, o.logs_dir):
         trainer = _trainer_class()(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer,
                                    peft_config=peft_config, callbacks=callbacks,
-                                   data_collator=_collate_blocks if o.pack else None)
-    trainer.train(resume_from_checkpoint=last_checkpoint(out_dir) if resume else None)
+                                   data_collator=_collate_blocks if o.pack else padding_free.collate if flat else None)
+    with padding_free.enabled(model) if flat else contextlib.nullcontext():
+        trainer.train(resume_from_checkpoint=last_checkpoint(out_dir) if resume else None)
     return trainer.model
 
 
