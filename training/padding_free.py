@@ -1,8 +1,8 @@
 """Padding-free SFT batches: the rows of a batch concatenated into one row for every layer but attention, which still
 sees each row on its own.
 
-A padded batch computes every row to the length of the longest: the tiny organism's backdoor batches are ~27%
-padding and SmolLM2's ~18%, and every linear layer, forward and backward, spends that share on positions no loss
+A padded batch computes every row to the length of the longest: the tiny organism's backdoor batches are 28%
+padding and SmolLM2's 22% (``benchmarks/results/padding_free_table.md``), and every linear layer, forward and backward, spends that share on positions no loss
 reads. :func:`collate` concatenates a batch's rows instead (positions restart at each row; the row boundaries travel
 as ``cu_seq_lens_q`` / ``cu_seq_lens_k``, the keyword arguments transformers' models pass through to their attention
 function), so the linear layers see only real tokens. The attention function this module registers
@@ -12,8 +12,8 @@ needs no mask there: a real query attends only to the positions before it in its
 the padding positions compute is dropped.
 
 Same loss and gradients as the padded batch, to float rounding (``tests/unit/test_padding_free.py``). The win is
-the padding share of the linear layers' work: a forward + backward of the tiny organism's backdoor batches ran
-~1.2x faster, SmolLM2's LoRA ~1.15x (``benchmarks/results/padding_free.json``).
+the padding share of the linear layers' work: the tiny organism's backdoor insertion trained 1.24x faster, SmolLM2's
+LoRA insertion 1.27x (``benchmarks/padding_free_bench.py``, 2 cores).
 
 Footgun: only models whose attention goes through transformers' attention interface pass the row boundaries down,
 and only plain causal attention is computed here (no sliding window, no logit soft-capping, no attention sinks):
