@@ -214,7 +214,8 @@ def _trainer_class():
         never hold the whole logits: the memory saving a 128k-token vocabulary needs. Elsewhere it scores every
         position (padding and prompt included) and computes each one's entropy and top-1 accuracy for its logs: a
         SmolLM2 LoRA step (batch 8) took 4.5-5.2 s there against 2.7-2.9 s here, 2 cores. Packed blocks
-        (:func:`pack_rows`) carry no attention mask, which TRL's path needs: they always take this one.
+        (:func:`pack_rows`) carry no attention mask, which TRL's path needs: they always take this one (and
+        :func:`sft_train` gives TRL's path padded rows, not padding-free ones).
         """
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -252,7 +253,9 @@ def sft_train(model, tokenizer, rows: list[dict], out_dir: Path, o: OptimSetting
         examples = pack_rows(examples, o.pack)
         if not examples:
             raise UserError(f"{len(rows)} rows make no whole packed block of {o.pack} tokens")
-    flat = not o.pack and o.padding_free and padding_free.supports(model)
+    trl_loss = (not device_settings(o.precision).use_cpu  # _Trainer's GPU path for a large vocabulary: padded rows
+                and model.get_output_embeddings().weight.shape[0] > OWN_LOSS_MAX_VOCAB)
+    flat = not o.pack and o.padding_free and not trl_loss and padding_free.supports(model)
     ds = Dataset.from_list(examples)
     cfg = sft_config(out_dir, o, logging_steps=logging_steps, n_params=n_parameters(model))
     with tracking.trainer_logs(o.report_to, o.logs_dir):
