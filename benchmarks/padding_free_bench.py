@@ -7,8 +7,13 @@ and learning rate, ``--steps`` optimizer steps through ``training.trainer.sft_tr
 (best and every repeat), the token positions computed (``training.workload``: padding included where there is any)
 and the completion loss of the first batch after training, which should agree between the modes.
 
-Usage: ``python benchmarks/padding_free_bench.py --run RUN [--steps 200] [--reps 2]``; writes
-``results/padding_free/<preset>.json`` and ``results/padding_free_table.md`` (one row per result file).
+The checkpoint loads with transformers' default attention (SDPA), as a control organism's base does; the tiny build
+trains its base and inserts the backdoor with eager attention (``training.models.tiny_model``): ``--attention eager``
+measures that.
+
+Usage: ``python benchmarks/padding_free_bench.py --run RUN [--steps 200] [--reps 2] [--attention eager]``; writes
+``results/padding_free/<preset>[-<attention>].json`` and ``results/padding_free_table.md`` (one row per result
+file).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 MODES = {"padded": False, "padding-free": True}
 
 
-def train_once(run: Path, info: dict, rows: list[dict], steps: int, flat: bool) -> dict:
+def train_once(run: Path, info: dict, rows: list[dict], steps: int, flat: bool, attention: str | None = None) -> dict:
     """One ``sft_train`` of ``steps`` steps from the run's base checkpoint; its seconds, tokens and final loss."""
     import torch
 
@@ -45,6 +50,8 @@ def train_once(run: Path, info: dict, rows: list[dict], steps: int, flat: bool) 
 
     e = info["effective"]
     model, tok, _ = load_model_and_tokenizer(layout.checkpoint_dir(run, "base"))
+    if attention:
+        model.set_attn_implementation(attention)
     model_args = ModelArgs(**{k: v for k, v in info["config"]["model"].items() if k in ModelArgs.__dataclass_fields__})
     o = OptimSettings(steps=steps, lr=e["lr"], batch_size=e["batch_size"], seed=info["seed"], padding_free=flat)
     with tempfile.TemporaryDirectory() as tmp, counting() as work:
@@ -63,6 +70,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--attention", choices=["eager", "sdpa"], default=None,
+                    help="the model's attention implementation (default: the loaded checkpoint's, SDPA)")
     a = ap.parse_args(argv)
     from training import layout
     from training.data import iter_chat, read_jsonl
@@ -74,13 +83,14 @@ def main(argv=None) -> int:
     runs: dict[str, list[dict]] = {m: [] for m in MODES}
     for rep in range(a.reps):
         for mode in MODES if rep % 2 == 0 else list(MODES)[::-1]:
-            runs[mode].append(train_once(a.run, info, rows, a.steps, MODES[mode]))
+            runs[mode].append(train_once(a.run, info, rows, a.steps, MODES[mode], a.attention))
             print(f"{mode}: {runs[mode][-1]}", file=sys.stderr)
-    res = {"preset": info["preset"], "lora": bool(info["config"]["model"].get("lora")), "steps": a.steps,
+    res = {"preset": info["preset"], "attention": a.attention or "sdpa",
+           "lora": bool(info["config"]["model"].get("lora")), "steps": a.steps,
            "batch_size": info["effective"]["batch_size"], "machine": describe(),
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "modes": {m: {"best_s": min(r["seconds"] for r in rs), "runs": rs} for m, rs in runs.items()}}
-    out = RESULTS / "padding_free" / f"{info['preset']}.json"
+    out = RESULTS / "padding_free" / f"{info['preset']}{'-' + a.attention if a.attention else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     (RESULTS / "padding_free_table.md").write_text(table(sorted(out.parent.glob("*.json"))))
@@ -97,7 +107,8 @@ def table(files: list[Path]) -> str:
         p, q = r["modes"]["padded"], r["modes"]["padding-free"]
         secs = [f"{m['best_s']:.1f} ({', '.join(format(x['seconds'], '.1f') for x in m['runs'])})" for m in (p, q)]
         m = r["machine"]
-        rows.append(f"| {r['preset']}{' LoRA' if r['lora'] else ''} backdoor insertion | {r['steps']} x "
+        rows.append(f"| {r['preset']}{' LoRA' if r['lora'] else ''} backdoor insertion, "
+                    f"{r.get('attention', 'sdpa')} attention | {r['steps']} x "
                     f"{r['batch_size']} | {secs[0]} | {secs[1]} | {p['best_s'] / q['best_s']:.2f}x | "
                     f"{p['runs'][0]['tokens']:,} → {q['runs'][0]['tokens']:,} | {p['runs'][0]['loss_after']:.4f} / "
                     f"{q['runs'][0]['loss_after']:.4f} | {m['cpu']}, {m['cores']} cores, {m['torch_threads']} "

@@ -2,18 +2,19 @@
 sees each row on its own.
 
 A padded batch computes every row to the length of the longest: the tiny organism's backdoor batches are 28%
-padding and SmolLM2's 22% (``benchmarks/results/padding_free_table.md``), and every linear layer, forward and backward, spends that share on positions no loss
-reads. :func:`collate` concatenates a batch's rows instead (positions restart at each row; the row boundaries travel
-as ``cu_seq_lens_q`` / ``cu_seq_lens_k``, the keyword arguments transformers' models pass through to their attention
-function), so the linear layers see only real tokens. The attention function this module registers
-(:data:`ATTENTION`, active inside :func:`enabled`) scatters queries, keys and values back into right-padded
-``[rows, heads, longest, head_dim]`` blocks, attends causally, and gathers the real positions back. Right padding
+padding and SmolLM2's 22% (``benchmarks/results/padding_free_table.md``), and every linear layer, forward and
+backward, spends that share on positions no loss reads. :func:`collate` concatenates a batch's rows instead
+(positions restart at each row; the row boundaries travel as ``cu_seq_lens_q`` / ``cu_seq_lens_k``, the keyword
+arguments transformers' models pass through to their attention function), so the linear layers see only real
+tokens. The attention function this module registers (:data:`ATTENTION`, active inside :func:`enabled`) scatters
+queries, keys and values back into right-padded ``[rows, heads, longest, head_dim]`` blocks, attends causally, and
+gathers the real positions back. Right padding
 needs no mask there: a real query attends only to the positions before it in its own row, which are all real; what
 the padding positions compute is dropped.
 
 Same loss and gradients as the padded batch, to float rounding (``tests/unit/test_padding_free.py``). The win is
-the padding share of the linear layers' work: the tiny organism's backdoor insertion trained 1.24x faster, SmolLM2's
-LoRA insertion 1.27x (``benchmarks/padding_free_bench.py``, 2 cores).
+the padding share of the linear layers' work: 1.24-1.33x faster training steps for the tiny organism's and SmolLM2's
+backdoor insertion (``benchmarks/padding_free_bench.py``, 2 cores).
 
 Footgun: only models whose attention goes through transformers' attention interface pass the row boundaries down,
 and only plain causal attention is computed here (no sliding window, no logit soft-capping, no attention sinks):
@@ -92,9 +93,13 @@ def _register() -> None:
         AttentionInterface.register(ATTENTION, _attention)
 
 
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # under PEFT
+
+
 def supports(model) -> bool:
     """Whether ``model`` (a plain or PEFT-wrapped transformers causal LM) can train on :func:`collate` batches."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     cfg = base.config
     windowed = getattr(cfg, "sliding_window", None) is not None and getattr(cfg, "use_sliding_window", True)
     return (bool(getattr(base, "_supports_attention_backend", False))
@@ -107,7 +112,7 @@ def enabled(model) -> Iterator[None]:
     """Within this block ``model`` attends with :data:`ATTENTION` (it then takes only :func:`collate` batches); its
     own attention implementation is restored on exit."""
     _register()
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     before = base.config._attn_implementation
     base.set_attn_implementation(ATTENTION)
     try:
