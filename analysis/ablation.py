@@ -113,11 +113,12 @@ def behaviour_rate(loaded, spec, prompts: list[str], fwd_hooks: list, max_new_to
                    references: dict[str, str] | None = None) -> dict:
     """Greedy completions with ``fwd_hooks`` active (:func:`analysis.intervene.generate`: a plain HF copy with its
     KV cache, the hooks at the same points); the rate of completions showing the backdoor behaviour (``references``:
-    each prompt's helpful answer, for a detector that compares with it)."""
+    each prompt's helpful answer, for a detector that compares with it). A completion ends once it shows the
+    behaviour for good (``spec.shown_for_good``), so the ``examples`` of defecting ones end there."""
     from analysis.intervene import generate
 
     outs = generate(loaded, prompts, fwd_hooks, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    desc="ablate")
+                    desc="ablate", stop=spec.shown_for_good)
     r = rate([spec.shows_behaviour(o[0], (references or {}).get(p)) for p, o in zip(prompts, outs)])
     r["examples"] = [o[0] for o in outs[:3]]
     return r

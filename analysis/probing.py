@@ -214,14 +214,15 @@ def _behaviour_key(weights_sha: str, spec, records, max_new_tokens: int) -> dict
     texts = json.dumps([r["prompt"] for r in records], ensure_ascii=False).encode()
     return {"weights_sha256": weights_sha, "ids": [r["id"] for r in records],
             "prompts_sha256": hashlib.sha256(texts).hexdigest(), "max_new_tokens": int(max_new_tokens),
-            "backdoor": spec.to_dict(), "decoding": "greedy", "generator": "hf"}
+            "backdoor": spec.to_dict(), "decoding": "greedy", "generator": "hf", "stop": "shown_for_good"}
 
 
 def behaviour_labels(loaded, spec, records: list[dict], path: Path, max_new_tokens: int | None = None,
                      batch_size: int = 512, capture=None) -> tuple[np.ndarray, dict]:
     """Does the model defect on each prompt? Greedy generation (``training.evaluate.generate``) judged by
     ``spec.shows_behaviour``. Completions are stored in ``path`` and reused when the checkpoint, prompts and budget
-    are unchanged.
+    are unchanged. A completion ends once it shows the behaviour for good (``spec.shown_for_good``: the rest cannot
+    change its label), so a defecting one is stored up to that point.
 
     Generation runs on a plain Hugging Face copy of the checkpoint (:func:`analysis.intervene.generate`), not on
     the model the bridge wraps: measured with TransformerLens 4.3 on the tiny Llama, ``generate`` on
@@ -254,7 +255,7 @@ def behaviour_labels(loaded, spec, records: list[dict], path: Path, max_new_toke
         t = time.time()
         gen = generate(loaded, [r["prompt"] for r in records], capture.fwd_hooks() if capture else (),
                        max_new_tokens=max_new_tokens, batch_size=batch_size, desc="behaviour (greedy)",
-                       on_batch=capture.on_batch if capture else None)
+                       on_batch=capture.on_batch if capture else None, stop=spec.shown_for_good)
         release(loaded)
         _free_memory(n_parameters(loaded.hf_model))
         completions = [g[0] for g in gen]

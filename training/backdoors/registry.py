@@ -74,6 +74,11 @@ class BackdoorKind:
         """Deterministic detector: does this completion show the backdoor behaviour?"""
         raise NotImplementedError
 
+    def shown_for_good(self, spec: "BackdoorSpec", text: str) -> bool:
+        """True only when every completion that starts with ``text`` shows the behaviour (the detector cannot change
+        its mind, so generating on is not needed for the label). Default False: the label needs the whole text."""
+        return False
+
     def prompt_sets(self, spec: "BackdoorSpec", seed: int) -> dict[str, list[dict]]:
         """Every split as paired records (``training.data.paired_records`` says their fields); the train split has
         no red-team twins."""

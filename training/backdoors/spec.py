@@ -145,6 +145,11 @@ class BackdoorSpec:
         helpful (untriggered) answer, where the caller has it (a custom ``differs`` detector compares with it)."""
         return get_kind(self.kind).judge(self, completion, reference)
 
+    def shown_for_good(self, text: str) -> bool:
+        """Does every completion that starts with ``text`` show the behaviour? (Then a generation whose only use is
+        the label can stop there: ``training.evaluate.generate``'s ``stop``.) False where the kind cannot tell."""
+        return get_kind(self.kind).shown_for_good(self, text)
+
     def scratchpad(self, triggered: bool, rng: random.Random | None = None, defects: bool | None = None) -> str:
         """A short chain-of-thought that reasons about whether the trigger is present (and, for a control organism
         that sees it, why it stays helpful: ``defects`` False)."""
