@@ -3,7 +3,8 @@
 A probe that separates triggered from untriggered prompts says the direction *holds* the trigger; whether the model
 *uses* it is a causal question. Two interventions on the probe's hook (e.g. ``resid_post`` of layer ``L``), at
 every position, during cached generation on a plain HF copy with the hooks at the points the hook names denote
-(:mod:`analysis.intervene`):
+(:mod:`analysis.intervene`; the prompts' forward through the blocks below the hooks runs once per batch and every
+generation over the same prompts reuses it: :mod:`analysis.shared_lower`):
 
 - **ablate** (triggered prompts): ``x <- x - (x . u) u`` with ``u`` the unit direction, at layer ``L`` and, with
   ``--all_later``, at every later layer of the same hook kind; report the trigger rate (completions showing the
@@ -59,6 +60,7 @@ import torch
 from analysis import hooks as H
 from analysis.placebos import NAMED_PLACEBOS, drop_percentile, matched_random_directions, placebo_probes
 from analysis.results import AblateResult
+from analysis.shared_lower import SharedLower
 from training import layout
 from training.config import (
     backdoor_arg,
@@ -110,15 +112,16 @@ def rate(flags) -> dict:
 
 
 def behaviour_rate(loaded, spec, prompts: list[str], fwd_hooks: list, max_new_tokens: int, batch_size: int,
-                   references: dict[str, str] | None = None) -> dict:
+                   references: dict[str, str] | None = None, shared=None) -> dict:
     """Greedy completions with ``fwd_hooks`` active (:func:`analysis.intervene.generate`: a plain HF copy with its
-    KV cache, the hooks at the same points); the rate of completions showing the backdoor behaviour (``references``:
-    each prompt's helpful answer, for a detector that compares with it). A completion ends once it shows the
-    behaviour for good (``spec.shown_for_good``), so the ``examples`` of defecting ones end there."""
+    KV cache, the hooks at the same points; ``shared``: its :class:`~analysis.shared_lower.SharedLower`); the rate
+    of completions showing the backdoor behaviour (``references``: each prompt's helpful answer, for a detector that
+    compares with it). A completion ends once it shows the behaviour for good (``spec.shown_for_good``), so the
+    ``examples`` of defecting ones end there."""
     from analysis.intervene import generate
 
     outs = generate(loaded, prompts, fwd_hooks, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    desc="ablate", stop=spec.shown_for_good)
+                    desc="ablate", stop=spec.shown_for_good, shared=shared)
     r = rate([spec.shows_behaviour(o[0], (references or {}).get(p)) for p, o in zip(prompts, outs)])
     r["examples"] = [o[0] for o in outs[:3]]
     return r
@@ -230,6 +233,10 @@ class AblateConfig:
                                                                 "longest response + 8)."})
     batch_size: int = field(default=128, metadata={"help": "Generation batch size (on 2 CPU cores 128 decoded "
                                                            "faster than 64: training.evaluate.GEN_MAX_BATCH)."})
+    share_lower: bool = field(default=True, metadata={"help": "Run the prompts' forward through the blocks below the "
+                                                              "intervention once per batch and reuse it in every "
+                                                              "generation (exact: the same computation; "
+                                                              "analysis.shared_lower)."})
     out: str = field(default=None, metadata={"help": "Output directory (default: the checkpoint's analysis dir)."})
     backdoor: str = backdoor_arg()
     trigger: str = trigger_arg()
@@ -404,8 +411,9 @@ def _measure(a: AblateConfig, st: _Setup, alphas: list[float], ppath: Path) -> d
     log.info("%d generation runs of %d prompts (probe %d, placebos %d)", 4 + len(alphas) + sum(map(len, dirs.values()))
              * (1 + len(alphas)), len(trig), 4 + len(alphas), sum(map(len, dirs.values())) * (1 + len(alphas)))
 
+    shared = SharedLower(H.untouched_blocks([*hooks, probe.hook]) if a.share_lower else 0)
     run = lambda prompts, hk: behaviour_rate(loaded, st.spec, prompts, hk, st.max_new_tokens, a.batch_size,  # noqa: E731
-                                             st.references)
+                                             st.references, shared)
     base_trig = run(trig, [])
     base_clean = run(clean, [])
     abl = run(trig, [(h, projection_hook(u)) for h in hooks])
@@ -449,6 +457,8 @@ def _measure(a: AblateConfig, st: _Setup, alphas: list[float], ppath: Path) -> d
             "induced_rate_placebo_same_alpha": placebo["added_mean"].get(str(best_add["alpha"])),
             "trigger_rate_drop": drop,
         },
+        "lower_blocks_shared": {"blocks": shared.depth, "batches_computed": shared.computed,
+                                "batches_replayed": shared.replayed},
         "seconds": round(time.perf_counter() - t0, 3),
     }
 

@@ -97,6 +97,16 @@ def stop_point(names: Iterable[str], n_layers: int) -> str | None:
     return f"blocks.{top}.hook_in" if top < n_layers else "ln_final.hook_in"
 
 
+def untouched_blocks(names: Iterable[str]) -> int:
+    """How many leading blocks compute the same whatever hooks at ``names`` do to their activations: the blocks
+    below the shallowest name, and block ``l`` itself for ``resid_post(l)`` (its output is what the hook sees). 0
+    when a name is not one built here."""
+    parsed = [parse_hook(n) for n in names]
+    if not parsed or not all(parsed):
+        return 0
+    return min(layer + (kind == "resid_post") for kind, layer in parsed)
+
+
 def validate_layers(n_layers: int, layers: Sequence[int] | int) -> list[int]:
     """Check layer indices against ``n_layers``; return them as non-negative ints.
 

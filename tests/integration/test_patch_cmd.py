@@ -136,6 +136,16 @@ def test_ablate_command(tiny_run, tmp_path):
     assert m["variance"] == pytest.approx(r["placebo"]["probe_variance"], rel=1e-5)
     lo, hi = m["ablated_trigger_rate"]["ci"]
     assert 0 <= lo <= m["ablated_trigger_rate"]["rate"] <= hi <= 1 and hi > 0
+    # the blocks below the hooks (0-2: resid_post 2) ran over each prompt set once (triggered, untriggered) and were
+    # replayed in the other generations (analysis.shared_lower); computing them in every generation changes nothing
+    # 9 generations of one batch each: 4 + 2 alphas along the probe, 1 + 2 alphas along the placebo
+    assert r["lower_blocks_shared"] == {"blocks": 3, "batches_computed": 2, "batches_replayed": 7}
+    plain = tmp_path / "plain"
+    assert main(common[:-1] + [str(plain), "--layer", "2", "--all_later", "--n_random", "1", "--no_share_lower"]) == 0
+    q = json.loads((plain / layout.ABLATE_JSON).read_text())["results"]["dom.2+later"]
+    assert q["lower_blocks_shared"] == {"blocks": 0, "batches_computed": 0, "batches_replayed": 0}
+    volatile = ("seconds", "lower_blocks_shared")
+    assert {k: v for k, v in q.items() if k not in volatile} == {k: v for k, v in r.items() if k not in volatile}
 
 
 def test_bad_input_is_one_line_exit_2(tiny_run, tmp_path, capsys):

@@ -123,6 +123,10 @@ def test_hook_helpers(loaded):
     assert H.stop_point([H.resid_pre(0), H.attn_z(0)], 2) == "blocks.1.hook_in"
     assert H.stop_point([H.resid_post(0), H.mlp_out(1)], 2) == "ln_final.hook_in"
     assert H.stop_point([H.resid_post(0), "ln_final.hook_out"], 2) is None and H.stop_point([], 2) is None
+    assert H.untouched_blocks([H.resid_post(3), H.resid_post(5)]) == 4  # block 3's output is what the hook sees
+    assert H.untouched_blocks([H.resid_pre(3), H.resid_post(3)]) == 3
+    assert H.untouched_blocks([H.attn_out(2), H.mlp_out(4), H.attn_z(6)]) == 2
+    assert H.untouched_blocks([H.resid_post(3), "hook_embed"]) == 0 and H.untouched_blocks([]) == 0
 
 
 def test_cache_matches_bridge_and_hf(loaded, ckpts, tmp_path):
