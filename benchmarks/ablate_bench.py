@@ -5,9 +5,10 @@ alphas), recording every generation it does (prompts and hooks). Then, in the sa
 those generations both ways -- ours (plain HF copy, KV cache, hooks on its modules) and the baseline (``bridge.hooks``
 active, ``generate(use_cache=False)`` on the HF model the bridge wraps, what ``analysis.ablation`` did before) --
 and checks that the tokens are identical, prompt for prompt (each replayed to its end and one at a time: the uncached
-path cannot stop a row once its label is decided, nor share the blocks below the hooks across generations). Reported: the whole ablation's wall with ours, the
-seconds per generation of each path on the replayed sample, their ratio, and the baseline's projected whole-ablation
-wall (its seconds per generation times the number of generations; measured outright when ``--replay 0`` = all).
+path cannot stop a row once its label is decided, nor share the blocks below the hooks across generations).
+Reported: the whole ablation's wall with ours, the seconds per generation of each path on the replayed sample, their
+ratio, and the baseline's projected whole-ablation wall (its seconds per generation times the number of generations;
+measured outright when ``--replay 0`` = all).
 
 Usage: ``python benchmarks/ablate_bench.py --ckpt RUN/checkpoints/backdoored --name tiny [--replay 0]``
 Writes ``benchmarks/results/ablate/<name>.json``; ``--table`` rewrites ``benchmarks/results/ablate_table.md`` from
