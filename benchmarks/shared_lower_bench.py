@@ -71,7 +71,8 @@ def measure(ckpt: Path, name: str, ours_first: bool) -> dict:
     a = dict(_leaves({k: v for k, v in base.items() if k not in VOLATILE}))
     b = dict(_leaves({k: v for k, v in ours.items() if k not in VOLATILE}))
     differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    n_gen = 4 + 3 + sum(kind["n"] for kind in ours["placebo"]["kinds"].values()) * 4
+    n_alphas = len(ours["added"])  # each direction: ablated once, added at each alpha; the probe also unablated
+    n_gen = 4 + n_alphas + sum(kind["n"] for kind in ours["placebo"]["kinds"].values()) * (1 + n_alphas)
     return {"name": name, "ckpt": str(ckpt), "kernel": os.environ.get("ATEN_CPU_CAPABILITY", "native"),
             "machine": describe(), "probe": {k: ours["probe"][k] for k in ("name", "layer", "hook")},
             "n_prompts": ours["n_prompts"], "max_new_tokens": ours["max_new_tokens"], "generations": n_gen,

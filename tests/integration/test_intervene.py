@@ -58,7 +58,7 @@ def _check_shared_lower(loaded, prompts, layer: int, scale: float, max_new_token
             [(H.resid_post(layer), addition_hook(u * scale))]]
     shared = SharedLower(H.untouched_blocks([H.resid_post(layer)]))
     assert shared.depth == layer + 1
-    block0 = generator(loaded).get_submodule(f"{loaded.bridge.adapter.component_mapping['blocks'].name}.0.mlp")
+    block0 = generator(loaded).get_submodule(sites(loaded.bridge, [H.mlp_out(0)])[0].module)
     widths: list[int] = []
     handle = block0.register_forward_hook(lambda m, i, o: widths.append(o.shape[1]))
     n_batches = -(-len(prompts) // 3)
