@@ -1,0 +1,128 @@
+"""How far each stage of a measured study is from this CPU's matmul rate: a floor on its wall from its counted work.
+
+Usage: ``python benchmarks/cpu_floor.py --study runs/s/study.json``  (a study run on this machine)
+Writes ``benchmarks/results/cpu_floor.json`` and ``cpu_floor_table.md`` (spliced into docs/results.md).
+
+It measures P, the best fp32 matmul rate of this CPU on the model's own layer shapes (every ``nn.Linear`` of the
+decoder blocks, at 2,048 to 8,192 tokens, all threads, best of repeats), then bounds each stage's compute from the
+work ``apps.study`` counted (:mod:`training.workload`):
+
+    FLOPs >= N x (4 x tokens trained + 2 x tokens read + 2 x decoded rows)
+
+with N the decoder blocks' matmul weights (no embedding, no LM head, no attention scores: each only adds), and 4N
+per trained token (a LoRA step: forward, and the backward through the frozen weights; a full fine-tune does 6N).
+``FLOPs / P`` is then the least time the stage could take on this CPU at this precision, whatever the code did;
+``measured / floor`` says how much any rewrite could still win there. The compare stage and the ablations count a
+patched forward resumed at a layer, and a prompt forward whose lower blocks were replayed, as whole forwards
+(``training.workload``), so their bound is not one: they are shown but kept out of the floor's sum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+from pipeline_bench import RESULTS  # noqa: E402
+
+OVERCOUNTED = ("probes + patching (compare)", "ablate (")  # stage names whose counts are not lower bounds
+TOKENS = (2048, 4096, 8192)
+
+
+def block_linears(base: Path) -> tuple[int, list[tuple[int, int]]]:
+    """The decoder blocks' matmul weights (every ``nn.Linear`` but the LM head) and their distinct shapes, from the
+    checkpoint's config alone (built on the meta device: nothing is loaded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(base)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    head = model.get_output_embeddings()
+    lins = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    return sum(m.weight.numel() for m in lins), sorted({(m.in_features, m.out_features) for m in lins})
+
+
+def matmul_rate(shapes: list[tuple[int, int]], repeats: int = 10) -> dict:
+    """Best fp32 GFLOP/s of ``x @ W`` over the shapes and token counts (all threads), per shape and overall."""
+    import torch
+
+    per = {}
+    for k, n in shapes:
+        best = 0.0
+        w = torch.randn(k, n)
+        for m in TOKENS:
+            x = torch.randn(m, k)
+            x @ w  # warm-up
+            for _ in range(repeats):
+                t = time.perf_counter()
+                x @ w
+                best = max(best, 2 * m * k * n / (time.perf_counter() - t) / 1e9)
+        per[f"{k}x{n}"] = round(best, 1)
+    return {"per_shape_gflops": per, "best_gflops": max(per.values()), "threads": torch.get_num_threads()}
+
+
+def floor(work: dict, n: int, gflops: float) -> tuple[float, float]:
+    """(FLOPs lower bound, seconds at ``gflops``) of one stage's counted work."""
+    flops = n * (4 * work["train_tokens"] + 2 * work["forward_tokens"] + 2 * work["step_rows"])
+    return flops, flops / (gflops * 1e9)
+
+
+def table(r: dict) -> str:
+    rows = ["| stage | measured (s) | compute lower bound (TFLOP) | floor at P (s) | measured / floor |",
+            "|---|---|---|---|---|"]
+    for name, s in r["stages"].items():
+        mark = " (counts over-count: not a bound)" if s["overcounted"] else ""
+        ratio = f"{s['measured_s'] / s['floor_s']:.1f}x" if s["floor_s"] else ""
+        rows.append(f"| {name}{mark} | {s['measured_s']:.0f} | {s['tflop']:.1f} | {s['floor_s']:.0f} | {ratio} |")
+    t = r["bounded"]
+    rows.append(f"| **stages whose counts are bounds** | {t['measured_s']:.0f} | {t['tflop']:.1f} | "
+                f"{t['floor_s']:.0f} | {t['measured_s'] / t['floor_s']:.1f}x |")
+    m = r["machine"]
+    rows.append(f"\n`benchmarks/cpu_floor.py` on `{r['study']}`: P = {r['matmul']['best_gflops']:.0f} GFLOP/s, the "
+                f"best fp32 matmul rate measured in the same run on the model's block shapes "
+                f"({', '.join(f'{k} {v:.0f}' for k, v in r['matmul']['per_shape_gflops'].items())}; "
+                f"{r['matmul']['threads']} threads, {m['cpu']}, {m['cores']} cores); N = {r['n_matmul']:,} "
+                "matmul weights in the decoder blocks. Lower bound per stage: N x (4 x tokens trained + 2 x tokens "
+                "read + 2 x decoded rows) FLOPs (no attention, embedding or LM head; 4N per trained token, a LoRA "
+                "step). The compare stage and the ablations count patched and replayed forwards whole, so theirs "
+                "are not bounds and stay out of the sum.")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--study", required=True, help="study.json of a finished apps.study run on this machine")
+    ap.add_argument("--base", help="checkpoint whose config sizes N (default: the study run's checkpoints/base)")
+    a = ap.parse_args()
+    study = json.loads(Path(a.study).read_text())
+    if "work" not in study:
+        print(f"error: {a.study} has no 'work' (a study run before training.workload counted it)", file=sys.stderr)
+        return 2
+    n, shapes = block_linears(Path(a.base) if a.base else Path(a.study).parent / "checkpoints" / "base")
+    mm = matmul_rate(shapes)
+    seconds = {**study["seconds"].get("earlier_stages", {}), **study["seconds"]["stages"]}
+    stages, bounded = {}, {"measured_s": 0.0, "tflop": 0.0, "floor_s": 0.0}
+    for name, work in study["work"].items():
+        flops, fl = floor(work, n, mm["best_gflops"])
+        over = any(name.startswith(p) for p in OVERCOUNTED)
+        stages[name] = {"measured_s": seconds.get(name, 0.0), "work": work, "tflop": flops / 1e12, "floor_s": fl,
+                        "overcounted": over}
+        if not over:
+            for k, v in (("measured_s", seconds.get(name, 0.0)), ("tflop", flops / 1e12), ("floor_s", fl)):
+                bounded[k] += v
+    r = {"machine": describe(), "study": a.study, "study_args": study.get("args", {}), "n_matmul": n,
+         "matmul": mm, "stages": stages, "bounded": bounded}
+    (RESULTS / "cpu_floor.json").write_text(json.dumps(r, indent=1))
+    md = table(r)
+    (RESULTS / "cpu_floor_table.md").write_text(md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""``benchmarks/cpu_floor.py``: the block weights it sizes N by, and the bound its table states."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cf():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("cpu_floor", ROOT / "benchmarks" / "cpu_floor.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_block_weights_leave_out_embedding_and_head(cf, tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, tie_word_embeddings=False).save_pretrained(tmp_path)
+    n, shapes = cf.block_linears(tmp_path)
+    per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 64 * 256 * 3  # q, o; k, v (2 of 4 heads); gate, up, down
+    assert n == 3 * per_layer
+    assert shapes == [(64, 32), (64, 64), (64, 256), (256, 64)]
+
+
+def test_floor_is_the_stated_formula(cf):
+    work = {"train_tokens": 1000, "forward_tokens": 3000, "step_rows": 500, "steps": 10}
+    flops, seconds = cf.floor(work, 10**6, 100.0)
+    assert flops == 10**6 * (4 * 1000 + 2 * 3000 + 2 * 500)
+    assert seconds == pytest.approx(flops / 1e11)
