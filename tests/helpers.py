@@ -1,5 +1,6 @@
 """Factories the tests share: a tiny Llama with random weights (any size) and a checkpoint of it, a small BPE
-tokenizer with a chat template, prompt dicts for an activation store, and a forward counter.
+tokenizer with a chat template, prompt dicts for an activation store, a forward counter, and a benchmark script
+loaded as a module.
 
 The trained organisms come from the session fixtures in ``conftest.py``; these are for tests that need a model of
 a given shape, not a trained one.
@@ -8,6 +9,20 @@ a given shape, not a trained one.
 from __future__ import annotations
 
 from pathlib import Path
+
+
+def benchmark_module(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the scripts are not a package; their folder goes on the path,
+    where they import each other)."""
+    import importlib.util
+    import sys
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def tiny_llama(tok, *, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int | None = None,

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def cf():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("cpu_floor", ROOT / "benchmarks" / "cpu_floor.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_module("cpu_floor")
 
 
 def test_block_weights_leave_out_embedding_and_head(cf, tmp_path):
