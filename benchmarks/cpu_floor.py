@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 from pipeline_bench import RESULTS  # noqa: E402
+from projection import stage_seconds  # noqa: E402
 
 OVERCOUNTED = ("probes + patching (compare)", "ablate (")  # stage names whose counts are not lower bounds
 TOKENS = (2048, 4096, 8192)
@@ -67,9 +68,10 @@ def matmul_rate(shapes: list[tuple[int, int]], repeats: int = 10) -> dict:
 
 
 def floor(work: dict, n: int, gflops: float) -> tuple[float, float]:
-    """(FLOPs lower bound, seconds at ``gflops``) of one stage's counted work."""
-    flops = n * (4 * work["train_tokens"] + 2 * work["forward_tokens"] + 2 * work["step_rows"])
-    return flops, flops / (gflops * 1e9)
+    """(FLOPs lower bound, seconds at ``gflops``) of one stage's counted work: the projection's formula at u = 1 with
+    no bandwidth bound (each decode step then costs 2N x its rows)."""
+    seconds = stage_seconds(work, 1.0, n_params=n, peak=gflops * 1e9, bandwidth=float("inf"))["total"]
+    return seconds * gflops * 1e9, seconds
 
 
 def table(r: dict) -> str:
