@@ -1,6 +1,7 @@
 """How far each stage of a measured study is from this CPU's matmul rate: a floor on its wall from its counted work.
 
-Usage: ``python benchmarks/cpu_floor.py --study runs/s/study.json``  (a study run on this machine)
+Usage: ``python benchmarks/cpu_floor.py --study runs/s/study.json``  (a study run on this machine; or
+``--study benchmarks/results/projection.json --base <its base checkpoint>``: the study that projection recorded)
 Writes ``benchmarks/results/cpu_floor.json`` and ``cpu_floor_table.md`` (spliced into docs/results.md).
 
 It measures P, the best fp32 matmul rate of this CPU on the model's own layer shapes (every ``nn.Linear`` of the
@@ -28,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 from pipeline_bench import RESULTS  # noqa: E402
-from projection import stage_seconds  # noqa: E402
+from projection import read_study, stage_seconds  # noqa: E402
 
 OVERCOUNTED = ("probes + patching (compare)", "ablate (")  # stage names whose counts are not lower bounds
 TOKENS = (2048, 4096, 8192)
@@ -98,14 +99,15 @@ def table(r: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--study", required=True, help="study.json of a finished apps.study run on this machine")
+    ap.add_argument("--study", required=True, help="study.json of a finished apps.study run on this "
+                    "machine, or a projection.json that recorded one")
     ap.add_argument("--base", help="checkpoint whose config sizes N (default: the study run's checkpoints/base)")
     a = ap.parse_args()
-    study = json.loads(Path(a.study).read_text())
-    if "work" not in study:
+    study = read_study(Path(a.study))
+    if study is None:
         print(f"error: {a.study} has no 'work' (a study run before training.workload counted it)", file=sys.stderr)
         return 2
-    n, shapes = block_linears(Path(a.base) if a.base else Path(a.study).parent / "checkpoints" / "base")
+    n, shapes = block_linears(Path(a.base) if a.base else Path(study["path"]).parent / "checkpoints" / "base")
     mm = matmul_rate(shapes)
     seconds = {**study["seconds"].get("earlier_stages", {}), **study["seconds"]["stages"]}
     stages, bounded = {}, {"measured_s": 0.0, "tflop": 0.0, "floor_s": 0.0}
@@ -117,7 +119,7 @@ def main() -> int:
         if not over:
             for k, v in (("measured_s", seconds.get(name, 0.0)), ("tflop", flops / 1e12), ("floor_s", fl)):
                 bounded[k] += v
-    r = {"machine": describe(), "study": a.study, "study_args": study.get("args", {}), "n_matmul": n,
+    r = {"machine": describe(), "study": study["path"], "study_args": study.get("args", {}), "n_matmul": n,
          "matmul": mm, "stages": stages, "bounded": bounded}
     (RESULTS / "cpu_floor.json").write_text(json.dumps(r, indent=1))
     md = table(r)

@@ -124,20 +124,26 @@ def summary(p: dict) -> str:
             "105M model).")
 
 
+def read_study(path: Path) -> dict | None:
+    """A study's args, seconds and counted work with its ``path``: from its ``study.json``, or from a projection
+    (``projection.json``) that recorded them (the run itself may be gone); None when it has no counted work."""
+    study = json.loads(path.read_text())
+    if "stages" in study and "study" in study:
+        return {"path": study["study"], "args": study.get("study_args", {}),
+                "work": {k: s["work"] for k, s in study["stages"].items()},
+                "seconds": {"stages": {k: s["measured_s"] for k, s in study["stages"].items()}}}
+    return {**study, "path": str(path)} if "work" in study else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--study", required=True, help="study.json of a finished apps.study run")
+    ap.add_argument("--study", required=True, help="study.json of a finished apps.study run, or a "
+                    "projection.json that recorded one")
     ap.add_argument("--gpu", default=str(RESULTS / "gpu.json"))
     ap.add_argument("--mfu", nargs="+", default=[str(RESULTS / "gpu_mfu.json"), str(RESULTS / "gpu_mfu2.json")])
     a = ap.parse_args()
-    study = json.loads(Path(a.study).read_text())
-    if "stages" in study and "study" in study:  # an earlier projection: the work and seconds it recorded
-        study = {"path": study["study"], "args": study.get("study_args", {}),
-                 "work": {k: s["work"] for k, s in study["stages"].items()},
-                 "seconds": {"stages": {k: s["measured_s"] for k, s in study["stages"].items()}}}
-    elif "work" in study:
-        study["path"] = a.study
-    else:
+    study = read_study(Path(a.study))
+    if study is None:
         print(f"error: {a.study} has no 'work' (a study run before training.workload counted it)", file=sys.stderr)
         return 2
     p = project(study, json.loads(Path(a.gpu).read_text()), [json.loads(Path(f).read_text()) for f in a.mfu])

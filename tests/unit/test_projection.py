@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.helpers import benchmark_module
@@ -43,3 +45,17 @@ def test_study_totals_and_measured_u(proj):
     assert "100 tokens trained, 50 read" in line and "2 decode steps" in line
     assert proj._h(p["totals"]["short_1"]) in line and proj._h(p["totals"]["packed_8"]) in line
     assert "s/study.json" in proj.table(p)
+
+
+def test_read_study_takes_a_study_or_the_projection_that_recorded_it(proj, tmp_path):
+    work = {"train_tokens": 5, "forward_tokens": 7, "step_rows": 2, "steps": 1}
+    study = {"args": {"preset": "tiny"}, "work": {"backdoor": work}, "seconds": {"stages": {"backdoor": 3.5}}}
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    got = proj.read_study(tmp_path / "study.json")
+    assert got == {**study, "path": str(tmp_path / "study.json")}
+    recorded = {"study": "/gone/study.json", "study_args": {"preset": "tiny"},
+                "stages": {"backdoor": {"measured_s": 3.5, "work": work, "projected_s": {}}}}
+    (tmp_path / "projection.json").write_text(json.dumps(recorded))
+    assert proj.read_study(tmp_path / "projection.json") == {**study, "path": "/gone/study.json"}
+    (tmp_path / "old.json").write_text(json.dumps({"seconds": {"stages": {}}}))
+    assert proj.read_study(tmp_path / "old.json") is None
