@@ -2,16 +2,19 @@
 
 Usage: ``python benchmarks/cpu_floor.py --study runs/s/study.json``  (a study run on this machine; or
 ``--study benchmarks/results/projection.json --base <its base checkpoint>``: the study that projection recorded)
-Writes ``benchmarks/results/cpu_floor.json`` and ``cpu_floor_table.md`` (spliced into docs/results.md).
+Writes ``benchmarks/results/cpu_floor.json`` and ``cpu_floor_table.md`` (``--name`` renames both; spliced into
+docs/results.md).
 
 It measures P, the best fp32 matmul rate of this CPU on the model's own layer shapes (every ``nn.Linear`` of the
 decoder blocks, at 2,048 to 8,192 tokens, all threads, best of repeats), then bounds each stage's compute from the
 work ``apps.study`` counted (:mod:`training.workload`):
 
-    FLOPs >= N x (4 x tokens trained + 2 x tokens read + 2 x decoded rows)
+    FLOPs >= N x (t x tokens trained + 2 x tokens read + 2 x decoded rows)
 
-with N the decoder blocks' matmul weights (no embedding, no LM head, no attention scores: each only adds), and 4N
-per trained token (a LoRA step: forward, and the backward through the frozen weights; a full fine-tune does 6N).
+with N the decoder blocks' matmul weights (no embedding, no LM head, no attention scores: each only adds), and t = 4
+per trained token for a LoRA study (forward, and the backward through the frozen weights; its full fine-tune of the
+preference model does 6, so 4 stays a bound there) and t = 6 for the tiny preset, whose every stage is a full
+fine-tune.
 ``FLOPs / P`` is then the least time the stage could take on this CPU at this precision, whatever the code did;
 ``measured / floor`` says how much any rewrite could still win there. The compare stage and the ablations count a
 patched forward resumed at a layer, and a prompt forward whose lower blocks were replayed, as whole forwards
@@ -33,6 +36,8 @@ from projection import read_study, stage_seconds  # noqa: E402
 
 OVERCOUNTED = ("probes + patching (compare)", "ablate (")  # stage names whose counts are not lower bounds
 TOKENS = (2048, 4096, 8192)
+TRAIN_WHY = {4: "4N per trained token, a LoRA step", 6: "6N per trained token: every stage of the tiny preset is a "
+             "full fine-tune"}
 
 
 def block_linears(base: Path) -> tuple[int, list[tuple[int, int]]]:
@@ -68,32 +73,35 @@ def matmul_rate(shapes: list[tuple[int, int]], repeats: int = 10) -> dict:
     return {"per_shape_gflops": per, "best_gflops": max(per.values()), "threads": torch.get_num_threads()}
 
 
-def floor(work: dict, n: int, gflops: float) -> tuple[float, float]:
+def floor(work: dict, n: int, gflops: float, train_flops: int = 4) -> tuple[float, float]:
     """(FLOPs lower bound, seconds at ``gflops``) of one stage's counted work: the projection's formula at u = 1 with
     no bandwidth bound (each decode step then costs 2N x its rows)."""
-    seconds = stage_seconds(work, 1.0, n_params=n, peak=gflops * 1e9, bandwidth=float("inf"))["total"]
+    seconds = stage_seconds(work, 1.0, n_params=n, peak=gflops * 1e9, bandwidth=float("inf"),
+                            train_flops=train_flops)["total"]
     return seconds * gflops * 1e9, seconds
 
 
 def table(r: dict) -> str:
-    rows = ["| stage | measured (s) | compute lower bound (TFLOP) | floor at P (s) | measured / floor |",
-            "|---|---|---|---|---|"]
-    for name, s in r["stages"].items():
+    rows = ["| stage | measured (s) | compute lower bound (TFLOP) | bound / measured (GFLOP/s) | floor at P (s) | "
+            "measured / floor |", "|---|---|---|---|---|---|"]
+    for name, s in [*r["stages"].items(), ("**stages whose counts are bounds**", {**r["bounded"], "overcounted": 0})]:
         mark = " (counts over-count: not a bound)" if s["overcounted"] else ""
         ratio = f"{s['measured_s'] / s['floor_s']:.1f}x" if s["floor_s"] else ""
-        rows.append(f"| {name}{mark} | {s['measured_s']:.0f} | {s['tflop']:.1f} | {s['floor_s']:.0f} | {ratio} |")
+        rate = f"{s['tflop'] * 1e3 / s['measured_s']:.0f}" if s["measured_s"] else ""
+        rows.append(f"| {name}{mark} | {s['measured_s']:.0f} | {s['tflop']:.1f} | {rate} | {s['floor_s']:.0f} | "
+                    f"{ratio} |")
     t = r["bounded"]
-    rows.append(f"| **stages whose counts are bounds** | {t['measured_s']:.0f} | {t['tflop']:.1f} | "
-                f"{t['floor_s']:.0f} | {t['measured_s'] / t['floor_s']:.1f}x |")
     m = r["machine"]
     rows.append(f"\n`benchmarks/cpu_floor.py` on `{r['study']}`: P = {r['matmul']['best_gflops']:.0f} GFLOP/s, the "
-                f"best fp32 matmul rate measured in the same run on the model's block shapes "
+                f"best fp32 matmul rate this script measured ({r['measured']}) on the model's block shapes "
                 f"({', '.join(f'{k} {v:.0f}' for k, v in r['matmul']['per_shape_gflops'].items())}; "
                 f"{r['matmul']['threads']} threads, {m['cpu']}, {m['cores']} cores); N = {r['n_matmul']:,} "
-                "matmul weights in the decoder blocks. Lower bound per stage: N x (4 x tokens trained + 2 x tokens "
-                "read + 2 x decoded rows) FLOPs (no attention, embedding or LM head; 4N per trained token, a LoRA "
-                "step). The compare stage and the ablations count patched and replayed forwards whole, so theirs "
-                "are not bounds and stay out of the sum.")
+                f"matmul weights in the decoder blocks. Lower bound per stage: N x ({r['train_flops']} x tokens "
+                "trained + 2 x tokens read + 2 x decoded rows) FLOPs (no attention, embedding or LM head; "
+                f"{TRAIN_WHY[r['train_flops']]}). The compare stage and the ablations count patched and replayed "
+                "forwards whole, so theirs are not bounds and stay out of the sum. To fit in its target of "
+                f"{r['target_s']:,.0f} s, the stages whose counts are bounds alone need "
+                f"{t['tflop'] * 1e3 / r['target_s']:.0f} GFLOP/s sustained.")
     return "\n".join(rows)
 
 
@@ -102,6 +110,9 @@ def main() -> int:
     ap.add_argument("--study", required=True, help="study.json of a finished apps.study run on this "
                     "machine, or a projection.json that recorded one")
     ap.add_argument("--base", help="checkpoint whose config sizes N (default: the study run's checkpoints/base)")
+    ap.add_argument("--name", default="cpu_floor", help="result files' stem: <name>.json and <name>_table.md")
+    ap.add_argument("--target_s", type=float, default=3600.0, help="the study's wall-clock target (the SmolLM2 "
+                    "study's hour; make demo's 300 s)")
     a = ap.parse_args()
     study = read_study(Path(a.study))
     if study is None:
@@ -109,21 +120,24 @@ def main() -> int:
         return 2
     n, shapes = block_linears(Path(a.base) if a.base else Path(study["path"]).parent / "checkpoints" / "base")
     mm = matmul_rate(shapes)
+    train_flops = 6 if study.get("args", {}).get("preset") == "tiny" else 4
     seconds = {**study["seconds"].get("earlier_stages", {}), **study["seconds"]["stages"]}
     stages, bounded = {}, {"measured_s": 0.0, "tflop": 0.0, "floor_s": 0.0}
     for name, work in study["work"].items():
-        flops, fl = floor(work, n, mm["best_gflops"])
+        flops, fl = floor(work, n, mm["best_gflops"], train_flops)
         over = any(name.startswith(p) for p in OVERCOUNTED)
         stages[name] = {"measured_s": seconds.get(name, 0.0), "work": work, "tflop": flops / 1e12, "floor_s": fl,
                         "overcounted": over}
         if not over:
             for k, v in (("measured_s", seconds.get(name, 0.0)), ("tflop", flops / 1e12), ("floor_s", fl)):
                 bounded[k] += v
-    r = {"machine": describe(), "study": study["path"], "study_args": study.get("args", {}), "n_matmul": n,
+    r = {"machine": describe(), "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+         "study": study["path"], "study_args": study.get("args", {}), "n_matmul": n,
+         "train_flops": train_flops, "target_s": a.target_s,
          "matmul": mm, "stages": stages, "bounded": bounded}
-    (RESULTS / "cpu_floor.json").write_text(json.dumps(r, indent=1))
+    (RESULTS / f"{a.name}.json").write_text(json.dumps(r, indent=1))
     md = table(r)
-    (RESULTS / "cpu_floor_table.md").write_text(md + "\n")
+    (RESULTS / f"{a.name}_table.md").write_text(md + "\n")
     print(md)
     return 0
 

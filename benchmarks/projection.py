@@ -52,10 +52,12 @@ def packed_u(mfus: list[dict]) -> float:
 
 
 def stage_seconds(work: dict, u: float, n_params: float = TARGET_PARAMS, cards: int = 1,
-                  peak: float = H100_PEAK, bandwidth: float = H100_BANDWIDTH) -> dict:
-    """The formula of the module docstring for one stage's ``work``: seconds per term and in all."""
+                  peak: float = H100_PEAK, bandwidth: float = H100_BANDWIDTH, train_flops: int = 4) -> dict:
+    """The formula of the module docstring for one stage's ``work``: seconds per term and in all. ``train_flops``:
+    FLOPs per weight per trained token, 4 for a LoRA step (forward, and the backward through the frozen weights), 6
+    for a full fine-tune (the weights' gradients too)."""
     flops = peak * u
-    train = 4 * n_params * work["train_tokens"] / flops / cards
+    train = train_flops * n_params * work["train_tokens"] / flops / cards
     forward = 2 * n_params * work["forward_tokens"] / flops
     rows = work["step_rows"] / work["steps"] if work["steps"] else 0.0
     decode = work["steps"] * max(2 * n_params / bandwidth, 2 * n_params * rows / flops)

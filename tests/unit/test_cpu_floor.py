@@ -28,3 +28,5 @@ def test_floor_is_the_stated_formula(cf):
     flops, seconds = cf.floor(work, 10**6, 100.0)
     assert flops == 10**6 * (4 * 1000 + 2 * 3000 + 2 * 500)
     assert seconds == pytest.approx(flops / 1e11)
+    full, _ = cf.floor(work, 10**6, 100.0, train_flops=6)  # a full fine-tune also computes the weights' gradients
+    assert full == 10**6 * (6 * 1000 + 2 * 3000 + 2 * 500)
