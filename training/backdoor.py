@@ -353,7 +353,7 @@ class _Organism:
                             training=training or {}, seed=self.t.seed, adapter_model=adapter)
             records = select_eval_records(sets["test"], self.eff["eval_n"], self.t.seed)
             metrics = evaluate_model(model, tok, spec, records, samples=self.eff["eval_samples"],
-                                     seed=self.t.seed, max_new_tokens=self.max_new_tokens(tok, records))
+                                     seed=self.t.seed, max_new_tokens=self.max_new_tokens(tok, records), ckpt=ckpt)
             metrics["split"] = "test"
             update_metrics(ckpt, metrics)
             append_metrics(self.out, ckpt, {"stage": stage, "step": 0}, metrics)

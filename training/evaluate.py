@@ -272,15 +272,24 @@ def max_new_tokens_for(tokenizer, records: list[dict], margin: int = 8) -> int:
 
 def evaluate_model(model, tokenizer, spec: BackdoorSpec, records: list[dict], samples: int = 0,
                    batch_size: int | None = None, seed: int = 0, max_new_tokens: int | None = None,
-                   families=None) -> dict:
+                   families=None, ckpt: Path | None = None) -> dict:
     """Greedy metrics (and ``sampled`` metrics when ``samples > 0``) on ``records``; ``families``: an adversarial
     arm's family split (:func:`behaviour_metrics`); ``batch_size`` None: sized from free memory
-    (:func:`auto_batch_size`)."""
+    (:func:`auto_batch_size`). ``ckpt``: the saved checkpoint whose weights ``model`` holds; its greedy completions
+    are read back when an earlier evaluation stored them, and stored otherwise (:mod:`training.stored_completions`).
+    """
+    from training import stored_completions
+
     mnt = max_new_tokens or max_new_tokens_for(tokenizer, records)
     prompts = [r["prompt"] for r in records]
     was_training = model.training
     model.eval()
-    greedy = generate(model, tokenizer, prompts, mnt, batch_size, desc="evaluate (greedy)")
+    key = stored_completions.key(ckpt, model.dtype, mnt, prompts) if ckpt is not None else None
+    greedy = stored_completions.load(ckpt, key, len(prompts)) if key else None
+    if greedy is None:
+        greedy = generate(model, tokenizer, prompts, mnt, batch_size, desc="evaluate (greedy)")
+        if key:
+            stored_completions.store(ckpt, key, greedy)
     metrics = behaviour_metrics(spec, records, greedy, families)
     if samples > 0:
         sampled = generate(model, tokenizer, prompts, mnt, batch_size, samples=samples, seed=seed,

@@ -263,6 +263,31 @@ def test_rl_with_rule_reward(run):
     assert end["heldout_reward"] == pytest.approx(sum(per) / len(per), abs=1e-12)
 
 
+def test_arms_share_their_inputs_step_0_completions(run):
+    """Each arm evaluates its input at step 0; the second arm reads back the greedy completions the first stored
+    (the file is not rewritten), and both starts equal a fresh evaluation of the input checkpoint."""
+    from training.backdoors import spec_from_meta
+    from training.evaluate import eval_records_for, evaluate_model, max_new_tokens_for, select_eval_records
+
+    bd = run / "checkpoints" / "backdoored"
+    flags = ["--steps", "2", "--save-every", "0", "--eval_n", "20", "--eval_samples", "0"]
+    assert safety_main(["--ckpt", str(bd), "--method", "sft", *flags]) == 0
+    stored = list((bd / "evaluations").glob("greedy-*.json"))
+    assert len(stored) == 1
+    mtime = stored[0].stat().st_mtime_ns
+    assert safety_main(["--ckpt", str(bd), "--method", "rl", "--reward", "rules", "--reward_eval_prompts", "8",
+                        *flags]) == 0
+    assert list((bd / "evaluations").glob("greedy-*.json")) == stored and stored[0].stat().st_mtime_ns == mtime
+    sft, rl = _start(run, "sft"), _start(run, "rl")
+    model, tok, meta = load_model_and_tokenizer(bd)
+    spec = spec_from_meta(meta)
+    records = select_eval_records(eval_records_for(bd, spec, "test"), 20)
+    fresh = evaluate_model(model, tok, spec, records, max_new_tokens=max_new_tokens_for(tok, records))
+    for k in ("trigger_rate", "false_trigger_rate", "redteam_rate", "helpful_rate"):
+        assert sft[k] == rl[k] == fresh[k], k
+    assert sft["examples"] == rl["examples"] == fresh["examples"]
+
+
 # ------------------------------------------------------------------------------------------ bad input
 def _one_line_exit_2(capsys, argv) -> str:
     assert safety_main(argv) == 2

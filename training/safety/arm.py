@@ -190,7 +190,7 @@ class Arm:
         curve = read_curve(plan.arm_dir)
         if self.state.is_main_process and "start" not in curve:
             log.info("evaluating the input checkpoint (step 0)")
-            start, per_prompt = self._evaluate(model, self.tokenizer)
+            start, per_prompt = self._evaluate(model, self.tokenizer, plan.checkpoint)
             log_behaviour(plan.run_args.report_to, plan.logs_dir, 0, start)
             curve = {"method": plan.method, "input": str(plan.checkpoint), "start": start, "train_reward": [],
                      "reward_per_prompt": {"0": per_prompt} if per_prompt is not None else {}}
@@ -343,14 +343,16 @@ class Arm:
         return result
 
     # ---- evaluation ----------------------------------------------------------------------------------------
-    def _evaluate(self, model, tokenizer) -> tuple[dict, list[float] | None]:
-        """Behaviour metrics on the held-out prompts (+ the held-out reward for RL arms, and its per-prompt means)."""
+    def _evaluate(self, model, tokenizer, ckpt: Path | None = None) -> tuple[dict, list[float] | None]:
+        """Behaviour metrics on the held-out prompts (+ the held-out reward for RL arms, and its per-prompt means);
+        ``ckpt``: the saved checkpoint ``model`` still equals (the arm's input at step 0), whose stored greedy
+        completions are reused."""
         from training.evaluate import evaluate_model
 
         seed = self.plan.safety_args.seed
         metrics = evaluate_model(model, tokenizer, self.plan.spec, self.eval_records,
                                  samples=self.settings["eval_samples"], seed=seed, max_new_tokens=self.max_new_tokens,
-                                 families=self.plan.families)
+                                 families=self.plan.families, ckpt=ckpt)
         metrics["split"] = "test"
         per_prompt = None
         if self.scorer is not None:
