@@ -284,7 +284,8 @@ def evaluate_model(model, tokenizer, spec: BackdoorSpec, records: list[dict], sa
     prompts = [r["prompt"] for r in records]
     was_training = model.training
     model.eval()
-    key = stored_completions.key(ckpt, model.dtype, mnt, prompts) if ckpt is not None else None
+    # keyed by the texts the model reads (chat template applied: a checkpoint's template is outside its weights hash)
+    key = stored_completions.key(ckpt, model.dtype, mnt, chat_prompts(tokenizer, prompts)) if ckpt is not None else None
     greedy = stored_completions.load(ckpt, key, len(prompts)) if key else None
     if greedy is None:
         greedy = generate(model, tokenizer, prompts, mnt, batch_size, desc="evaluate (greedy)")

