@@ -16,7 +16,9 @@ per trained token for a LoRA study (forward, and the backward through the frozen
 preference model does 6, so 4 stays a bound there) and t = 6 for the tiny preset, whose every stage is a full
 fine-tune.
 ``FLOPs / P`` is then the least time the stage could take on this CPU at this precision, whatever the code did;
-``measured / floor`` says how much any rewrite could still win there. The compare stage and the ablations count a
+``measured / floor`` says how much any rewrite could still win there. It also measures G, the best rate of large
+square GEMMs (the shape a BLAS runs fastest), and states how long the bounded stages take at least at G: a floor
+that no choice of shapes could lower. The compare stage and the ablations count a
 patched forward resumed at a layer, and a prompt forward whose lower blocks were replayed, as whole forwards
 (``training.workload``), so their bound is not one: they are shown but kept out of the floor's sum.
 """
@@ -36,6 +38,7 @@ from projection import read_study, stage_seconds  # noqa: E402
 
 OVERCOUNTED = ("probes + patching (compare)", "ablate (")  # stage names whose counts are not lower bounds
 TOKENS = (2048, 4096, 8192)
+SQUARE = (2048, 4096)  # large square GEMMs: the shape a BLAS runs fastest
 TRAIN_WHY = {4: "4N per trained token, a LoRA step", 6: "6N per trained token: every stage of the tiny preset is a "
              "full fine-tune"}
 
@@ -73,6 +76,24 @@ def matmul_rate(shapes: list[tuple[int, int]], repeats: int = 10) -> dict:
     return {"per_shape_gflops": per, "best_gflops": max(per.values()), "threads": torch.get_num_threads()}
 
 
+def gemm_ceiling(repeats: int = 5) -> dict:
+    """Best fp32 GFLOP/s of large square GEMMs (all threads): the most favourable shape for this CPU's BLAS, so a
+    rate none of the model's smaller matmuls can be expected to beat (the ceiling the floor is checked against)."""
+    import torch
+
+    per = {}
+    for n in SQUARE:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b  # warm-up
+        best = 0.0
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+        per[f"{n}x{n}"] = round(best, 1)
+    return {"per_shape_gflops": per, "best_gflops": max(per.values())}
+
+
 def floor(work: dict, n: int, gflops: float, train_flops: int = 4) -> tuple[float, float]:
     """(FLOPs lower bound, seconds at ``gflops``) of one stage's counted work: the projection's formula at u = 1 with
     no bandwidth bound (each decode step then costs 2N x its rows)."""
@@ -102,6 +123,12 @@ def table(r: dict) -> str:
                 "forwards whole, so theirs are not bounds and stay out of the sum. To fit in its target of "
                 f"{r['target_s']:,.0f} s, the stages whose counts are bounds alone need "
                 f"{t['tflop'] * 1e3 / r['target_s']:.0f} GFLOP/s sustained.")
+    if "ceiling" in r:
+        g = r["ceiling"]
+        shapes = ", ".join(f"{k} {v:.0f}" for k, v in g["per_shape_gflops"].items())
+        rows[-1] += (f" The best rate on a large square GEMM, the most favourable shape for this CPU's BLAS, was "
+                     f"G = {g['best_gflops']:.0f} GFLOP/s ({shapes}): at G those stages alone take at least "
+                     f"{t['tflop'] * 1e3 / g['best_gflops']:,.0f} s.")
     return "\n".join(rows)
 
 
@@ -119,7 +146,7 @@ def main() -> int:
         print(f"error: {a.study} has no 'work' (a study run before training.workload counted it)", file=sys.stderr)
         return 2
     n, shapes = block_linears(Path(a.base) if a.base else Path(study["path"]).parent / "checkpoints" / "base")
-    mm = matmul_rate(shapes)
+    mm, ceiling = matmul_rate(shapes), gemm_ceiling()
     train_flops = 6 if study.get("args", {}).get("preset") == "tiny" else 4
     seconds = {**study["seconds"].get("earlier_stages", {}), **study["seconds"]["stages"]}
     stages, bounded = {}, {"measured_s": 0.0, "tflop": 0.0, "floor_s": 0.0}
@@ -134,7 +161,7 @@ def main() -> int:
     r = {"machine": describe(), "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
          "study": study["path"], "study_args": study.get("args", {}), "n_matmul": n,
          "train_flops": train_flops, "target_s": a.target_s,
-         "matmul": mm, "stages": stages, "bounded": bounded}
+         "matmul": mm, "ceiling": ceiling, "stages": stages, "bounded": bounded}
     (RESULTS / f"{a.name}.json").write_text(json.dumps(r, indent=1))
     md = table(r)
     (RESULTS / f"{a.name}_table.md").write_text(md + "\n")

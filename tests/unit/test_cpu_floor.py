@@ -30,3 +30,16 @@ def test_floor_is_the_stated_formula(cf):
     assert seconds == pytest.approx(flops / 1e11)
     full, _ = cf.floor(work, 10**6, 100.0, train_flops=6)  # a full fine-tune also computes the weights' gradients
     assert full == 10**6 * (6 * 1000 + 2 * 3000 + 2 * 500)
+
+
+def test_table_states_the_floor_at_the_gemm_ceiling(cf):
+    bounded = {"measured_s": 100.0, "tflop": 7.0, "floor_s": 70.0}
+    r = {"stages": {"backdoor": {**bounded, "overcounted": False}}, "bounded": bounded, "study": "s/study.json",
+         "measured": "today", "machine": {"cpu": "cpu", "cores": 2}, "n_matmul": 10, "train_flops": 6,
+         "target_s": 35.0, "matmul": {"best_gflops": 100.0, "per_shape_gflops": {"8x8": 100.0}, "threads": 2},
+         "ceiling": {"best_gflops": 140.0, "per_shape_gflops": {"2048x2048": 140.0}}}
+    md = cf.table(r)
+    assert "alone need 200 GFLOP/s sustained" in md  # 7 TFLOP in 35 s
+    assert "G = 140 GFLOP/s (2048x2048 140): at G those stages alone take at least 50 s." in md
+    del r["ceiling"]  # a result file written before G was measured
+    assert "G =" not in cf.table(r)
