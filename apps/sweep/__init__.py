@@ -241,24 +241,6 @@ class _Invocation:
             self._write(finished=True, failed=failed)
 
 
-def exit_with_parent(parent: int, every: float = 1.0) -> None:
-    """Worker initializer: end this worker once ``parent`` (the sweep process) is gone.
-
-    Footgun: a killed sweep process (``kill``, a closed session) does not take its spawned workers with it; they
-    would go on training and writing into the sweep directory, beside the workers of the sweep the user starts again
-    to resume it. A daemon thread checks every ``every`` seconds that this process's parent is still ``parent``.
-    """
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(every)
-        log.warning("the sweep process %d is gone: worker %d stops", parent, os.getpid())
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
-
-
 def _parallel(cfg: SweepConfig, cfg_dict: dict, jobs: list[tuple], plans: dict, after) -> tuple[list[str], list[str]]:
     """The organisms on ``cfg.jobs`` worker processes (spawned; each with cores / jobs torch threads); ``after()``
     runs in this process each time one finishes."""
@@ -268,6 +250,7 @@ def _parallel(cfg: SweepConfig, cfg_dict: dict, jobs: list[tuple], plans: dict, 
     from tqdm.auto import tqdm
 
     from apps.sweep.cells import run_organism_cells
+    from training.workers import exit_with_parent
 
     threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
     ran, failed = [], []

