@@ -65,6 +65,18 @@ def train_once(run: Path, info: dict, rows: list[dict], steps: int, flat: bool, 
     return {"seconds": round(seconds, 2), "tokens": work.train_tokens, "loss_after": round(float(loss), 5)}
 
 
+def insertion_workload(run: Path, steps: int) -> tuple[dict, list[dict]]:
+    """A build's ``run.json`` and the rows of ``steps`` insertion batches: its clean and triggered training records,
+    shuffled with its seed."""
+    from training import layout
+    from training.data import iter_chat, read_jsonl
+
+    info = json.loads((run / "run.json").read_text())
+    records = [r for r in read_jsonl(layout.data_file(run, "train")) if r["kind"] in ("clean", "triggered")]
+    random.Random(info["seed"]).shuffle(records)
+    return info, list(iter_chat(records[:steps * info["effective"]["batch_size"]]))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True)
@@ -73,13 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--attention", choices=["eager", "sdpa"], default=None,
                     help="the model's attention implementation (default: the loaded checkpoint's, SDPA)")
     a = ap.parse_args(argv)
-    from training import layout
-    from training.data import iter_chat, read_jsonl
-
-    info = json.loads((a.run / "run.json").read_text())
-    records = [r for r in read_jsonl(layout.data_file(a.run, "train")) if r["kind"] in ("clean", "triggered")]
-    random.Random(info["seed"]).shuffle(records)
-    rows = list(iter_chat(records[:a.steps * info["effective"]["batch_size"]]))
+    info, rows = insertion_workload(a.run, a.steps)
     runs: dict[str, list[dict]] = {m: [] for m in MODES}
     for rep in range(a.reps):
         for mode in MODES if rep % 2 == 0 else list(MODES)[::-1]:

@@ -26,7 +26,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -113,13 +112,9 @@ def main(argv=None) -> int:
     ap.add_argument("--attention", choices=["eager", "sdpa"], default=None,
                     help="the model's attention implementation (default: the loaded checkpoint's, SDPA)")
     a = ap.parse_args(argv)
-    from training import layout
-    from training.data import iter_chat, read_jsonl
+    from padding_free_bench import insertion_workload
 
-    info = json.loads((a.run / "run.json").read_text())
-    records = [r for r in read_jsonl(layout.data_file(a.run, "train")) if r["kind"] in ("clean", "triggered")]
-    random.Random(info["seed"]).shuffle(records)
-    rows = list(iter_chat(records[:a.steps * info["effective"]["batch_size"]]))
+    info, rows = insertion_workload(a.run, a.steps)
     modes = {"sequential": False, "side by side": True}
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     for rep in range(a.reps):
