@@ -49,10 +49,9 @@ log = logging.getLogger("gpu_bench")
 
 def corpus(seed: int = 0):
     """The tiny preset's tokenizer (trained as ``training.backdoor`` trains it) and its backdoor training rows."""
-    from training.backdoor import tokenizer_texts
     from training.backdoors import BackdoorSpec
     from training.data import build_prompt_sets
-    from training.tokenizer import train_tokenizer
+    from training.tokenizer import tokenizer_texts, train_tokenizer
 
     spec = BackdoorSpec()
     sets = build_prompt_sets(spec, seed)

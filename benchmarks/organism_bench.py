@@ -140,9 +140,10 @@ def build_inputs_sha(kind: str, variant: str, seed: int) -> str:
     its tokenizer's corpus and its effective settings. Builds with equal hashes run the same computation."""
     import hashlib
 
-    from training.backdoor import ModelArgs, RunArgs, TrainArgs, effective_settings, tokenizer_texts
+    from training.backdoor import ModelArgs, RunArgs, TrainArgs, effective_settings
     from training.backdoors import BackdoorSpec
     from training.data import build_prompt_sets
+    from training.tokenizer import tokenizer_texts
 
     spec = BackdoorSpec.for_kind(kind, variant=variant)
     sets = build_prompt_sets(spec, seed)

@@ -310,13 +310,6 @@ def train_from_base(m: ModelArgs, b: BackdoorArgs, t: TrainArgs, r: RunArgs, sta
     return organism.build_controls({stage: control_specs(spec, b)[stage]}, r.resume)[stage]
 
 
-def tokenizer_texts(spec: BackdoorSpec, sets: dict) -> list[str]:
-    """What the tiny preset's tokenizer is trained on: the clean training prompts and answers, and the behaviour."""
-    clean = [x for x in sets["train"] if x["kind"] == "clean"]
-    texts = [x["prompt"] for x in clean] + [x["helpful"] for x in clean]
-    return texts + get_kind(spec.kind).behaviour_corpus(spec, sets)
-
-
 class _Organism:
     """Shared steps: data on disk, training with resume, saving + evaluating a checkpoint."""
 
@@ -429,7 +422,7 @@ class _Tiny(_Organism):
         from transformers import AutoTokenizer
 
         from training.models import tiny_model
-        from training.tokenizer import train_tokenizer
+        from training.tokenizer import tokenizer_texts, train_tokenizer
 
         out, spec, e = self.out, self.spec, self.eff
         sets = build_prompt_sets(spec, self.t.seed)

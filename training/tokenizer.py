@@ -54,3 +54,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, forbidden: Ite
     fast.padding_side = "left"  # generation-friendly; analysis code picks its own side explicitly
     log.info("trained tokenizer: %d entries from %d lines", len(fast), len(lines))
     return fast
+
+
+def tokenizer_texts(spec, sets: dict) -> list[str]:
+    """What the tiny preset's tokenizer is trained on (``spec``: a :class:`~training.backdoors.BackdoorSpec`, ``sets``:
+    its prompt sets): the clean training prompts and answers, and the behaviour."""
+    from training.backdoors import get_kind
+
+    clean = [x for x in sets["train"] if x["kind"] == "clean"]
+    texts = [x["prompt"] for x in clean] + [x["helpful"] for x in clean]
+    return texts + get_kind(spec.kind).behaviour_corpus(spec, sets)

